@@ -1,0 +1,1 @@
+"""Standalone userspace WireGuard: `shoal wg up|down|show` over wg-quick style config files."""

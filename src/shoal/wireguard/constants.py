@@ -47,6 +47,10 @@ COOKIE_REFRESH_TIME = 120.0
 HANDSHAKE_INITIATION_RATE = 1.0 / 50  # at most one initiation per 20 ms per peer
 ZEROIZE_AFTER = REJECT_AFTER_TIME * 3  # 540 s: forget all key material
 
+# --- TAI64N timestamps (whitepaper 5.4.2; wireguard-go tai64n/tai64n.go) -----------------
+TAI64N_BASE = 0x400000000000000A  # 2**62 + 10: the TAI64 label of 1970-01-01 00:00:10 TAI
+TAI64N_WHITENER_MASK = 0x1000000 - 1  # low 24 bits of the nanoseconds cleared (~16.8 ms)
+
 # --- Replay window (RFC 6479, wireguard-go's sizes) -----------------------------------------
 REPLAY_BLOCK_BITS = 64
 REPLAY_RING_BLOCKS = 128  # 8192 bits of ring; window = (blocks - 1) * 64 = 8128
@@ -59,6 +63,7 @@ UNDER_LOAD_AFTER_TIME = 1.0  # stay under load for 1 s after the queue drains
 RATELIMIT_PACKETS_PER_SECOND = 20
 RATELIMIT_BURST = 5
 RATELIMIT_GC_INTERVAL = 1.0
+RATELIMIT_MAX_ENTRIES = 65536  # Linux wireguard ratelimiter.c: max_entries = 8 * 8192 buckets
 
 # --- Interface -----------------------------------------------------------------------------
 DEFAULT_MTU = 1420

@@ -65,7 +65,7 @@ def materialise(kind: str, arg: int, model: Model, history: list[int]) -> int:
     raise AssertionError(kind)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=350, deadline=None)
 @given(st.lists(op, min_size=1, max_size=300), st.sampled_from([LIMIT, 10_000, 2**20]))
 def test_matches_reference_model(ops: list[tuple[str, int]], limit: int) -> None:
     f, m = ReplayFilter(), Model()

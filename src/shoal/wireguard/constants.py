@@ -44,6 +44,7 @@ REKEY_TIMEOUT = 5.0
 REKEY_TIMEOUT_JITTER_MAX = 0.333  # wireguard-go: up to 333 ms of jitter per retry
 KEEPALIVE_TIMEOUT = 10.0
 COOKIE_REFRESH_TIME = 120.0
+COOKIE_SECRET_LATENCY = 5.0  # initiator stops using a cookie 5 s before the secret rotates (Linux)
 HANDSHAKE_INITIATION_RATE = 1.0 / 50  # at most one initiation per 20 ms per peer
 ZEROIZE_AFTER = REJECT_AFTER_TIME * 3  # 540 s: forget all key material
 

@@ -61,6 +61,9 @@ REPLAY_WINDOW_SIZE = (REPLAY_RING_BLOCKS - 1) * REPLAY_BLOCK_BITS
 MAX_QUEUED_HANDSHAKES = 4096
 UNDER_LOAD_QUEUE_FRACTION = 8  # "under load" once the queue is 1/8 full
 UNDER_LOAD_AFTER_TIME = 1.0  # stay under load for 1 s after the queue drains
+# Shoal's measure of load (wireguard-go counts its handshake queue instead; a Python engine
+# handles each handshake inline, so we count handshake messages with a valid mac1 per second).
+UNDER_LOAD_HANDSHAKES_PER_SECOND = 64
 RATELIMIT_PACKETS_PER_SECOND = 20
 RATELIMIT_BURST = 5
 RATELIMIT_GC_INTERVAL = 1.0

@@ -1,0 +1,349 @@
+"""The Device engine on a fake clock: handshakes, transport, timers, load, roaming, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.wireguard import constants as C
+from shoal.wireguard.device import MAX_TIMER_HANDSHAKES, Device
+from shoal.wireguard.keys import PresharedKey, PrivateKey
+from shoal.wireguard.peer import PeerConfig
+
+A_EP = ("192.0.2.1", 51820)
+B_EP = ("192.0.2.2", 51820)
+A_IP = "100.64.0.1"
+B_IP = "100.64.0.2"
+
+
+def ipv4(src: str, dst: str, payload: bytes = b"hello") -> bytes:
+    total = 20 + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
+        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+    )
+    return header + payload
+
+
+def ipv6(src: str, dst: str, payload: bytes = b"hello6") -> bytes:
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), 17, 64,
+                         ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
+    return header + payload
+
+
+@dataclasses.dataclass
+class Pair:
+    a: Device
+    b: Device
+    a_key: PrivateKey
+    b_key: PrivateKey
+    now: float = 1000.0
+    a_ep: tuple[str, int] = A_EP
+    b_ep: tuple[str, int] = B_EP
+
+    def pump(self, rounds: int = 6, drop: bool = False) -> list[tuple[str, bytes]]:
+        """Deliver outboxes both ways until quiet; returns the trace (direction, datagram)."""
+        trace = []
+        for _ in range(rounds):
+            out_a, out_b = self.a.take_outbox(), self.b.take_outbox()
+            if not out_a and not out_b:
+                break
+            for data, ep in out_a:
+                trace.append(("a->b", data))
+                if not drop and ep == self.b_ep:
+                    self.b.receive([(data, self.a_ep)], self.now)
+            for data, ep in out_b:
+                trace.append(("b->a", data))
+                if not drop and ep == self.a_ep:
+                    self.a.receive([(data, self.b_ep)], self.now)
+        return trace
+
+    def advance(self, dt: float) -> None:
+        target = self.now + dt
+        while True:
+            deadlines = [d for d in (self.a.next_deadline(), self.b.next_deadline()) if d is not None and d <= target]
+            if not deadlines:
+                break
+            self.now = max(self.now, min(deadlines))
+            self.a.tick(self.now)
+            self.b.tick(self.now)
+            self.pump()
+        self.now = target
+
+
+def make_pair(timers: C.Timers = C.DEFAULT_TIMERS, psk: PresharedKey | None = None, keepalive: int = 0) -> Pair:
+    a_key, b_key = PrivateKey.generate(), PrivateKey.generate()
+    a = Device(a_key, timers=timers, seed=1)
+    b = Device(b_key, timers=timers, seed=2)
+    a.add_peer(PeerConfig(b_key.public_key(), psk, [ipaddress.ip_network(f"{B_IP}/32"), ipaddress.ip_network("fd00::2/128")], B_EP, keepalive))
+    b.add_peer(PeerConfig(a_key.public_key(), psk, [ipaddress.ip_network(f"{A_IP}/32"), ipaddress.ip_network("fd00::1/128")], A_EP, keepalive))
+    return Pair(a, b, a_key, b_key)
+
+
+def connect(p: Pair) -> None:
+    p.a.send([ipv4(A_IP, B_IP, b"first")], p.now)
+    p.pump()
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"first")]
+
+
+def test_handshake_and_data_both_ways():
+    p = make_pair()
+    connect(p)
+    p.b.send([ipv4(B_IP, A_IP, b"back")], p.now)
+    p.pump()
+    assert p.a.take_to_tun() == [ipv4(B_IP, A_IP, b"back")]
+    p.a.send([ipv6("fd00::1", "fd00::2")], p.now)
+    p.pump()
+    assert p.b.take_to_tun() == [ipv6("fd00::1", "fd00::2")]
+
+
+def test_preshared_key_must_match():
+    p = make_pair(psk=PresharedKey.generate())
+    connect(p)
+    q = make_pair()
+    # give B another psk: the response fails at A
+    q.b.add_peer(PeerConfig(q.a_key.public_key(), PresharedKey.generate(), [ipaddress.ip_network(f"{A_IP}/32")], A_EP))
+    q.a.send([ipv4(A_IP, B_IP)], q.now)
+    q.pump()
+    assert q.b.take_to_tun() == []
+    assert q.a.stats["rx_response_invalid"] == 1
+
+
+def test_transport_replay_and_forgery_dropped():
+    p = make_pair()
+    connect(p)
+    p.a.send([ipv4(A_IP, B_IP, b"x")], p.now)
+    (data, _), = p.a.take_outbox()
+    p.b.receive([(data, A_EP)], p.now)
+    p.b.receive([(data, A_EP)], p.now)
+    assert len(p.b.take_to_tun()) == 1
+    assert p.b.stats["rx_invalid_or_replayed"] == 1
+    forged = bytearray(data)
+    forged[-1] ^= 1
+    p.b.receive([(bytes(forged), A_EP)], p.now)
+    assert p.b.take_to_tun() == []
+    assert p.b.stats["rx_invalid_or_replayed"] == 2
+
+
+def test_inner_source_must_belong_to_the_sending_peer():
+    p = make_pair()
+    connect(p)
+    p.a.send([ipv4("100.64.0.9", B_IP)], p.now)  # A has no route for the source, but it routes by dst
+    p.pump()
+    assert p.b.take_to_tun() == []
+    assert p.b.stats["rx_source_not_allowed"] == 1
+
+
+def test_replayed_initiation_creates_no_session():
+    p = make_pair()
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    (initiation, _), = p.a.take_outbox()
+    p.b.receive([(initiation, A_EP)], p.now)
+    assert p.b.stats["responses_sent"] == 1
+    peer = p.b.peers[p.a_key.public_key()]
+    session = peer.keypairs.next
+    p.b.take_outbox()
+    p.now += 1
+    p.b.receive([(initiation, A_EP)], p.now)
+    assert p.b.stats["responses_sent"] == 1
+    assert p.b.stats["rx_initiation_replayed"] == 1
+    assert peer.keypairs.next is session and p.b.take_outbox() == []
+
+
+def test_unknown_peer_refused():
+    p = make_pair()
+    stranger = Device(PrivateKey.generate(), seed=3)
+    stranger.add_peer(PeerConfig(p.b_key.public_key(), None, [ipaddress.ip_network(f"{B_IP}/32")], B_EP))
+    stranger.send([ipv4("100.64.0.7", B_IP)], p.now)
+    (initiation, _), = stranger.take_outbox()
+    p.b.receive([(initiation, ("192.0.2.7", 1))], p.now)
+    assert p.b.take_outbox() == [] and p.b.stats["rx_unknown_peer"] == 1
+
+
+def test_roaming_follows_last_authenticated_packet():
+    p = make_pair()
+    connect(p)
+    p.a_ep = ("198.51.100.5", 4000)
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    p.pump()
+    assert p.b.peers[p.a_key.public_key()].endpoint == ("198.51.100.5", 4000)
+    # an unauthenticated packet from elsewhere does not move it
+    p.b.receive([(b"\x04\x00\x00\x00" + bytes(40), ("203.0.113.9", 1))], p.now)
+    assert p.b.peers[p.a_key.public_key()].endpoint == ("198.51.100.5", 4000)
+
+
+# ------------------------------------------------------------------ timers on the fake clock
+
+def test_retransmit_after_rekey_timeout_with_jitter_then_give_up():
+    p = make_pair()
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    start = p.now
+    sent = [start]
+    p.a.take_outbox()
+    while True:
+        d = p.a.next_deadline()
+        if d is None or d - start > 200:
+            break
+        p.now = d
+        p.a.tick(d)
+        if any(m[0] == C.MESSAGE_INITIATION for m, _ in p.a.take_outbox()):
+            sent.append(d)
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert len(sent) == 1 + MAX_TIMER_HANDSHAKES
+    assert all(C.REKEY_TIMEOUT <= g <= C.REKEY_TIMEOUT + C.REKEY_TIMEOUT_JITTER_MAX for g in gaps)
+    assert 90 <= sent[-1] - start <= 90 + 18 * C.REKEY_TIMEOUT_JITTER_MAX
+    assert p.a.stats["handshake_gave_up"] == 1
+    assert not p.a.peers[p.b_key.public_key()].staged
+
+
+def test_keepalive_after_receiving_data_without_reply():
+    p = make_pair()
+    connect(p)
+    t0 = p.now
+    p.advance(C.KEEPALIVE_TIMEOUT - 0.01)
+    assert p.b.stats["rx_invalid_or_replayed"] == 0
+    before = p.b.peers[p.a_key.public_key()].stats.tx_bytes
+    p.advance(0.02)
+    after = p.b.peers[p.a_key.public_key()].stats.tx_bytes
+    assert after - before == 32  # one keepalive: 16 header + 16 tag
+    assert p.now - t0 == pytest.approx(C.KEEPALIVE_TIMEOUT + 0.01)
+
+
+def test_new_handshake_when_peer_stops_answering():
+    p = make_pair()
+    connect(p)
+    p.pump()
+    peer = p.a.peers[p.b_key.public_key()]
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    p.a.take_outbox()  # lost: B never answers
+    sent_at = p.now
+    deadline = peer.new_handshake_at
+    assert C.KEEPALIVE_TIMEOUT + C.REKEY_TIMEOUT <= deadline - sent_at <= C.KEEPALIVE_TIMEOUT + C.REKEY_TIMEOUT + C.REKEY_TIMEOUT_JITTER_MAX
+    p.now = deadline
+    p.a.tick(p.now)
+    assert any(m[0] == C.MESSAGE_INITIATION for m, _ in p.a.take_outbox())
+
+
+def test_rekey_after_time_by_initiator_and_reject_after_time():
+    p = make_pair()
+    connect(p)
+    peer = p.a.peers[p.b_key.public_key()]
+    first = peer.keypairs.current
+    p.now += C.REKEY_AFTER_TIME - 1
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    assert not any(m[0] == C.MESSAGE_INITIATION for m, _ in p.a.take_outbox())
+    p.now += 2  # older than REKEY_AFTER_TIME: sending starts a handshake
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    kinds = [m[0] for m, _ in p.a.take_outbox()]
+    assert kinds == [C.MESSAGE_TRANSPORT, C.MESSAGE_INITIATION]
+    # the handshake is lost; at REJECT_AFTER_TIME the old session is no longer used to send
+    p.now = first.created + C.REJECT_AFTER_TIME
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    kinds = [m[0] for m, _ in p.a.take_outbox()]
+    assert C.MESSAGE_TRANSPORT not in kinds
+    assert peer.staged
+
+
+def test_rekey_and_reject_after_messages():
+    timers = C.Timers(rekey_after_messages=5, reject_after_messages=8)
+    p = make_pair(timers=timers)
+    connect(p)
+    peer = p.a.peers[p.b_key.public_key()]
+    p.now += C.REKEY_TIMEOUT  # initiations are at most one per REKEY_TIMEOUT
+    for i in range(5):
+        p.a.send([ipv4(A_IP, B_IP)], p.now)
+    kinds = [m[0] for m, _ in p.a.take_outbox()]
+    assert kinds.count(C.MESSAGE_INITIATION) == 1  # counter passed 5
+    p.a.send([ipv4(A_IP, B_IP)] * 5, p.now)
+    assert peer.keypairs.current.send_counter <= 8
+
+
+def test_responder_session_rotation_completes_on_first_data():
+    p = make_pair()
+    connect(p)
+    peer_b = p.b.peers[p.a_key.public_key()]
+    assert peer_b.keypairs.current is not None and peer_b.keypairs.next is None
+    old = peer_b.keypairs.current
+    p.now += C.REKEY_AFTER_TIME + 1
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    p.pump()
+    assert peer_b.keypairs.current is not old
+    assert peer_b.keypairs.previous is old
+
+
+def test_zeroize_after_three_reject_times():
+    p = make_pair()
+    connect(p)
+    peer = p.a.peers[p.b_key.public_key()]
+    assert peer.zeroize_at == pytest.approx(p.now + C.ZEROIZE_AFTER)
+    p.now = peer.zeroize_at
+    p.a.tick(p.now)
+    assert peer.keypairs.current is None
+
+
+def test_persistent_keepalive():
+    p = make_pair(keepalive=25)
+    connect(p)
+    p.pump()
+    peer = p.a.peers[p.b_key.public_key()]
+    assert peer.persistent_at == pytest.approx(p.now + 25)
+
+
+# ------------------------------------------------------------------ load and cookies
+
+def test_under_load_no_dh_without_cookie_and_legit_peer_gets_through():
+    p = make_pair()
+    flood = []
+    for _ in range(C.UNDER_LOAD_HANDSHAKES_PER_SECOND + 10):
+        attacker = Device(PrivateKey.generate(), seed=7)
+        attacker.add_peer(PeerConfig(p.b_key.public_key(), None, [], B_EP))
+        attacker.initiate_handshake(p.b_key.public_key(), p.now)
+        flood.append(attacker.take_outbox()[0][0])
+    p.b.receive([(m, ("203.0.113.66", 9999)) for m in flood], p.now)
+    dh_before = p.b.stats["dh_initiations"]
+    cookies_before = p.b.stats["cookies_sent"]
+    assert cookies_before > 0
+    p.b.take_outbox()
+    # the legitimate peer starts while B is under load: it gets a cookie reply, no DH
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    p.pump(rounds=1)
+    p.pump(rounds=1)
+    assert p.b.stats["dh_initiations"] == dh_before
+    assert p.b.stats["cookies_sent"] == cookies_before + 1
+    assert p.a.stats["cookies_received"] == 1
+    # still under load at the retry; the retry carries mac2 and completes
+    p.b.receive([(m, ("203.0.113.66", 9999)) for m in flood[:10]], p.now + 0.5)
+    p.b.take_outbox()
+    deadline = p.a.next_deadline()
+    assert deadline - p.now <= C.REKEY_TIMEOUT + C.REKEY_TIMEOUT_JITTER_MAX
+    p.now = deadline
+    p.a.tick(p.now)
+    p.pump()
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP)]
+
+
+# ------------------------------------------------------------------ bad input never raises
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from([1, 2, 3, 4, 0, 255]), body=st.binary(max_size=300))
+def test_garbage_never_raises(kind, body):
+    p = make_pair()
+    p.b.receive([(bytes([kind, 0, 0, 0]) + body, A_EP), (body, A_EP)], p.now)
+    p.b.send([body, bytes([0x45]) + body, bytes([0x60]) + body], p.now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flip=st.integers(min_value=0, max_value=132 * 8 - 1))
+def test_bitflipped_handshakes_never_raise_or_succeed(flip):
+    p = make_pair()
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    (initiation, _), = p.a.take_outbox()
+    bad = bytearray(initiation)
+    bad[flip // 8] ^= 1 << (flip % 8)
+    p.b.receive([(bytes(bad), A_EP)], p.now)
+    assert p.b.stats["responses_sent"] == 0

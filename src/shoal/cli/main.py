@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from shoal.wg.cli import app as wg_app
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Shoal mesh VPN")
+app.add_typer(wg_app, name="wg")
 
 
 @app.command()
@@ -17,3 +20,7 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The asyncio glue of one userspace WireGuard interface: TUN + UDP socket + `Device` + UAPI.
+
+Owns the event loop callbacks; all protocol decisions are the engine's. Per wake-up it moves a
+whole batch: read up to a batch of packets/datagrams, hand them to the engine in one call,
+then send everything the engine produced in one batched (GSO) send and write what is for the
+interface in one batched (coalescing) write. One timer handle follows the engine's deadline.
+
+Lifecycle of `run()`: PreUp hooks -> TUN created -> MTU/addresses/up/routes -> UDP socket ->
+peers configured -> UAPI socket listening (= ready) -> PostUp hooks -> ... stop ... ->
+PreDown hooks -> everything closed, the link removed -> PostDown hooks. If any step fails,
+what was made is undone before the error propagates: no half-configured interface stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from shoal.tun import link
+from shoal.tun.device import Tun
+from shoal.udp.socket import UdpSocket
+from shoal.wg import uapi
+from shoal.wg.config import WgConfig
+from shoal.wireguard.constants import DEFAULT_TIMERS, Timers
+from shoal.wireguard.device import Device
+
+log = logging.getLogger("shoal.wg")
+
+DEFAULT_UAPI_DIR = Path("/var/run/wireguard")
+BATCH = 128
+MAX_BATCHES_PER_WAKEUP = 4  # bound the work per callback so the other direction gets its turn
+
+
+class SetupError(RuntimeError):
+    """The interface could not be brought up; the message says which step and why."""
+
+
+def _routes_for(config: WgConfig) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    connected = {addr.network for addr in config.interface.addresses}
+    routes = []
+    for peer in config.peers:
+        for net in peer.allowed_ips:
+            if net.prefixlen == 0:
+                raise SetupError(
+                    f"AllowedIPs {net} would route all traffic into the tunnel; "
+                    "shoal wg does not do policy routing: set 'Table = off' and route it yourself"
+                )
+            if net not in connected and net not in routes:
+                routes.append(net)
+    return routes
+
+
+def _run_hooks(hooks: list[str], name: str, stage: str) -> None:
+    for hook in hooks:
+        command = hook.replace("%i", name)
+        result = subprocess.run(["/bin/sh", "-c", command], check=False)
+        if result.returncode != 0:
+            raise SetupError(f"{stage} hook failed (exit {result.returncode}): {command}")
+
+
+class WgInterface:
+    """One running interface. Build it, then `await run(stop_event)`."""
+
+    def __init__(
+        self,
+        config: WgConfig,
+        *,
+        timers: Timers = DEFAULT_TIMERS,
+        uapi_dir: Path = DEFAULT_UAPI_DIR,
+        offload: bool = True,
+    ) -> None:
+        self.config = config
+        self.timers = timers
+        self.uapi_path = uapi_dir / f"{config.name}.sock"
+        self.offload = offload
+        self.device = Device(
+            config.interface.private_key,
+            mtu=config.interface.mtu,
+            timers=timers,
+            wall_offset=time.time() - time.monotonic(),
+        )
+        self.tun: Tun | None = None
+        self.udp: UdpSocket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._uapi_server: asyncio.AbstractServer | None = None
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------ hot path
+
+    def _flush(self) -> None:
+        device = self.device
+        if device.outbox:
+            self.udp.send_batch(device.take_outbox())  # type: ignore[union-attr]
+        if device.to_tun:
+            self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
+        if device.events:
+            for event in device.take_events():
+                log.info("%s: peer %s %s", self.config.name, event.peer.short(), event.kind)
+        self._reschedule()
+
+    def _on_tun(self) -> None:
+        now = self._loop.time()  # type: ignore[union-attr]
+        tun, device = self.tun, self.device
+        for _ in range(MAX_BATCHES_PER_WAKEUP):
+            packets = tun.read_batch(BATCH)  # type: ignore[union-attr]
+            if not packets:
+                break
+            device.send(packets, now)
+            if len(packets) < BATCH:
+                break
+        self._flush()
+
+    def _on_udp(self) -> None:
+        now = self._loop.time()  # type: ignore[union-attr]
+        udp, device = self.udp, self.device
+        for _ in range(MAX_BATCHES_PER_WAKEUP):
+            datagrams = udp.recv_batch(BATCH)  # type: ignore[union-attr]
+            if not datagrams:
+                break
+            device.receive(datagrams, now)
+            if len(datagrams) < BATCH:
+                break
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.device.tick(self._loop.time())  # type: ignore[union-attr]
+        self._flush()
+
+    def _reschedule(self) -> None:
+        deadline = self.device.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------ UAPI
+
+    async def _serve_uapi(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = bytearray()
+                while not request.endswith(b"\n\n"):
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        return
+                    request += chunk
+                    if len(request) > uapi.MAX_REQUEST_BYTES:
+                        writer.write(b"errno=7\n\n")
+                        return
+                text = request.decode("utf-8", "replace")
+                response, applied = uapi.handle(self.device, text, self.udp.port, self._loop.time())  # type: ignore[union-attr]
+                if applied is not None and applied.listen_port is not None and applied.listen_port != self.udp.port:  # type: ignore[union-attr]
+                    self._rebind(applied.listen_port)
+                self._flush()
+                writer.write(response.encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def _rebind(self, port: int) -> None:
+        loop = self._loop
+        new = UdpSocket(port)
+        old = self.udp
+        loop.remove_reader(old.fileno())  # type: ignore[union-attr]
+        old.close()  # type: ignore[union-attr]
+        self.udp = new
+        loop.add_reader(new.fileno(), self._on_udp)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        iface = cfg.interface
+        self._loop = asyncio.get_running_loop()
+        routes = _routes_for(cfg)
+        if self.uapi_path.exists():
+            with contextlib.suppress(OSError):
+                r, w = await asyncio.open_unix_connection(str(self.uapi_path))
+                w.close()
+                raise SetupError(f"interface {cfg.name} is already up (UAPI socket {self.uapi_path} answers)")
+            self.uapi_path.unlink(missing_ok=True)
+        _run_hooks(iface.pre_up, cfg.name, "PreUp")
+        try:
+            try:
+                self.tun = Tun.open(cfg.name, offload=self.offload)
+            except OSError as e:
+                raise SetupError(f"cannot create interface {cfg.name}: {e}") from None
+            try:
+                await link.configure(cfg.name, mtu=iface.mtu, addresses=iface.addresses, routes=routes if iface.table else [])
+            except Exception as e:  # noqa: BLE001 - report netlink's reason in one line
+                raise SetupError(f"cannot configure interface {cfg.name}: {e}") from None
+            try:
+                self.udp = UdpSocket(iface.listen_port)
+            except OSError as e:
+                raise SetupError(f"cannot listen on UDP port {iface.listen_port}: {e.strerror}") from None
+            now = self._loop.time()
+            for peer in cfg.peers:
+                self.device.add_peer(peer, now)
+            self.uapi_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            old_umask = os.umask(0o077)
+            try:
+                self._uapi_server = await asyncio.start_unix_server(self._serve_uapi, path=str(self.uapi_path))
+            finally:
+                os.umask(old_umask)
+            self._loop.add_reader(self.tun.fileno(), self._on_tun)
+            self._loop.add_reader(self.udp.fileno(), self._on_udp)
+            self._flush()
+            _run_hooks(iface.post_up, cfg.name, "PostUp")
+            log.info("%s: up, listening on UDP port %d, %d peers", cfg.name, self.udp.port, len(cfg.peers))
+            self.ready.set()
+            await stop.wait()
+            with contextlib.suppress(SetupError):
+                _run_hooks(iface.pre_down, cfg.name, "PreDown")
+        finally:
+            self._close()
+        _run_hooks(iface.post_down, cfg.name, "PostDown")
+
+    def _close(self) -> None:
+        loop = self._loop
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._uapi_server is not None:
+            self._uapi_server.close()
+            self.uapi_path.unlink(missing_ok=True)
+        if self.udp is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self.udp.fileno())  # type: ignore[union-attr]
+            self.udp.close()
+        if self.tun is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self.tun.fileno())  # type: ignore[union-attr]
+            self.tun.close()  # a non-persistent TUN disappears with its last fd

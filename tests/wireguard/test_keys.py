@@ -127,3 +127,8 @@ def test_from_base64_only_raises_value_error(text: str) -> None:
     except ValueError:
         return
     assert len(key) == 32
+
+
+def test_generate_with_rng_is_deterministic() -> None:
+    assert PrivateKey.generate(lambda n: b"\xff" * n) == clamp(b"\xff" * 32)
+    assert PresharedKey.generate(lambda n: b"\x01" * n) == b"\x01" * 32

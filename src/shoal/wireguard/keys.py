@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import os
+from collections.abc import Callable
 from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -105,8 +106,9 @@ class PrivateKey(_Key32):
     _kind = "private key"
 
     @classmethod
-    def generate(cls) -> Self:
-        return cls(clamp(os.urandom(KEY_LEN)))
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> Self:
+        """A fresh clamped key; `rng` (n -> n random bytes) lets simulations be deterministic."""
+        return cls(clamp(rng(KEY_LEN)))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Self:
@@ -147,8 +149,8 @@ class PresharedKey(_Key32):
     ZERO: PresharedKey
 
     @classmethod
-    def generate(cls) -> Self:
-        return cls(os.urandom(KEY_LEN))
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> Self:
+        return cls(rng(KEY_LEN))
 
     def is_zero(self) -> bool:
         return self == PresharedKey.ZERO

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from shoal.tun import link
+from shoal.tun.link import AsyncLink
 from shoal.tun.device import Tun
 from shoal.udp.socket import UdpSocket
 from shoal.wg import uapi
@@ -202,7 +202,12 @@ class WgInterface:
             except OSError as e:
                 raise SetupError(f"cannot create interface {cfg.name}: {e}") from None
             try:
-                await link.configure(cfg.name, mtu=iface.mtu, addresses=iface.addresses, routes=routes if iface.table else [])
+                async with AsyncLink(cfg.name) as link:
+                    await link.configure(
+                        mtu=iface.mtu,
+                        addresses=[str(a) for a in iface.addresses],
+                        routes=[str(r) for r in routes] if iface.table else [],
+                    )
             except Exception as e:  # noqa: BLE001 - report netlink's reason in one line
                 raise SetupError(f"cannot configure interface {cfg.name}: {e}") from None
             try:

@@ -1,0 +1,82 @@
+"""Lab-tier tests of shoal.lab.lab: build, exec/popen, reachability, MTU, cleanup, faults."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shoal.lab import HostSpec, Lab, LabError, Topology
+from shoal.lab import runs
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(60)]
+if os.geteuid() != 0:
+    pytest.skip("needs root", allow_module_level=True)
+
+
+def _ping(host, addr: str, count: int = 1, size: int | None = None, extra: list[str] | None = None):
+    cmd = ["ping", "-n", "-q", "-c", str(count), "-W", "1", "-i", "0.2"]
+    if size is not None:
+        cmd += ["-s", str(size), "-M", "do"]
+    return host.exec(cmd + (extra or []) + [addr], capture_output=True, text=True, timeout=20)
+
+
+def test_two_public_clients_fast_and_reachable() -> None:
+    t0 = time.monotonic()
+    with Lab(Topology(clients=[HostSpec("a"), HostSpec("b")])) as lab:
+        built = time.monotonic() - t0
+        assert built < 1.0, f"two-public-client lab took {built:.2f}s"
+        a, b = lab.host("a"), lab.host("b")
+        assert len(lab.server.addrs) == 2
+        for dst in (*lab.server.addrs, b.addr):
+            assert _ping(a, dst).returncode == 0, dst
+        # full 1500-byte IP packets cross without fragmentation (1472 + 28 = 1500)
+        assert _ping(a, b.addr, size=1472).returncode == 0
+        assert _ping(a, b.addr, size=1473).returncode != 0
+        # the namespaces know only lab prefixes: no default route anywhere
+        for h in lab.hosts.values():
+            routes = h.exec(["ip", "route"], capture_output=True, text=True).stdout
+            assert "default" not in routes
+        # popen runs inside the namespace too, and its PID is the command's own
+        p = a.popen(["sh", "-c", "readlink /proc/self/ns/net; ip -o addr show eth0"],
+                    stdout=subprocess.PIPE, text=True)
+        out, _ = p.communicate(timeout=10)
+        assert a.addr in out
+        names = list(lab.ns.values())
+    assert not set(names) & set(runs.list_namespaces())
+
+
+def test_nat_clients_reach_server_but_not_each_others_lan() -> None:
+    topo = Topology(clients=[HostSpec("a"), HostSpec("b", nat="port-restricted"),
+                             HostSpec("c", nat="port-restricted")])
+    with Lab(topo) as lab:
+        a, b, c = lab.host("a"), lab.host("b"), lab.host("c")
+        assert b.addr.startswith("198.18.") and b.wan_addr.startswith("203.0.113.")
+        assert _ping(b, lab.server.addrs[0]).returncode == 0
+        assert _ping(b, a.addr).returncode == 0
+        assert _ping(a, b.addr).returncode != 0          # a private LAN is not routed
+        assert _ping(b, c.addr).returncode != 0
+
+
+def test_cleanup_on_exception() -> None:
+    lab = Lab(Topology(clients=[HostSpec("a", nat="symmetric")]))
+    with pytest.raises(RuntimeError, match="boom"):
+        with lab:
+            names = list(lab.ns.values())
+            assert set(names) <= set(runs.list_namespaces())
+            lab.host("a").popen(["sleep", "30"])    # a process left running inside
+            raise RuntimeError("boom")
+    assert not set(names) & set(runs.list_namespaces())
+    assert lab.closed
+    with pytest.raises(LabError):
+        lab.link_down("a")
+
+
+def test_unknown_host_is_a_clear_keyerror() -> None:
+    with Lab(Topology(clients=[HostSpec("a")])) as lab:
+        with pytest.raises(KeyError, match="no host 'zz'"):
+            lab.host("zz")

@@ -80,3 +80,64 @@ def test_unknown_host_is_a_clear_keyerror() -> None:
     with Lab(Topology(clients=[HostSpec("a")])) as lab:
         with pytest.raises(KeyError, match="no host 'zz'"):
             lab.host("zz")
+
+
+# --- faults -------------------------------------------------------------------------------
+def _received(host, addr: str, count: int = 200) -> int:
+    p = host.exec(["ping", "-n", "-q", "-c", str(count), "-i", "0.002", "-W", "1", addr],
+                  capture_output=True, text=True, timeout=30)
+    m = re.search(r"(\d+) received", p.stdout)
+    assert m, p.stdout + p.stderr
+    return int(m[1])
+
+
+def _seen_by_server(lab, name: str) -> str:
+    """The source address the server observes for a UDP packet from `name`."""
+    from shoal.lab.selftest import Responder, _run_json
+    with Responder(lab.server):
+        res = _run_json(lab.host(name), "map", "--a1", lab.server.addr, "--p1", "3478")
+    assert res["seen"], res
+    return res["seen"].rsplit(":", 1)[0]
+
+
+def test_fault_loss_is_random_and_clears() -> None:
+    with Lab(Topology(clients=[HostSpec("b", nat="port-restricted")])) as lab:
+        b = lab.host("b")
+        assert _received(b, lab.server.addr) == 200
+        lab.set_loss("b", 50)          # 50 % each way -> about 25 % of round trips survive
+        got = _received(b, lab.server.addr)
+        assert 20 <= got <= 90, got
+        lab.clear_loss("b")
+        assert _received(b, lab.server.addr) == 200
+        with pytest.raises(ValueError):
+            lab.set_loss("b", 101)
+
+
+def test_fault_link_down_up() -> None:
+    with Lab(Topology(clients=[HostSpec("a"), HostSpec("b", nat="double-nat")])) as lab:
+        a, b = lab.host("a"), lab.host("b")
+        assert _ping(b, lab.server.addr).returncode == 0
+        lab.link_down("b")
+        assert _ping(b, lab.server.addr).returncode != 0
+        assert _ping(a, lab.server.addr).returncode == 0     # only b's link is down
+        lab.link_up("b")
+        assert _ping(b, lab.server.addr, count=3, extra=["-w", "3"]).returncode == 0
+        lab.link_down("server")
+        assert _ping(a, lab.server.addr).returncode != 0
+        lab.link_up("server")
+        assert _ping(a, lab.server.addr, count=3, extra=["-w", "3"]).returncode == 0
+
+
+@pytest.mark.parametrize("nat", ["public", "port-restricted", "full-cone", "double-nat"])
+def test_fault_roam_changes_the_address_the_server_sees(nat: str) -> None:
+    with Lab(Topology(clients=[HostSpec("m", nat=nat)])) as lab:
+        m = lab.host("m")
+        before = m.wan_addr
+        assert _seen_by_server(lab, "m") == before
+        new = lab.roam("m")
+        assert new != before and new.startswith("198.51.100.")
+        assert m.wan_addr == new
+        if nat == "public":
+            assert m.addr == new
+        assert _seen_by_server(lab, "m") == new
+        assert _ping(m, lab.server.addr).returncode == 0

@@ -45,3 +45,10 @@ def test_bad_requests_change_nothing():
         response, applied = uapi.handle(device, request, 1, 0.0)
         assert response.startswith("errno=") and response != "errno=0\n\n", request
         assert applied is None and not device.peers
+
+
+def test_stats_extension():
+    device = Device(KEY, seed=1)
+    device.receive([(b"\x09junk", ("192.0.2.1", 1))], 0.0)
+    text, _ = uapi.handle(device, "get=stats\n\n", 1, 0.0)
+    assert "stat_rx_malformed=1\n" in text and text.endswith("errno=0\n\n")

@@ -12,6 +12,9 @@ request and a response each end with an empty line):
              persistent_keepalive_interval=<n> allowed_ip=<cidr>...
              errno=0
 
+    request  "get=stats\\n\\n" (Shoal's extension; stock tools never send it)
+    response stat_<counter>=<n> per engine counter (drops by reason, handshakes, cookies), errno=0
+
     request  "set=1\\n" then lines of: private_key, listen_port, fwmark, replace_peers=true,
              public_key (starts a peer), remove=true, update_only=true, preshared_key,
              endpoint, persistent_keepalive_interval, replace_allowed_ips=true, allowed_ip,
@@ -189,6 +192,9 @@ def handle(device: Device, request: str, listen_port: int, now: float) -> tuple[
         return "errno=22\n\n", None
     if lines[0] == "get=1" and len(lines) == 1:
         return get(device, listen_port), None
+    if lines[0] == "get=stats" and len(lines) == 1:
+        stats = "".join(f"stat_{k}={v}\n" for k, v in sorted(device.stats.items()))
+        return stats + "errno=0\n\n", None
     if lines[0] == "set=1":
         try:
             req = parse_set(lines[1:])

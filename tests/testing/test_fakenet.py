@@ -565,3 +565,35 @@ def test_roaming_between_nats_and_port_reuse_after_timeout() -> None:
     other.socket(4000).sendto(b"again", (SERVER_A, P1))
     net.run_for(1.0)
     assert s.drain() == [(b"again", ("198.51.100.1", 4000))]
+
+
+class Keepalive:
+    """A toy sans-IO engine: every `period` seconds it wants to send one datagram."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.deadline = period
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def handle_timer(self, now: float) -> list[bytes]:
+        self.deadline = now + self.period
+        return [b"keepalive"]
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize(("period", "reachable"), [(25.0, True), (40.0, False)])
+def test_engine_keepalives_hold_a_nat_mapping_open(period: float, reachable: bool) -> None:
+    net = FakeNetwork(seed=3)
+    r = net.router("r", public="198.51.100.1", lan="198.18.1.0/24", behavior=NatBehavior(mapping_timeout=30.0))
+    node = net.host("node", "198.18.1.10", segment=r.lan, link=LinkProfile(latency=0.01))
+    srv = net.host("srv", SERVER_A)
+    sock, server_sock = node.socket(51820), srv.socket(P1)
+    sock.sendto(b"hello", (SERVER_A, P1))
+    net.scheduler.add_engine(Keepalive(period), on_output=lambda out: [sock.sendto(d, (SERVER_A, P1)) for d in out])
+    net.run_for(200.0)
+    mapped = server_sock.drain()[0][1]
+    server_sock.sendto(b"call me maybe", mapped)
+    net.run_for(1.0)
+    assert (sock.drain() == [(b"call me maybe", (SERVER_A, P1))]) is reachable

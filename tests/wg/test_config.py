@@ -51,7 +51,7 @@ def test_parses_every_field():
     "bad_line, fragment",
     [
         ("PrivateKey = notbase64!!", "bad key"),
-        ("Frobnicate = 1", "unknown key 'frobnicate'"),
+        ("Frobnicate = 1", "unknown key 'Frobnicate'"),
         ("Address = 100.64.0.300/24", "bad address"),
         ("MTU = 10", "MTU 10 out of range"),
         ("ListenPort = seven", "not a number"),

@@ -115,8 +115,11 @@ def up(
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            _fail("\n".join(tail) or f"interface process exited with {proc.returncode}")
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            if tail and tail[0].startswith("shoal wg: "):
+                typer.echo(tail[0], err=True)  # the interface process's own one-line reason
+                raise typer.Exit(1)
+            _fail(f"interface process exited with {proc.returncode} (log: {log_path})")
         try:
             _uapi_request(cfg.name, b"get=1\n\n")
             typer.echo(f"{cfg.name}: up (pid {proc.pid}, log {log_path})")

@@ -147,7 +147,8 @@ def parse(text: str, *, name: str = "wg0", source: str = "<config>") -> WgConfig
         key, sep, value = line.partition("=")
         if not sep:
             raise ConfigError(f"{where}: expected 'Key = Value', got '{line}'")
-        key = key.strip().lower()
+        shown_key = key.strip()
+        key = shown_key.lower()
         value = value.strip()
         if section is None:
             raise ConfigError(f"{where}: '{key}' outside of any section")
@@ -178,9 +179,9 @@ def parse(text: str, *, name: str = "wg0", source: str = "<config>") -> WgConfig
                 elif key in ("preup", "postup", "predown", "postdown"):
                     iface_lists[key].append(value)
                 elif key in ("dns", "saveconfig", "fwmark"):
-                    raise ValueError(f"'{key}' is not supported by shoal wg")
+                    raise ValueError(f"'{shown_key}' is not supported by shoal wg")
                 else:
-                    raise ValueError(f"unknown key '{key}' in [Interface]")
+                    raise ValueError(f"unknown key '{shown_key}' in [Interface]")
             else:
                 if key == "publickey":
                     current[key] = _parse_key(PublicKey, value)
@@ -196,11 +197,11 @@ def parse(text: str, *, name: str = "wg0", source: str = "<config>") -> WgConfig
                         raise ValueError(f"PersistentKeepalive {interval} out of range 0-65535")
                     current[key] = interval
                 else:
-                    raise ValueError(f"unknown key '{key}' in [Peer]")
+                    raise ValueError(f"unknown key '{shown_key}' in [Peer]")
         except ValueError as e:
             msg = str(e)
             if msg.startswith("invalid literal for int()"):
-                msg = f"{key}: '{value}' is not a number"
+                msg = f"{shown_key}: '{value}' is not a number"
             raise ConfigError(f"{where}: {msg}") from None
 
     if not seen_interface:

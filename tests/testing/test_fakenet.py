@@ -8,7 +8,6 @@ that the measured behaviour is the configured one.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -533,17 +532,11 @@ def test_determinism_same_seed_same_trace() -> None:
 
 
 @pytest.mark.sim
-def test_scenarios_per_second() -> None:
+def test_many_scenarios_in_one_process() -> None:
     names = list(SCENARIOS)
-    t0 = time.perf_counter()
-    n = 0
-    while n < 40:
+    for n in range(40):
         net, hosts = build(names[n % len(names)], seed=n)
         assert ask_map(net, hosts[0].socket(), E11) is not None
-        n += 1
-    rate = n / (time.perf_counter() - t0)
-    print(f"fakenet: {rate:.0f} small scenarios per second")
-    assert rate > 100
 
 
 def test_roaming_between_nats_and_port_reuse_after_timeout() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -157,14 +156,6 @@ def test_scales_to_thousands_of_peers() -> None:
         t.insert(ipaddress.IPv4Network((rng.getrandbits(32), length), strict=False), rng.choice(peers))
     t.insert("0.0.0.0/0", peers[0])
     assert all(t.lookup(a) is p for a, p in zip(addrs, peers))
-    lookup = t.lookup
-    t0 = time.perf_counter()
-    for _ in range(10):
-        for a in addrs:
-            lookup(a)
-    per = (time.perf_counter() - t0) / (10 * len(addrs))
-    print(f"allowedips lookup with 5000 peers: {per * 1e9:.0f} ns")
-    assert per < 5e-6  # ~0.2 us measured
     for p in peers[::2]:
         t.remove_value(p)
     assert t.lookup(addrs[0]) is not peers[0] and t.entries_for(peers[0]) == []

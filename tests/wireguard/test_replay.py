@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -141,13 +140,9 @@ def test_jump_of_exactly_ring_size_clears_everything() -> None:
     assert not f.validate_counter(64 * 2 + 5)  # same ring slot but far too old
 
 
-def test_speed_in_order() -> None:
+def test_long_in_order_stream_all_accepted_once() -> None:
     f = ReplayFilter()
     v = f.validate_counter
     n = 200_000
-    t0 = time.perf_counter()
-    for c in range(n):
-        v(c)
-    per_call = (time.perf_counter() - t0) / n
-    print(f"replay in-order: {per_call * 1e9:.0f} ns/counter")
-    assert per_call < 3e-6  # ~0.2 us measured; generous for a loaded CI box
+    assert all(v(c) for c in range(n))
+    assert not any(v(c) for c in range(n - 100, n))

@@ -347,3 +347,44 @@ def test_bitflipped_handshakes_never_raise_or_succeed(flip):
     bad[flip // 8] ^= 1 << (flip % 8)
     p.b.receive([(bytes(bad), A_EP)], p.now)
     assert p.b.stats["responses_sent"] == 0
+
+
+def test_whitepaper_constants():
+    t = C.DEFAULT_TIMERS
+    assert (t.rekey_after_time, t.reject_after_time, t.rekey_attempt_time) == (120, 180, 90)
+    assert (t.rekey_timeout, t.keepalive_timeout, t.zeroize_after) == (5, 10, 540)
+    assert t.rekey_after_messages == 2**60
+    assert t.reject_after_messages == 2**64 - 2**13 - 1
+    assert MAX_TIMER_HANDSHAKES == 18
+
+
+def test_initiator_rekeys_when_receiving_on_an_old_session():
+    """keepKeyFreshReceiving: REJECT - KEEPALIVE - REKEY_TIMEOUT = 165 s after the handshake."""
+    p = make_pair()
+    connect(p)
+    created = p.a.peers[p.b_key.public_key()].keypairs.current.created
+    p.now = created + 164
+    p.b.send([ipv4(B_IP, A_IP)], p.now)
+    p.pump(rounds=1)
+    assert not any(m[0] == C.MESSAGE_INITIATION for m, _ in p.a.take_outbox())
+    p.now = created + 165.5
+    p.b.send([ipv4(B_IP, A_IP)], p.now)
+    out = p.b.take_outbox()
+    for data, _ in out:
+        p.a.receive([(data, B_EP)], p.now)
+    assert [m[0] for m, _ in p.a.take_outbox()].count(C.MESSAGE_INITIATION) == 1
+
+
+def test_initiation_flood_from_a_known_peer_is_limited():
+    """At most one initiation per HANDSHAKE_INITIATION_RATE (20 ms) per peer is answered."""
+    p = make_pair()
+    msgs = []
+    for i in range(3):
+        p.a.peers[p.b_key.public_key()].last_initiation_sent = -1e9
+        p.a.initiate_handshake(p.b_key.public_key(), p.now + i * 0.05)
+        msgs.append(p.a.take_outbox()[0][0])
+    p.b.receive([(msgs[0], A_EP)], p.now)
+    p.b.receive([(msgs[1], A_EP)], p.now + 0.01)  # newer timestamp, but within 20 ms
+    assert p.b.stats["responses_sent"] == 1 and p.b.stats["rx_initiation_flood"] == 1
+    p.b.receive([(msgs[2], A_EP)], p.now + 0.05)
+    assert p.b.stats["responses_sent"] == 2

@@ -216,7 +216,10 @@ class WgInterface:
                 raise SetupError(f"cannot listen on UDP port {iface.listen_port}: {e.strerror}") from None
             now = self._loop.time()
             for peer in cfg.peers:
-                self.device.add_peer(peer, now)
+                try:
+                    self.device.add_peer(peer, now)
+                except ValueError as e:
+                    raise SetupError(f"peer {peer.public_key.to_base64()}: {e}") from None
             self.uapi_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             old_umask = os.umask(0o077)
             try:

@@ -99,6 +99,7 @@ class Device:
         self.peers: dict[PublicKey, Peer] = {}
         self.routes = AllowedIPs()
         self._indices: dict[int, Peer | Keypair] = {}
+        self._static_static: dict[bytes, bytes] = {}  # peer key -> DH(our static, its static)
         self._heap: list[tuple[float, int, Peer]] = []
         self._heap_seq = 0
         self._limiter = RateLimiter()
@@ -147,6 +148,7 @@ class Device:
                 raise ValueError(f"too many peers (max {C.MAX_PEERS})")
             peer = Peer(config, self.private_key)
             self.peers[config.public_key] = peer
+            self._static_static[peer.public_key] = peer.handshake.precomputed_static_static
         else:
             psk = config.preshared_key or PresharedKey.ZERO
             if psk != peer.preshared_key:
@@ -183,6 +185,7 @@ class Device:
         if peer is None:
             return
         peer.removed = True
+        self._static_static.pop(public_key, None)
         self.routes.remove_value(peer)
         self._forget_sessions(peer)
         peer.staged.clear()
@@ -215,6 +218,9 @@ class Device:
             peer.scheduled = when
             self._heap_seq += 1
             heapq.heappush(self._heap, (when, self._heap_seq, peer))
+
+    def _ephemeral(self) -> PrivateKey:
+        return PrivateKey.generate(self.rng)
 
     def _jitter(self) -> float:
         return self.random.uniform(0.0, self.timers.rekey_timeout_jitter_max)
@@ -320,7 +326,9 @@ class Device:
         if peer.handshake_index is not None:
             self._indices.pop(peer.handshake_index, None)
         peer.handshake_index = self._new_index(peer)
-        message = peer.handshake.create_initiation(peer.handshake_index, tai64n.stamp(now + self.wall_offset))
+        message = peer.handshake.create_initiation(
+            peer.handshake_index, tai64n.stamp(now + self.wall_offset), self._ephemeral()
+        )
         message = peer.cookies.add_macs(message, now)
         self.outbox.append((message, peer.endpoint))
         self.stats["initiations_sent"] += 1
@@ -590,7 +598,7 @@ class Device:
 
     def _consume_initiation(self, data: bytes, endpoint: Endpoint, now: float) -> None:
         self.stats["dh_initiations"] += 1
-        result = consume_initiation(self.private_key, self.public_key, data)
+        result = consume_initiation(self.private_key, self.public_key, data, self._static_static)
         if result is None:
             self.stats["rx_initiation_invalid"] += 1
             return
@@ -608,7 +616,7 @@ class Device:
         peer.last_initiation_received = now
         local_index = self._new_index(peer)  # reserved now, owned by the keypair below
         try:
-            message, keys = create_response(result, peer.preshared_key, local_index)
+            message, keys = create_response(result, peer.preshared_key, local_index, self._ephemeral())
         finally:
             self._indices.pop(local_index, None)
         message = peer.cookies.add_macs(message, now)

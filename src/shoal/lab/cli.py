@@ -94,14 +94,15 @@ def cmd_down(args: argparse.Namespace) -> int:
         if rid not in found:
             raise LabConfigError(f"no lab run {rid!r} (see: python -m shoal.lab list)")
         targets.append(found[rid])
-    rc = 0
+    if not targets:
+        print("nothing to remove")
     for r in targets:
         if r.alive and not args.force:
             print(f"skipping {r.run_id}: owner pid {r.pid} is alive (use --force, or stop that process)")
             continue
         runs.delete_namespaces(r.namespaces)
         print(f"removed {r.run_id} ({len(r.namespaces)} namespaces)")
-    return rc
+    return 0
 
 
 def cmd_check_clean(args: argparse.Namespace) -> int:

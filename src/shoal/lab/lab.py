@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 from . import nat as natrules
 from . import runs
-from .topology import INTERNET_PREFIXES, ROAM_BASE, HostPlan, Plan, RouterPlan, Topology
+from .topology import INTERNET_PREFIXES, ROAM_BASE, Plan, Topology
 
 _live: set[Lab] = set()
 _live_lock = threading.Lock()
@@ -130,9 +130,8 @@ class Lab:
         self.server: Host
         self._closed = True
         self._lock = threading.RLock()
-        self._loss: dict[str, float] = {}
-        self._delay: dict[str, tuple[float, subprocess.Popen[bytes]]] = {}
-        self._down: set[str] = set()
+        self._loss: dict[int, float] = {}
+        self._delay: dict[int, tuple[float, subprocess.Popen[str]]] = {}
         self._roams = 0
 
     # --- life cycle ---------------------------------------------------------------------
@@ -331,9 +330,8 @@ class Lab:
         with self._lock:
             self._check_open()
             k = self._attach(name)
-            self._loss[f"{k}"] = percent
-            table = {(f"p{i}", f"q{i}"): pc for i, pc in
-                     ((int(s), v) for s, v in self._loss.items())}
+            self._loss[k] = percent
+            table = {(f"p{i}", f"q{i}"): pc for i, pc in self._loss.items()}
             self._nft(self.ns["inet"], natrules.faults_ruleset(table))
 
     def clear_loss(self, name: str) -> None:
@@ -397,7 +395,7 @@ class Lab:
             self._check_open()
             k = self._attach(name)
             inet = self.ns["inet"]
-            cur = self._delay.pop(f"{k}", None)
+            cur = self._delay.pop(k, None)
             if cur is not None:
                 _stop(cur[1])
             if ms == 0:
@@ -418,7 +416,7 @@ class Lab:
                 err = proc.stderr.read() if proc.stderr else ""
                 _stop(proc)
                 raise LabError(f"delay element failed to start: {err.strip()[-200:]}")
-            self._delay[f"{k}"] = (ms, proc)  # type: ignore[assignment]
+            self._delay[k] = (ms, proc)
 
     def clear_delay(self, name: str) -> None:
         self.set_delay(name, 0)

@@ -43,6 +43,8 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from cryptography.exceptions import InvalidTag
+
 from shoal.wireguard import constants as C
 from shoal.wireguard.allowedips import AllowedIPs
 from shoal.wireguard.cookie import CookieChecker
@@ -466,70 +468,94 @@ class Device:
         return now < self._under_load_until
 
     def receive(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> None:
-        """Datagrams from the UDP socket. Never raises on bad input; drops and counts it."""
+        """Datagrams from the UDP socket. Never raises on bad input; drops and counts it.
+
+        The transport path is written out inline: it runs once per packet, and per-peer
+        bookkeeping (endpoint, timers) is done once per batch for the peers that were seen.
+        """
         indices = self._indices
         reject_after = self.timers.reject_after_time
         reject_messages = self.timers.reject_after_messages
         to_tun = self.to_tun
         routes = self.routes.lookup
+        stats = self.stats
         touched: dict[int, tuple[Peer, Endpoint, bool]] = {}
+        last_keypair: Keypair | None = None  # the keypair of the previous packet, already vetted
+        last_source = b""
+        last_endpoint: Endpoint | None = None
+        got_data = False
+        peer: Peer | None = None
+        unpack = _U32.unpack_from
         for data, endpoint in datagrams:
             n = len(data)
-            if n < 4:
-                self.stats["rx_malformed"] += 1
-                continue
-            kind = data[0]
-            if kind == C.MESSAGE_TRANSPORT and n >= C.MESSAGE_TRANSPORT_MIN_SIZE and data[1:4] == b"\x00\x00\x00":
-                keypair = indices.get(_U32.unpack_from(data, 4)[0])
-                if keypair.__class__ is not Keypair:
-                    self.stats["rx_unknown_index"] += 1
+            if n >= C.MESSAGE_TRANSPORT_MIN_SIZE and data[0] == C.MESSAGE_TRANSPORT and data[1:4] == b"\x00\x00\x00":
+                keypair = indices.get(unpack(data, 4)[0])
+                if keypair is not last_keypair or endpoint != last_endpoint:
+                    if keypair.__class__ is not Keypair:
+                        stats["rx_unknown_index"] += 1
+                        continue
+                    if now - keypair.created >= reject_after:  # type: ignore[union-attr]
+                        stats["rx_expired_session"] += 1
+                        continue
+                    if peer is not None:
+                        self._note_batch(touched, peer, last_endpoint, got_data)  # type: ignore[arg-type]
+                    peer = keypair.peer  # type: ignore[union-attr]
+                    last_keypair = keypair  # type: ignore[assignment]
+                    last_endpoint = endpoint
+                    got_data = False
+                    last_source = b""
+                counter_bytes = data[8:16]
+                try:
+                    plaintext = keypair._recv_aead.decrypt(  # type: ignore[union-attr]
+                        b"\x00\x00\x00\x00" + counter_bytes, memoryview(data)[16:], None
+                    )
+                except InvalidTag:
+                    stats["rx_invalid_or_replayed"] += 1
                     continue
-                if now - keypair.created >= reject_after:
-                    self.stats["rx_expired_session"] += 1
+                if not keypair.replay.validate_counter(int.from_bytes(counter_bytes, "little"), reject_messages):  # type: ignore[union-attr]
+                    stats["rx_invalid_or_replayed"] += 1
                     continue
-                plaintext = keypair.open(data, reject_messages)
-                if plaintext is None:
-                    self.stats["rx_invalid_or_replayed"] += 1
-                    continue
-                peer: Peer = keypair.peer  # type: ignore[assignment]
-                if peer.keypairs.next is keypair:
+                if peer.keypairs.next is keypair:  # type: ignore[union-attr]
                     # the initiator used the session we answered: it is confirmed
-                    self._free(peer.keypairs.promote_next(keypair))
-                    self._set_endpoint(peer, endpoint)
-                    self._handshake_complete(peer, now)
-                    if peer.staged:
-                        self._flush_staged(peer, now)
-                peer.stats.rx_bytes += n
-                is_data = False
-                if plaintext:
-                    m = len(plaintext)
-                    version = plaintext[0] >> 4
-                    if version == 4 and m >= 20:
-                        length = (plaintext[2] << 8) | plaintext[3]
-                        source = plaintext[12:16]
-                    elif version == 6 and m >= 40:
-                        length = ((plaintext[4] << 8) | plaintext[5]) + 40
-                        source = plaintext[8:24]
-                    else:
-                        self.stats["rx_inner_malformed"] += 1
-                        continue
-                    if length > m or length < 20:
-                        self.stats["rx_inner_malformed"] += 1
-                        continue
+                    self._free(peer.keypairs.promote_next(keypair))  # type: ignore[union-attr, arg-type]
+                    self._set_endpoint(peer, endpoint)  # type: ignore[arg-type]
+                    self._handshake_complete(peer, now)  # type: ignore[arg-type]
+                    if peer.staged:  # type: ignore[union-attr]
+                        self._flush_staged(peer, now)  # type: ignore[arg-type]
+                peer.stats.rx_bytes += n  # type: ignore[union-attr]
+                if not plaintext:
+                    continue  # keepalive
+                m = len(plaintext)
+                version = plaintext[0] >> 4
+                if version == 4 and m >= 20:
+                    length = (plaintext[2] << 8) | plaintext[3]
+                    source = plaintext[12:16]
+                elif version == 6 and m >= 40:
+                    length = ((plaintext[4] << 8) | plaintext[5]) + 40
+                    source = plaintext[8:24]
+                else:
+                    stats["rx_inner_malformed"] += 1
+                    continue
+                if length > m or length < 20:
+                    stats["rx_inner_malformed"] += 1
+                    continue
+                if source != last_source:
                     if routes(source) is not peer:
-                        self.stats["rx_source_not_allowed"] += 1
+                        stats["rx_source_not_allowed"] += 1
                         continue
-                    to_tun.append(plaintext if length == m else plaintext[:length])
-                    is_data = True
-                previous = touched.get(id(peer))
-                touched[id(peer)] = (peer, endpoint, is_data or (previous is not None and previous[2]))
-            elif kind in (C.MESSAGE_INITIATION, C.MESSAGE_RESPONSE, C.MESSAGE_COOKIE_REPLY):
+                    last_source = source
+                to_tun.append(plaintext if length == m else plaintext[:length])
+                got_data = True
+            elif n >= 4 and data[0] in (C.MESSAGE_INITIATION, C.MESSAGE_RESPONSE, C.MESSAGE_COOKIE_REPLY):
                 try:
                     self._receive_handshake_message(data, endpoint, now)
                 except Exception:  # noqa: BLE001 - a peer must never crash the engine
-                    self.stats["rx_handshake_error"] += 1
+                    stats["rx_handshake_error"] += 1
+                last_keypair = None  # a handshake may have rotated sessions
             else:
-                self.stats["rx_malformed"] += 1
+                stats["rx_malformed"] += 1
+        if peer is not None:
+            self._note_batch(touched, peer, last_endpoint, got_data)  # type: ignore[arg-type]
         for peer, endpoint, got_data in touched.values():
             if peer.removed:
                 continue
@@ -542,6 +568,12 @@ class Device:
                 else:
                     peer.need_another_keepalive = True
             self._keep_fresh_receiving(peer, now)
+
+    @staticmethod
+    def _note_batch(touched: dict[int, tuple[Peer, Endpoint, bool]], peer: Peer, endpoint: Endpoint, got_data: bool) -> None:
+        """Remember that `peer` sent authenticated packets in this batch (last endpoint wins)."""
+        previous = touched.get(id(peer))
+        touched[id(peer)] = (peer, endpoint, got_data or (previous is not None and previous[2]))
 
     def _keep_fresh_receiving(self, peer: Peer, now: float) -> None:
         if peer.sent_last_minute_handshake:

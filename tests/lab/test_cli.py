@@ -61,9 +61,6 @@ def test_check_from_toml_exits_0(tmp_path: Path) -> None:
     assert "2/2 as intended" in p.stdout
 
 
-@pytest.mark.lab
-@needs_root
-@pytest.mark.timeout(60)
 def _killed_run() -> str:
     child = subprocess.Popen(
         [sys.executable, "-c",
@@ -79,6 +76,9 @@ def _killed_run() -> str:
     return run_id
 
 
+@pytest.mark.lab
+@needs_root
+@pytest.mark.timeout(60)
 def test_check_clean_reports_a_killed_run_and_down_removes_it() -> None:
     # Any Lab starting meanwhile in another process sweeps dead runs (by design), so the
     # leftover may vanish before we look; then try again.

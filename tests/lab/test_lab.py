@@ -140,3 +140,15 @@ def test_fault_roam_changes_the_address_the_server_sees(nat: str) -> None:
             assert m.addr == new
         assert _seen_by_server(lab, "m") == new
         assert _ping(m, lab.server.addr).returncode == 0
+
+
+def test_two_labs_in_one_process_do_not_collide() -> None:
+    topo = Topology(clients=[HostSpec("a"), HostSpec("b", nat="port-restricted")])
+    with Lab(topo) as one, Lab(topo) as two:
+        assert one.run_id != two.run_id
+        assert not set(one.ns.values()) & set(two.ns.values())
+        assert one.host("a").addr == two.host("a").addr      # same plan, separate worlds
+        for lab in (one, two):
+            assert _ping(lab.host("b"), lab.server.addr).returncode == 0
+        one.link_down("b")
+        assert _ping(two.host("b"), two.server.addr).returncode == 0

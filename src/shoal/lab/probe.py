@@ -159,6 +159,8 @@ def client(a1: str, a2: str, p1: int, p2: int) -> dict[str, Any]:
             msg = _decode(data)
             if msg and msg.get("id") == 9 and msg.get("via") == _ep(src):
                 got.add(_ep(src))
+                if len(got) == len(want):
+                    break
         if _ep(e11) in got:   # the request made it; a lost one would look like strict filtering
             break
     return {"local": local, "udp": True, "mapping": mapping, "filter": sorted(got)}

@@ -148,9 +148,11 @@ class WireguardGo(Impl):
 class Shoal(Impl):
     name = "shoal"
 
-    def __init__(self, extra_env: dict[str, str] | None = None, name: str = "shoal") -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None, name: str = "shoal",
+                 python_args: tuple[str, ...] = ("-m", "shoal")) -> None:
         self.extra_env = extra_env or {}
         self.name = name
+        self.python_args = python_args  # how to start `shoal` (a variant may wrap it)
 
     def up(self, me: Side, peer: Side, workdir: Path) -> None:
         conf = workdir / f"{me.ifname}.conf"
@@ -160,7 +162,7 @@ class Shoal(Impl):
         )
         env = {**os.environ, "SHOAL_RUN_DIR": str(workdir / "run"), **self.extra_env}
         log = open(workdir / f"{me.ifname}.log", "ab")
-        me.proc = me.host.popen([sys.executable, "-m", "shoal", "wg", "up", "--foreground", str(conf)],
+        me.proc = me.host.popen([sys.executable, *self.python_args, "wg", "up", "--foreground", str(conf)],
                                 stdout=log, stderr=log, env=env)
         log.close()
         sock = Path("/var/run/wireguard") / f"{me.ifname}.sock"
@@ -221,7 +223,7 @@ def _tag() -> str:
 def run_round(lab: Lab, impl: Impl, opts: Options, workdir: Path, log: Callable[[str], None]) -> dict[str, float]:
     a, b = lab.host("a"), lab.host("b")
     tag = _tag()
-    prefix = "bw" if impl.name == "wireguard-go" else "bs"
+    prefix = "bw" if isinstance(impl, WireguardGo) else "bs"
     (ka, pa), (kb, pb) = _keypair(), _keypair()
     sa = Side(a, "a", f"{prefix}{tag}a", ka, pa)
     sb = Side(b, "b", f"{prefix}{tag}b", kb, pb)

@@ -1,10 +1,11 @@
 """The TUN/TAP file descriptor: open /dev/net/tun with fcntl.ioctl, batched non-blocking I/O.
 
 TUN mode (IFF_TUN|IFF_NO_PI) carries bare IP packets. With ``offload=True`` the device is
-opened with IFF_VNET_HDR and told (TUNSETOFFLOAD) that we take partial checksums and TCP
-segmentation (TSO4/TSO6, plus USO4/USO6 when the kernel knows them): the kernel's TCP stack
-then hands us 64 KiB superpackets (one read instead of ~45) and accepts GRO-like superpackets
-from us (one write). The virtio_net_hdr format and the split/coalesce rules are in
+opened with IFF_VNET_HDR, so it accepts GRO-like superpackets from us (one write and one trip
+through the receiving TCP stack instead of ~45). With ``tso=True`` as well it is told
+(TUNSETOFFLOAD) that we take partial checksums and TCP segmentation (TSO4/TSO6, plus
+USO4/USO6 when the kernel knows them): the kernel's TCP stack then hands us 64 KiB
+superpackets (one read instead of ~45) that we must split and checksum in Python. The virtio_net_hdr format and the split/coalesce rules are in
 ``shoal.tun.offload``; callers only ever see plain, MTU-sized IP packets with full checksums.
 
 TAP mode (IFF_TAP|IFF_NO_PI) carries Ethernet frames, without offloads.
@@ -73,8 +74,16 @@ class Tun:
         }
 
     @classmethod
-    def open(cls, name: str, *, tap: bool = False, offload: bool = True) -> "Tun":
-        """Create (or attach to) interface ``name``. TAP mode never uses offloads."""
+    def open(cls, name: str, *, tap: bool = False, offload: bool = True, tso: bool = False) -> "Tun":
+        """Create (or attach to) interface ``name``. TAP mode never uses offloads.
+
+        ``offload`` turns on the vnet header, so writes are coalesced into GRO-like
+        superpackets. ``tso`` (with ``offload``) also lets the kernel hand us checksum-partial
+        TSO superpackets, which we split and checksum in Python; with ``tso=False`` the
+        kernel segments and checksums in C and reads stay one packet each. Measured in the
+        lab bench (BENCHMARKS.md notes): ``tso=False`` is faster (Python splitting costs
+        ~4.7 us per segment, more than the read syscalls it saves), hence the default.
+        """
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name must be 1..{IFNAMSIZ - 1} bytes: {name!r}")
         if tap:
@@ -98,7 +107,8 @@ class Tun:
                 except OSError as e:
                     raise TunError(e.errno, f"TUNSETVNETHDRSZ {real}: {e.strerror}") from None
                 base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
-                for want in (base | TUN_F_USO4 | TUN_F_USO6, base):
+                wants = (base | TUN_F_USO4 | TUN_F_USO6, base) if tso else (0,)
+                for want in wants:
                     try:
                         fcntl.ioctl(fd, TUNSETOFFLOAD, want)
                     except OSError:

@@ -1,0 +1,291 @@
+"""Control-plane messages between a node daemon and the coordination server (the contract).
+
+Framing. Every control message travels as ONE WebSocket binary message whose plaintext,
+inside the Noise IK session (`shoal.control.noise`), is:
+
+    offset size  field
+    0      1     protocol version (PROTOCOL_VERSION = 1)
+    1      n     msgpack encoding of exactly one message struct below; structs are tagged:
+                 the map's "type" key names the struct (e.g. "login", "view_update")
+
+Limits: a client->server frame is at most MAX_CLIENT_FRAME bytes, a server->client frame at
+most MAX_SERVER_FRAME bytes; strings and lists carry the per-field limits below, checked
+while decoding. A frame with an unknown version, an unknown "type", a field of the wrong type
+or beyond a limit, or a message the receiver does not expect in its current state is a
+protocol error: the receiver closes only that session, logging the reason (never a crash).
+
+Conversation:
+
+    client                                       server
+    Noise IK handshake (client pins server key; server learns client key)
+    Login --------------------------------------->   (key banned? -> Error + close)
+          <--------------------------------------- LoginOk, then FullView (version v)
+    requests (CreateNetwork, JoinNetwork, ...) ->
+          <--------------------------------------- Result (same req_id), in request order
+          <--------------------------------------- ViewUpdate (prev_version v, version v+1) ...
+    ResyncRequest (prev_version mismatch) ------->
+          <--------------------------------------- FullView
+    Ping ---------------------------------------->
+          <--------------------------------------- Pong
+    Logout -------------------------------------->  (offline in every network at once) + close
+
+View semantics. A node's *view* is the networks it is a member of (incl. pending ones), their
+members, and its *peers*: the nodes with which it shares at least one network where both are
+online members (not pending). The daemon keeps a WireGuard peer exactly for each peer in the
+view, with AllowedIPs = the peer's ipv4/32 and ipv6/128. Every change to a node's view bumps
+its version by one and is sent as a ViewUpdate with prev_version; a node whose version does
+not equal prev_version asks for a resync and gets a FullView. Applying a FullView or a
+ViewUpdate twice changes nothing (idempotent reconciliation).
+
+Owner: these are plain data; `shoal.server` produces views, `shoal.daemon` consumes them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_CLIENT_FRAME = 64 * 1024
+MAX_SERVER_FRAME = 4 * 1024 * 1024
+
+# Field limits
+NodeId = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=r"^[a-z0-9]+$")]
+NetworkId = Annotated[str, msgspec.Meta(min_length=1, max_length=16, pattern=r"^[a-z0-9]+$")]
+NetworkName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Nickname = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Password = Annotated[str, msgspec.Meta(max_length=128)]
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Address = Annotated[str, msgspec.Meta(max_length=64)]  # "ip" or "ip:port" / "[ip6]:port"
+ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Version = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+ErrorCode = Annotated[str, msgspec.Meta(max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=512)]
+MAX_ENDPOINTS = 16
+MAX_MEMBERS = 4096
+MAX_NETWORKS = 256
+MAX_PEERS = 65536
+
+Approval = Literal["auto", "manual"]
+Role = Literal["owner", "member"]
+NetworkKind = Literal["ip"]  # "l2" arrives with layer-2 networks
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, frozen=True):
+    """Base of every message; unknown fields are ignored (forward compatibility)."""
+
+
+# ---------------------------------------------------------------- shared records
+
+
+class MemberInfo(msgspec.Struct, frozen=True):
+    node_id: NodeId
+    nickname: Nickname
+    role: Role
+    online: bool  # online in this network
+    pending: bool = False  # waiting for the owner's approval
+
+
+class NetworkInfo(msgspec.Struct, frozen=True):
+    network_id: NetworkId
+    name: NetworkName
+    owner_id: NodeId
+    kind: NetworkKind
+    locked: bool
+    approval: Approval
+    members: Annotated[list[MemberInfo], msgspec.Meta(max_length=MAX_MEMBERS)]
+
+
+class PeerInfo(msgspec.Struct, frozen=True):
+    node_id: NodeId
+    nickname: Nickname
+    public_key: Key32
+    ipv4: Address
+    ipv6: Address
+    endpoints: Annotated[list[Address], msgspec.Meta(max_length=MAX_ENDPOINTS)]  # "ip:port"
+
+
+class SelfInfo(msgspec.Struct, frozen=True):
+    node_id: NodeId
+    nickname: Nickname
+    ipv4: Address
+    ipv6: Address
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class Login(_Msg, tag="login"):
+    nickname: Nickname | None = None  # None: keep the stored one (or the server's default)
+    listen_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    endpoints: Annotated[list[Address], msgspec.Meta(max_length=MAX_ENDPOINTS)] = []  # host candidates
+    have_version: Version | None = None  # the view version the node still holds, if any
+    software: Text = ""
+
+
+class Logout(_Msg, tag="logout"):
+    req_id: ReqId
+
+
+class Ping(_Msg, tag="ping"):
+    nonce: Version
+
+
+class ResyncRequest(_Msg, tag="resync_request"):
+    have_version: Version
+
+
+class CreateNetwork(_Msg, tag="create_network"):
+    req_id: ReqId
+    name: NetworkName
+    password: Password
+    approval: Approval = "auto"
+
+
+class JoinNetwork(_Msg, tag="join_network"):
+    req_id: ReqId
+    name: NetworkName
+    password: Password
+
+
+class LeaveNetwork(_Msg, tag="leave_network"):
+    req_id: ReqId
+    network_id: NetworkId
+
+
+class DeleteNetwork(_Msg, tag="delete_network"):
+    req_id: ReqId
+    network_id: NetworkId
+
+
+class SetOnline(_Msg, tag="set_online"):
+    req_id: ReqId
+    network_id: NetworkId
+    online: bool
+
+
+class SetNickname(_Msg, tag="set_nickname"):
+    req_id: ReqId
+    nickname: Nickname
+
+
+class SetPassword(_Msg, tag="set_password"):
+    req_id: ReqId
+    network_id: NetworkId
+    password: Password
+
+
+class SetAccess(_Msg, tag="set_access"):
+    req_id: ReqId
+    network_id: NetworkId
+    locked: bool | None = None
+    approval: Approval | None = None
+
+
+class Approve(_Msg, tag="approve"):
+    req_id: ReqId
+    network_id: NetworkId
+    node_id: NodeId
+
+
+class Reject(_Msg, tag="reject"):
+    req_id: ReqId
+    network_id: NetworkId
+    node_id: NodeId
+    ban: bool = False
+
+
+class Evict(_Msg, tag="evict"):
+    req_id: ReqId
+    network_id: NetworkId
+    node_id: NodeId
+    ban: bool = False
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+class LoginOk(_Msg, tag="login_ok"):
+    node: SelfInfo
+    server_time: float  # unix seconds
+
+
+class FullView(_Msg, tag="full_view"):
+    version: Version
+    node: SelfInfo
+    networks: Annotated[list[NetworkInfo], msgspec.Meta(max_length=MAX_NETWORKS)]
+    peers: Annotated[list[PeerInfo], msgspec.Meta(max_length=MAX_PEERS)]
+
+
+class ViewUpdate(_Msg, tag="view_update"):
+    prev_version: Version
+    version: Version
+    node: SelfInfo | None = None  # when our own nickname/addresses changed
+    networks_upsert: list[NetworkInfo] = []  # whole records, members included
+    networks_removed: list[NetworkId] = []
+    peers_upsert: list[PeerInfo] = []
+    peers_removed: list[NodeId] = []
+
+
+class Result(_Msg, tag="result"):
+    req_id: ReqId
+    ok: bool
+    code: ErrorCode = ""  # machine-readable, e.g. "wrong_password", "locked", "not_owner"
+    message: Text = ""  # one line for humans
+    network_id: NetworkId | None = None  # for create/join
+
+
+class Pong(_Msg, tag="pong"):
+    nonce: Version
+
+
+class Error(_Msg, tag="error"):
+    """Fatal for the session: the sender closes right after."""
+
+    code: ErrorCode
+    message: Text
+
+
+ClientMessage = Union[
+    Login, Logout, Ping, ResyncRequest, CreateNetwork, JoinNetwork, LeaveNetwork, DeleteNetwork,
+    SetOnline, SetNickname, SetPassword, SetAccess, Approve, Reject, Evict,
+]
+ServerMessage = Union[LoginOk, FullView, ViewUpdate, Result, Pong, Error]
+
+_client_decoder = msgspec.msgpack.Decoder(ClientMessage)
+_server_decoder = msgspec.msgpack.Decoder(ServerMessage)
+_encoder = msgspec.msgpack.Encoder()
+_VERSION_BYTE = bytes([PROTOCOL_VERSION])
+
+
+class ProtocolError(ValueError):
+    """The peer sent something malformed, too big, of another version, or unexpected."""
+
+
+def encode(message: _Msg) -> bytes:
+    """Version byte + msgpack of one message."""
+    return _VERSION_BYTE + _encoder.encode(message)
+
+
+def _decode(frame: bytes, decoder: msgspec.msgpack.Decoder, limit: int):  # noqa: ANN202
+    if len(frame) > limit:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limit}")
+    if not frame:
+        raise ProtocolError("empty frame")
+    if frame[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {frame[0]} (we speak {PROTOCOL_VERSION})")
+    try:
+        return decoder.decode(memoryview(frame)[1:])
+    except msgspec.DecodeError as e:  # ValidationError is a subclass
+        raise ProtocolError(f"malformed message: {e}") from None
+
+
+def decode_client(frame: bytes) -> ClientMessage:
+    """Decode a frame a client sent (server side)."""
+    return _decode(frame, _client_decoder, MAX_CLIENT_FRAME)
+
+
+def decode_server(frame: bytes) -> ServerMessage:
+    """Decode a frame the server sent (client side)."""
+    return _decode(frame, _server_decoder, MAX_SERVER_FRAME)

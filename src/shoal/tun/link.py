@@ -73,6 +73,9 @@ class Link:
     def add_address(self, cidr: str) -> None:
         self._do(f"add address {cidr}", self._ipr.addr, "add", index=self.index(), **_addr_args(cidr))
 
+    def del_address(self, cidr: str) -> None:
+        self._do(f"delete address {cidr}", self._ipr.addr, "del", index=self.index(), **_addr_args(cidr))
+
     def add_route(self, cidr: str) -> None:
         self._do(f"add route {cidr}", self._ipr.route, "replace", oif=self.index(), **_route_args(cidr))
 
@@ -138,6 +141,9 @@ class AsyncLink:
 
     async def add_address(self, cidr: str) -> None:
         await self._do(f"add address {cidr}", self._r().addr("add", index=await self.index(), **_addr_args(cidr)))
+
+    async def del_address(self, cidr: str) -> None:
+        await self._do(f"delete address {cidr}", self._r().addr("del", index=await self.index(), **_addr_args(cidr)))
 
     async def add_route(self, cidr: str) -> None:
         await self._do(f"add route {cidr}", self._r().route("replace", oif=await self.index(), **_route_args(cidr)))

@@ -9,6 +9,14 @@ Lifecycle of `run()`: PreUp hooks -> TUN created -> MTU/addresses/up/routes -> U
 peers configured -> UAPI socket listening (= ready) -> PostUp hooks -> ... stop ... ->
 PreDown hooks -> everything closed, the link removed -> PostDown hooks. If any step fails,
 what was made is undone before the error propagates: no half-configured interface stays.
+
+Run-time changes (the node daemon's use; `shoal wg` changes peers through UAPI instead):
+`set_peers(configs)` makes the engine's peer set exactly `configs` (removed peers lose their
+sessions at once, kept ones keep them; like `wg syncconf`, routes are not touched: the
+daemon's interface prefixes cover its peers) and `await set_addresses(cidrs)` makes the
+link's addresses exactly `cidrs`. Both may be called before `run()` (they then shape the
+initial configuration) or once `ready` is set, from the loop's thread. `on_event(event, now)` is
+called for every engine event (handshakes, endpoint changes) after it is logged.
 """
 
 from __future__ import annotations
@@ -20,15 +28,17 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shoal.tun.link import AsyncLink
 from shoal.tun.device import Tun
 from shoal.udp.socket import UdpSocket
 from shoal.wg import uapi
-from shoal.wg.config import WgConfig
+from shoal.wg.config import IPInterface, WgConfig
 from shoal.wireguard.constants import DEFAULT_TIMERS, Timers
-from shoal.wireguard.device import Device
+from shoal.wireguard.device import Device, DeviceEvent
+from shoal.wireguard.peer import PeerConfig
 
 log = logging.getLogger("shoal.wg")
 
@@ -74,11 +84,13 @@ class WgInterface:
         timers: Timers = DEFAULT_TIMERS,
         uapi_dir: Path = DEFAULT_UAPI_DIR,
         offload: bool = True,
+        on_event: Callable[[DeviceEvent, float], None] | None = None,
     ) -> None:
         self.config = config
         self.timers = timers
         self.uapi_path = uapi_dir / f"{config.name}.sock"
         self.offload = offload
+        self.on_event = on_event
         self.device = Device(
             config.interface.private_key,
             mtu=config.interface.mtu,
@@ -102,8 +114,14 @@ class WgInterface:
         if device.to_tun:
             self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
         if device.events:
+            now = self._loop.time()  # type: ignore[union-attr]
             for event in device.take_events():
                 log.info("%s: peer %s %s", self.config.name, event.peer.short(), event.kind)
+                if self.on_event is not None:
+                    try:
+                        self.on_event(event, now)
+                    except Exception:  # noqa: BLE001 - an observer's bug must not stop the data plane
+                        log.exception("%s: event callback failed", self.config.name)
         self._reschedule()
 
     def _on_tun(self) -> None:
@@ -146,6 +164,57 @@ class WgInterface:
         self._timer_at = deadline
         if deadline is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------ run-time changes
+
+    @property
+    def running(self) -> bool:
+        return self.udp is not None  # set once the socket is bound, cleared on close
+
+    @property
+    def listen_port(self) -> int | None:
+        """The UDP port actually bound (known once `ready` is set)."""
+        return self.udp.port if self.udp is not None else None
+
+    def set_peers(self, peers: list[PeerConfig]) -> None:
+        """Make the peer set exactly `peers` (reconcile: remove, add, update in place).
+
+        A kept peer keeps its sessions; its endpoint changes only when the config names one.
+        Raises ValueError for an invalid peer (nothing is changed then)."""
+        keys = [p.public_key for p in peers]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate peer public key")
+        own = self.device.public_key
+        for p in peers:
+            if p.public_key == own:
+                raise ValueError("a peer cannot have the interface's own public key")
+        self.config.peers = list(peers)
+        if not self.running:
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        wanted = set(keys)
+        for key in [k for k in self.device.peers if k not in wanted]:
+            self.device.remove_peer(key)
+        for p in peers:
+            self.device.add_peer(p, now)
+        self._flush()
+
+    async def set_addresses(self, addresses: list[IPInterface]) -> None:
+        """Make the link's addresses exactly `addresses` (added with NODAD for IPv6)."""
+        old = list(self.config.interface.addresses)
+        self.config.interface.addresses = list(addresses)
+        if not self.running:
+            return
+        try:
+            async with AsyncLink(self.config.name) as link:
+                for a in old:
+                    if a not in addresses:
+                        await link.del_address(str(a))
+                for a in addresses:
+                    if a not in old:
+                        await link.add_address(str(a))
+        except Exception as e:  # noqa: BLE001 - one line naming netlink's reason
+            raise SetupError(f"cannot set addresses of {self.config.name}: {e}") from None
 
     # ------------------------------------------------------------ UAPI
 
@@ -250,6 +319,7 @@ class WgInterface:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.udp.fileno())  # type: ignore[union-attr]
             self.udp.close()
+            self.udp = None
         if self.tun is not None:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.tun.fileno())  # type: ignore[union-attr]

@@ -1,0 +1,77 @@
+"""Node key file (0600, made once, never silently replaced) and the pinned server."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from shoal.daemon import identity
+from shoal.daemon.identity import IdentityError, ServerPin
+from shoal.wireguard.keys import PrivateKey
+
+
+def test_node_key_made_on_first_start_with_mode_0600_and_kept(tmp_path):
+    state = tmp_path / "state"
+    key, created = identity.load_or_create_node_key(state)
+    assert created
+    assert stat.S_IMODE((state / "node.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    again, created2 = identity.load_or_create_node_key(state)
+    assert again == key and not created2
+
+
+def test_readable_key_is_refused(tmp_path):
+    identity.load_or_create_node_key(tmp_path)
+    os.chmod(tmp_path / "node.key", 0o644)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        identity.load_or_create_node_key(tmp_path)
+
+
+def test_damaged_key_is_refused_not_replaced(tmp_path):
+    path = tmp_path / "node.key"
+    path.write_text("garbage\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(IdentityError, match="not a node key"):
+        identity.load_or_create_node_key(tmp_path)
+    assert path.read_text() == "garbage\n"
+
+
+@pytest.mark.parametrize("url,want", [
+    ("192.0.2.1:8080", "http://192.0.2.1:8080"),
+    ("http://192.0.2.1:8080/", "http://192.0.2.1:8080"),
+    ("https://example.test", "https://example.test"),
+    ("http://[2001:db8::1]:8080", "http://[2001:db8::1]:8080"),
+])
+def test_normalize_server_url(url, want):
+    assert identity.normalize_server_url(url) == want
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "http://", "http://h:99999", "http://h:1/path", ""])
+def test_bad_server_urls(url):
+    with pytest.raises(ValueError):
+        identity.normalize_server_url(url)
+
+
+def test_control_url():
+    assert identity.control_url("192.0.2.1:8080") == "ws://192.0.2.1:8080/control"
+    assert identity.control_url("https://h") == "wss://h/control"
+
+
+def test_pin_round_trip_and_clear(tmp_path):
+    assert identity.load_pin(tmp_path) is None
+    pin = ServerPin("http://192.0.2.1:8080", PrivateKey.generate().public_key())
+    identity.save_pin(tmp_path, pin)
+    assert stat.S_IMODE((tmp_path / "server.json").stat().st_mode) == 0o600
+    assert identity.load_pin(tmp_path) == pin
+    identity.save_view(tmp_path, b"\x01view")
+    assert identity.load_view(tmp_path) == b"\x01view"
+    identity.clear_pin(tmp_path)
+    assert identity.load_pin(tmp_path) is None and identity.load_view(tmp_path) is None
+
+
+def test_damaged_pin_is_reported(tmp_path):
+    (tmp_path / "server.json").write_text("{not json")
+    with pytest.raises(IdentityError, match="logout"):
+        identity.load_pin(tmp_path)

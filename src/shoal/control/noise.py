@@ -84,7 +84,14 @@ _H_PROLOGUE = HASH(_H0 + PROLOGUE)  # MixHash(prologue)
 
 
 class HandshakeFailed(Exception):
-    """A handshake message from the network did not verify (wrong key, tampered, malformed)."""
+    """A handshake message from the network did not verify (wrong key, tampered, malformed).
+
+    `wrong_server_key` is True when message1 could not have been made for this server's key
+    (its encrypted static key does not open): the node pinned another server key."""
+
+    def __init__(self, message: str, *, wrong_server_key: bool = False) -> None:
+        super().__init__(message)
+        self.wrong_server_key = wrong_server_key
 
 
 class DecryptFailed(Exception):
@@ -318,7 +325,9 @@ class ServerHandshake:
         st.mix_key(es)
         rs = st.decrypt_and_hash(msg[DHLEN : DHLEN + DHLEN + TAGLEN])
         if rs is None:
-            raise HandshakeFailed("message1 does not verify: it was made for another server key")
+            raise HandshakeFailed(
+                "message1 does not verify: it was made for another server key", wrong_server_key=True
+            )
         ss = _dh(self._s, rs)
         if ss is None:
             raise HandshakeFailed("message1 carries a low-order static key")

@@ -1,0 +1,541 @@
+"""Unit tests of the coordination core: every rule, every refusal, views, versions, presence."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+
+from shoal.control import messages as m
+from shoal.server.core import (
+    IPV4_POOL, IPV4_RESERVED, PRESENCE_GRACE, Close, Core, DeleteMember, DeleteNetwork,
+    PutBan, PutMember, PutNetwork, PutNode, Send,
+)
+
+from .helpers import FAST_HASHER, ULA, Harness, key_of
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def refused(h: Harness, who: str, cls: type, code: str, /, **kw: object) -> m.Result:
+    """Send a request that must be refused with `code` and change nothing at all."""
+    before = h.state()
+    versions = {c: h.core.version_of(h.nid(c)) for c in h.clients if h.clients[c].node_id}
+    r = h.req(who, cls, **kw)
+    assert not r.ok and r.code == code, r
+    assert r.message  # a line for humans
+    assert h.last.persist == []
+    assert [type(o.message) for o in h.last.sends()] == [m.Result]  # no view update to anyone
+    assert h.state() == before
+    assert versions == {c: h.core.version_of(h.nid(c)) for c in versions}
+    return r
+
+
+def three(h: Harness) -> tuple[str, str, str]:
+    """alice owns "lan" (password pw), bob joined; carol logged in, in no network."""
+    for n in ("alice", "bob", "carol"):
+        h.login(n)
+    net = h.create("alice", "lan")
+    assert h.join("bob", "lan").ok
+    return net, h.nid("alice"), h.nid("bob")
+
+
+# ------------------------------------------------------------------ identity
+
+
+def test_first_login_registers_identity(h: Harness) -> None:
+    node_id = h.login("alice")
+    c = h.clients["alice"]
+    assert len(node_id) == 6 and node_id.isalnum() and node_id.islower()
+    login_ok, full = c.inbox
+    assert isinstance(login_ok, m.LoginOk) and isinstance(full, m.FullView)
+    assert login_ok.node.nickname == f"node-{node_id}"
+    v4 = ipaddress.IPv4Address(login_ok.node.ipv4)
+    assert v4 in IPV4_POOL and v4 not in IPV4_RESERVED and int(v4) & 0xFF not in (0, 255)
+    v6 = ipaddress.IPv6Address(login_ok.node.ipv6)
+    assert v6 in ULA and int(v6) & 0xFFFFFFFF == int(v4)
+    assert full.networks == [] and full.peers == [] and full.node == login_ok.node
+    assert [type(p) for p in h.last.persist] == [PutNode, PutNode]  # registered, then present
+
+
+def test_identity_is_stable_across_logins_and_nickname_kept(h: Harness) -> None:
+    first = h.login("alice", nickname="Alice")
+    info = h.clients["alice"].inbox[0].node
+    h.send("alice", m.Logout(req_id=1))
+    assert h.login("alice") == first  # nickname None: keep the stored one
+    assert h.clients["alice"].inbox[-2].node == info
+    assert info.nickname == "Alice"
+
+
+def test_addresses_unique_for_many_nodes() -> None:
+    core = Core(ULA, now=0.0, rng=random.Random(1).randbytes, hasher=FAST_HASHER)
+    seen4, seen6, ids = set(), set(), set()
+    for i in range(3000):
+        core.connect(i, key_of(f"n{i}"), 0.0)
+        core.receive(i, m.Login(), 0.0)
+        rec = core.node_by_key(key_of(f"n{i}"))
+        assert rec is not None
+        seen4.add(rec.ipv4), seen6.add(rec.ipv6), ids.add(rec.node_id)
+        a = ipaddress.IPv4Address(rec.ipv4)
+        assert a in IPV4_POOL and a not in IPV4_RESERVED and int(a) & 0xFF not in (0, 255)
+    assert len(seen4) == len(seen6) == len(ids) == 3000
+
+
+def test_ipv4_collision_probes_to_a_free_address() -> None:
+    core = Core(ULA, now=0.0, hasher=FAST_HASHER)
+    k = key_of("x")
+    first = core._new_ipv4(k)
+    core._ipv4_used.add(first)
+    second = core._new_ipv4(k)
+    assert second != first and ipaddress.IPv4Address(second) in IPV4_POOL
+
+
+def test_node_id_collision_takes_a_longer_id() -> None:
+    core = Core(ULA, now=0.0, hasher=FAST_HASHER)
+    k = key_of("x")
+    short = core._new_node_id(k)
+    core.nodes[short] = None  # type: ignore[assignment]  # pretend another key owns it
+    longer = core._new_node_id(k)
+    assert len(longer) == 7 and longer.startswith(short)
+
+
+def test_bad_ula_prefix_refused() -> None:
+    with pytest.raises(ValueError):
+        Core(ipaddress.IPv6Network("2001:db8::/48"), now=0.0)
+    with pytest.raises(ValueError):
+        Core(ipaddress.IPv6Network("fd00::/64"), now=0.0)
+
+
+def test_endpoints_validated_and_observed_address_added(h: Harness) -> None:
+    h.login("alice", remote_ip="192.0.2.10", listen_port=51820,
+            endpoints=["198.51.100.7:51820", "garbage", "1.2.3.4:0", "[2001:db8::1]:5"])
+    rec = h.core.nodes[h.nid("alice")]
+    assert rec.endpoints == ("198.51.100.7:51820", "[2001:db8::1]:5", "192.0.2.10:51820")
+
+
+# ------------------------------------------------------------------ protocol errors
+
+
+def test_request_before_login_closes_only_that_session(h: Harness) -> None:
+    h.login("bob")
+    c = h.connect("alice")
+    fx = h.send("alice", m.CreateNetwork(req_id=1, name="x", password=""))
+    assert isinstance(fx.out[0], Send) and isinstance(fx.out[0].message, m.Error)
+    assert fx.out[0].message.code == "protocol_error"
+    assert isinstance(fx.out[1], Close) and fx.out[1].code == 4002 and "before Login" in fx.out[1].reason
+    assert fx.persist == [] and h.core.networks == {}
+    assert h.core.receive(c.session or 999, m.Login(), h.now).out == []  # dead session: ignored
+    assert h.clients["bob"].closed == []
+
+
+def test_second_login_is_a_protocol_error(h: Harness) -> None:
+    h.login("alice")
+    fx = h.send("alice", m.Login())
+    assert [type(o) for o in fx.out] == [Send, Close]
+    assert h.core.is_present(h.nid("alice"))  # a protocol error drops like a lost connection
+
+
+def test_ping_pong_and_resync(h: Harness) -> None:
+    h.login("alice")
+    fx = h.send("alice", m.Ping(nonce=42))
+    assert fx.sends()[0].message == m.Pong(nonce=42)
+    h.create("alice", "lan")
+    v = h.core.version_of(h.nid("alice"))
+    fx = h.send("alice", m.ResyncRequest(have_version=0))
+    (s,) = fx.sends()
+    assert isinstance(s.message, m.FullView) and s.message.version == v
+    assert s.message == h.core.full_view(h.nid("alice"))
+
+
+def test_new_session_replaces_the_old_one(h: Harness) -> None:
+    net, a, b = three(h)
+    old = h.clients["bob"].session
+    bob_v = h.core.version_of(b)
+    fx_alice_before = len(h.clients["alice"].inbox)
+    h.login("bob")
+    assert (4000, "replaced by a newer session of this node") in h.clients["bob"].closed
+    assert old is not None and h.core.disconnect(old, h.now).out == []  # the old one's end changes nothing
+    assert h.core.is_present(b) and h.core.version_of(b) == bob_v + 1
+    assert len(h.clients["alice"].inbox) == fx_alice_before  # nothing changed for alice
+    h.assert_consistent()
+
+
+# ------------------------------------------------------------------ create / join
+
+
+def test_create_and_join_fan_out(h: Harness) -> None:
+    net, a, b = three(h)
+    assert h.peers("alice") == {b} and h.peers("bob") == {a}
+    assert h.peers("carol") == set()
+    info = h.clients["alice"].mirror.networks[net]
+    assert [(x.node_id, x.role, x.online) for x in info.members] == [(a, "owner", True), (b, "member", True)]
+    assert info.owner_id == a and not info.locked and info.approval == "auto"
+    peer_b = h.clients["alice"].mirror.peers[b]
+    assert peer_b.public_key == bytes(key_of("bob")) and peer_b.ipv4 == h.core.nodes[b].ipv4
+    h.assert_consistent()
+
+
+def test_create_refusals(h: Harness) -> None:
+    h.login("alice"), h.login("bob")
+    h.create("alice", "LAN Party")
+    refused(h, "bob", m.CreateNetwork, "name_taken", name="lan party", password="x")
+    refused(h, "bob", m.CreateNetwork, "invalid", name="   ", password="x")
+    refused(h, "bob", m.CreateNetwork, "invalid", name="bad\x00name", password="x")
+
+
+def test_password_is_stored_hashed(h: Harness) -> None:
+    h.login("alice")
+    net = h.create("alice", "lan", password="s3cret-pass")
+    stored = h.core.networks[net].password_hash
+    assert stored.startswith("scrypt$") and "s3cret-pass" not in stored
+
+
+def test_wrong_password_refused(h: Harness) -> None:
+    net, a, b = three(h)
+    refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="nope")
+    refused(h, "carol", m.JoinNetwork, "no_such_network", name="other", password="pw")
+    assert h.join("carol", "LAN").ok  # names are case-insensitive
+    h.assert_consistent()
+
+
+def test_join_is_idempotent(h: Harness) -> None:
+    net, a, b = three(h)
+    v = h.core.version_of(b)
+    r = h.join("bob", "lan", password="whatever")
+    assert r.ok and r.network_id == net
+    assert h.last.persist == [] and h.core.version_of(b) == v
+
+
+def test_fresh_core_checks_password_with_scrypt_not_only_fast_path(h: Harness) -> None:
+    net, a, b = three(h)
+    h.core._fast_pw.clear()  # as after a restart
+    refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="PW")
+    assert h.join("carol", "lan", password="pw").ok
+
+
+def test_wrong_passwords_are_rate_limited(h: Harness) -> None:
+    net, a, b = three(h)
+    for _ in range(10):
+        refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="nope")
+    refused(h, "carol", m.JoinNetwork, "rate_limited", name="lan", password="pw")
+    h.advance(61)
+    assert h.join("carol", "lan").ok
+
+
+def test_locked_network(h: Harness) -> None:
+    net, a, b = three(h)
+    refused(h, "bob", m.SetAccess, "not_owner", network_id=net, locked=True)
+    assert h.req("alice", m.SetAccess, network_id=net, locked=True).ok
+    assert h.clients["bob"].mirror.networks[net].locked
+    refused(h, "carol", m.JoinNetwork, "locked", name="lan", password="pw")
+    refused(h, "alice", m.SetAccess, "invalid", network_id=net)
+    assert h.req("alice", m.SetAccess, network_id=net, locked=False).ok
+    assert h.join("carol", "lan").ok
+
+
+def test_set_access_idempotent(h: Harness) -> None:
+    net, a, b = three(h)
+    assert h.req("alice", m.SetAccess, network_id=net, locked=False, approval="auto").ok
+    assert h.last.persist == [] and [type(s.message) for s in h.last.sends()] == [m.Result]
+
+
+# ------------------------------------------------------------------ approval
+
+
+def test_manual_approval_flow(h: Harness) -> None:
+    for n in ("alice", "bob", "carol"):
+        h.login(n)
+    net = h.create("alice", "club", approval="manual")
+    h.join("carol", "club")  # carol is a member in manual mode? no: pending too
+    r = h.join("bob", "club")
+    b = h.nid("bob")
+    assert not r.ok and r.code == "pending_approval" and r.network_id == net
+    assert isinstance(h.last.persist[0], PutMember) and h.last.persist[0].member.pending
+    # bob sees the network as pending with only owner and himself; no peers yet
+    bob_view = h.clients["bob"].mirror.networks[net]
+    assert {x.node_id for x in bob_view.members} == {h.nid("alice"), b}
+    assert h.peers("bob") == set() and b not in h.peers("alice")
+    owner_view = h.clients["alice"].mirror.networks[net]
+    assert [x.pending for x in owner_view.members if x.node_id == b] == [True]
+    # asking again: still pending, nothing changes
+    refused(h, "bob", m.JoinNetwork, "pending_approval", name="club", password="pw")
+    refused(h, "carol", m.Approve, "not_owner", network_id=net, node_id=b)
+    assert h.req("alice", m.Approve, network_id=net, node_id=b).ok
+    assert h.peers("bob") == {h.nid("alice")}
+    assert h.req("alice", m.Approve, network_id=net, node_id=b).ok  # idempotent
+    assert h.last.persist == []
+    h.assert_consistent()
+
+
+def test_reject_and_ban(h: Harness) -> None:
+    for n in ("alice", "bob", "carol"):
+        h.login(n)
+    net = h.create("alice", "club", approval="manual")
+    h.join("bob", "club"), h.join("carol", "club")
+    b, c = h.nid("bob"), h.nid("carol")
+    refused(h, "bob", m.Reject, "not_owner", network_id=net, node_id=c)
+    assert h.req("alice", m.Reject, network_id=net, node_id=b).ok
+    assert net not in h.clients["bob"].mirror.networks
+    assert h.join("bob", "club").code == "pending_approval"  # plain reject: may ask again
+    assert h.req("alice", m.Reject, network_id=net, node_id=b, ban=True).ok
+    assert any(isinstance(p, PutBan) for p in h.last.persist)
+    refused(h, "bob", m.JoinNetwork, "banned", name="club", password="pw")
+    refused(h, "alice", m.Reject, "not_member", network_id=net, node_id=h.nid("alice"))
+    refused(h, "alice", m.Reject, "invalid", network_id=net, node_id="zzzzzz")
+    h.assert_consistent()
+
+
+# ------------------------------------------------------------------ evict / leave / delete
+
+
+def test_evict_cuts_at_once_and_ban_sticks(h: Harness) -> None:
+    net, a, b = three(h)
+    assert h.join("carol", "lan").ok
+    c = h.nid("carol")
+    refused(h, "bob", m.Evict, "not_owner", network_id=net, node_id=c)
+    refused(h, "alice", m.Evict, "invalid", network_id=net, node_id=a)
+    assert h.req("alice", m.Evict, network_id=net, node_id=c).ok
+    assert h.peers("carol") == set() and c not in h.peers("alice") | h.peers("bob")
+    assert net not in h.clients["carol"].mirror.networks
+    assert h.join("carol", "lan").ok  # evicted without ban may come back
+    assert h.req("alice", m.Evict, network_id=net, node_id=c, ban=True).ok
+    assert {type(p) for p in h.last.persist} == {DeleteMember, PutBan}
+    refused(h, "carol", m.JoinNetwork, "banned", name="lan", password="pw")
+    refused(h, "alice", m.Evict, "not_member", network_id=net, node_id=c)  # no ban, not a member
+    assert h.req("alice", m.Evict, network_id=net, node_id=c, ban=True).ok  # idempotent
+    assert h.last.persist == []
+    h.assert_consistent()
+
+
+def test_leave(h: Harness) -> None:
+    net, a, b = three(h)
+    refused(h, "alice", m.LeaveNetwork, "owner_cannot_leave", network_id=net)
+    refused(h, "carol", m.LeaveNetwork, "not_member", network_id=net)
+    refused(h, "carol", m.LeaveNetwork, "no_such_network", network_id="nonet")
+    assert h.req("bob", m.LeaveNetwork, network_id=net).ok
+    assert h.peers("alice") == set() and h.clients["bob"].mirror.networks == {}
+    assert [x.node_id for x in h.clients["alice"].mirror.networks[net].members] == [a]
+    h.assert_consistent()
+
+
+def test_delete(h: Harness) -> None:
+    net, a, b = three(h)
+    refused(h, "bob", m.DeleteNetwork, "not_owner", network_id=net)
+    refused(h, "bob", m.DeleteNetwork, "no_such_network", network_id="nonet")
+    assert h.req("alice", m.DeleteNetwork, network_id=net).ok
+    assert h.last.persist == [DeleteNetwork(net)]
+    for n in ("alice", "bob"):
+        assert h.clients[n].mirror.networks == {} and h.peers(n) == set()
+    refused(h, "alice", m.DeleteNetwork, "no_such_network", network_id=net)
+    assert h.create("bob", "lan")  # the name is free again
+    h.assert_consistent()
+
+
+def test_set_password(h: Harness) -> None:
+    net, a, b = three(h)
+    refused(h, "bob", m.SetPassword, "not_owner", network_id=net, password="x")
+    assert h.req("alice", m.SetPassword, network_id=net, password="new").ok
+    assert [type(p) for p in h.last.persist] == [PutNetwork]
+    refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="pw")
+    assert h.join("carol", "lan", password="new").ok
+
+
+# ------------------------------------------------------------------ online / offline, several networks
+
+
+def test_set_online_per_network_and_overlap(h: Harness) -> None:
+    net, a, b = three(h)
+    c = h.nid("carol")
+    net2 = h.create("alice", "second")
+    assert h.join("bob", "second").ok and h.join("carol", "second").ok
+    assert h.peers("alice") == {b, c} and h.peers("carol") == {a, b}
+    # bob offline in "lan" only: still a peer of alice through "second"
+    assert h.req("bob", m.SetOnline, network_id=net, online=False).ok
+    assert h.peers("alice") == {b, c}
+    assert h.clients["alice"].mirror.member_online(net, b) is False
+    assert h.clients["alice"].mirror.member_online(net2, b) is True
+    v = h.core.version_of(a)
+    assert h.req("bob", m.SetOnline, network_id=net, online=False).ok  # idempotent
+    assert h.core.version_of(a) == v and h.last.persist == []
+    assert h.req("bob", m.SetOnline, network_id=net2, online=False).ok
+    assert b not in h.peers("alice") and b not in h.peers("carol") and h.peers("bob") == set()
+    refused(h, "carol", m.SetOnline, "not_member", network_id=net, online=True)
+    assert h.req("bob", m.SetOnline, network_id=net, online=True).ok
+    assert h.peers("alice") == {b, c} and h.peers("bob") == {a}  # carol is not in "lan"
+    h.assert_consistent()
+
+
+def test_isolation_between_non_shared_members(h: Harness) -> None:
+    for n in ("alice", "bob", "carol"):
+        h.login(n)
+    h.create("alice", "n1"), h.create("carol", "n2")
+    h.join("bob", "n1"), h.join("bob", "n2")
+    a, b, c = h.nid("alice"), h.nid("bob"), h.nid("carol")
+    assert h.peers("bob") == {a, c} and h.peers("alice") == {b} and h.peers("carol") == {b}
+    assert not h.core.is_peer(a, c)
+
+
+def test_set_nickname_reaches_peers(h: Harness) -> None:
+    net, a, b = three(h)
+    refused(h, "bob", m.SetNickname, "invalid", nickname=" ")
+    assert h.req("bob", m.SetNickname, nickname="Bobby").ok
+    assert h.clients["alice"].mirror.peers[b].nickname == "Bobby"
+    assert [x.nickname for x in h.clients["alice"].mirror.networks[net].members if x.node_id == b] == ["Bobby"]
+    assert h.clients["bob"].mirror.node is not None and h.clients["bob"].mirror.node.nickname == "Bobby"
+    h.assert_consistent()
+
+
+def test_pending_member_is_never_a_peer(h: Harness) -> None:
+    h.login("alice"), h.login("bob")
+    net = h.create("alice", "club", approval="manual")
+    h.join("bob", "club")
+    assert h.req("bob", m.SetOnline, network_id=net, online=True).ok
+    assert h.peers("alice") == set() and not h.core.is_online(h.nid("bob"), net)
+
+
+# ------------------------------------------------------------------ presence
+
+
+def test_dropped_connection_keeps_peers_for_the_grace(h: Harness) -> None:
+    net, a, b = three(h)
+    assert h.drop("bob").out == []  # nothing told yet
+    assert h.core.next_deadline() == pytest.approx(h.now + PRESENCE_GRACE)
+    h.advance(PRESENCE_GRACE - 1)
+    assert h.peers("alice") == {b}
+    fx = h.advance(1.0)
+    assert b not in h.peers("alice") and h.clients["alice"].mirror.member_online(net, b) is False
+    assert [p.node.present for p in fx.persist if isinstance(p, PutNode)] == [False]
+    assert h.core.next_deadline() is None
+    h.login("bob")
+    assert h.peers("alice") == {b}
+    h.assert_consistent()
+
+
+def test_reconnect_inside_the_grace_is_invisible_to_peers(h: Harness) -> None:
+    net, a, b = three(h)
+    va = h.core.version_of(a)
+    h.drop("bob")
+    h.advance(10)
+    h.login("bob")
+    h.advance(PRESENCE_GRACE)
+    assert h.core.version_of(a) == va and h.peers("alice") == {b}
+    assert h.core.next_deadline() is None
+
+
+def test_logout_takes_effect_at_once(h: Harness) -> None:
+    net, a, b = three(h)
+    fx = h.send("bob", m.Logout(req_id=5))
+    assert isinstance(fx.out[0], Send) and fx.out[0].message == m.Result(req_id=5, ok=True)
+    assert any(isinstance(o, Close) and o.code == 1000 for o in fx.out)
+    assert h.peers("alice") == set() and h.core.next_deadline() is None
+
+
+def test_restart_gives_present_nodes_the_grace(h: Harness) -> None:
+    net, a, b = three(h)
+    h.drop("carol")
+    h.advance(PRESENCE_GRACE + 1)  # carol is offline before the "restart"
+    core = h.core
+    t0 = h.now + 100
+    new = Core.from_state(
+        ULA, core.nodes.values(), core.networks.values(),
+        [x for mems in core.members.values() for x in mems.values()],
+        [x for bs in core.bans.values() for x in bs.values()],
+        now=t0, hasher=FAST_HASHER,
+    )
+    assert new.is_present(a) and new.is_present(b) and not new.is_present(h.nid("carol"))
+    assert new.next_deadline() == pytest.approx(t0 + PRESENCE_GRACE)
+    h2 = Harness(core=new, now=t0)
+    h2.login("alice")
+    assert h2.peers("alice") == {b}  # bob not back yet, but inside the start grace
+    h2.advance(PRESENCE_GRACE)
+    assert h2.peers("alice") == set() and h2.clients["alice"].mirror.member_online(net, b) is False
+    h2.login("bob")
+    assert h2.peers("alice") == {b}
+    h2.assert_consistent()
+
+
+# ------------------------------------------------------------------ versions
+
+
+def test_versions_are_consecutive_and_only_for_changes(h: Harness) -> None:
+    net, a, b = three(h)
+    msgs = [x for x in h.clients["bob"].inbox if isinstance(x, (m.FullView, m.ViewUpdate))]
+    assert isinstance(msgs[0], m.FullView)
+    v = msgs[0].version
+    for u in msgs[1:]:
+        assert isinstance(u, m.ViewUpdate) and u.prev_version == v and u.version == v + 1
+        v = u.version
+    n_alice = len(h.clients["alice"].inbox)
+    h.req("carol", m.SetNickname, nickname="Carol")  # carol shares nothing with alice
+    assert len(h.clients["alice"].inbox) == n_alice
+
+
+def test_mirror_resync_after_gap() -> None:
+    from shoal.server.viewmirror import ViewMirror
+
+    h = Harness()
+    net, a, b = three(h)
+    ups = [x for x in h.clients["alice"].inbox if isinstance(x, m.ViewUpdate)]
+    fresh = ViewMirror()
+    fresh.apply(h.core.full_view(a))
+    assert fresh.apply(ups[-1])  # a duplicate of an already-applied update is a no-op
+    stale = ViewMirror()
+    stale.version = ups[-1].prev_version - 1
+    assert not stale.apply(ups[-1]) and stale.resyncs_needed == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_operations_keep_every_view_consistent(seed: int) -> None:
+    """Random requests, drops and timers from six nodes: every mirror equals the server's view."""
+    rnd = random.Random(seed)
+    h = Harness(seed=seed)
+    names = [f"n{i}" for i in range(6)]
+    for n in names:
+        h.login(n)
+    nets: list[str] = []
+    for step in range(250):
+        n = rnd.choice(names)
+        if h.clients[n].session is None:
+            if rnd.random() < 0.5:
+                h.login(n)
+            continue
+        op = rnd.randrange(12)
+        live = sorted(h.core.networks)
+        nid = rnd.choice(live) if live and rnd.random() < 0.9 else (rnd.choice(nets) if nets else "none")
+        other = h.nid(rnd.choice(names)) if all(h.clients[x].node_id for x in names) else "none"
+        if op == 0:
+            r = h.req(n, m.CreateNetwork, name=f"net{rnd.randrange(5)}", password="pw",
+                      approval=rnd.choice(["auto", "manual"]))
+            if r.ok:
+                nets.append(r.network_id or "")
+        elif op in (1, 2):
+            h.join(n, f"net{rnd.randrange(5)}", password=rnd.choice(["pw", "pw", "bad"]))
+        elif op == 3:
+            h.req(n, m.LeaveNetwork, network_id=nid)
+        elif op == 4:
+            h.req(n, m.SetOnline, network_id=nid, online=rnd.random() < 0.5)
+        elif op == 5:
+            h.req(n, m.Approve, network_id=nid, node_id=other)
+        elif op == 6:
+            h.req(n, m.Evict, network_id=nid, node_id=other, ban=rnd.random() < 0.3)
+        elif op == 7 and rnd.random() < 0.3:
+            h.req(n, m.DeleteNetwork, network_id=nid)
+        elif op == 8:
+            h.drop(n)
+        elif op == 9:
+            h.send(n, m.Logout(req_id=1))
+        elif op == 10:
+            h.req(n, m.SetAccess, network_id=nid, locked=rnd.random() < 0.3)
+        else:
+            h.advance(rnd.choice([1.0, 10.0, PRESENCE_GRACE]))
+        h.assert_consistent()
+        # every online pair of members in a shared network are peers, and nobody else
+        for x in names:
+            xi = h.clients[x].node_id
+            if xi is None or h.clients[x].session is None:
+                continue
+            assert h.core.peers_of(xi) == set(h.clients[x].mirror.peers)

@@ -202,6 +202,8 @@ async def _raw_session(url: str, node: PrivateKey = NODE):  # noqa: ANN202
         (lambda s: s.encrypt(b"\x02" + m._encoder.encode(m.Ping(nonce=1))), "version"),
         (lambda s: s.encrypt(b"\x01" + m._encoder.encode({"type": "launch_missiles"})), "malformed"),
         (lambda s: s.encrypt(b"\x01\xc1"), "malformed"),
+        (lambda s: s.encrypt(b"\x01\x83\xa4type\xacset_nickname\xa6req_id\x01\xa8nickname\xa2\xff\xfe"),
+         "malformed"),  # invalid UTF-8
         (lambda s: s.encrypt(m.encode(m.LoginOk(node=SELF, server_time=0.0))), "malformed"),  # server->client type
         (lambda s: s.encrypt(b"\x01" + bytes(70000)), "exceeds"),
         (lambda s: bytes(MAX_CLIENT_WS_MESSAGE + 1), "exceeds"),  # rejected before decryption

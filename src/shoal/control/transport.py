@@ -198,8 +198,8 @@ class ClientConnection:
             await self._fail(f"frame does not decrypt: {exc}")
         try:
             return messages.decode_server(plain)
-        except messages.ProtocolError as exc:
-            await self._fail(str(exc))
+        except ValueError as exc:  # ProtocolError; also msgspec's UnicodeDecodeError on bad UTF-8
+            await self._fail(str(exc) if isinstance(exc, messages.ProtocolError) else f"malformed message: {exc}")
         raise AssertionError("unreachable")
 
     async def __aiter__(self) -> AsyncIterator[ServerMessage]:
@@ -352,8 +352,8 @@ class ServerConnection:
             await self._fail(f"frame does not decrypt: {exc}")
         try:
             return messages.decode_client(plain)
-        except messages.ProtocolError as exc:
-            await self._fail(str(exc))
+        except ValueError as exc:  # ProtocolError; also msgspec's UnicodeDecodeError on bad UTF-8
+            await self._fail(str(exc) if isinstance(exc, messages.ProtocolError) else f"malformed message: {exc}")
         raise AssertionError("unreachable")
 
     async def _fail(self, reason: str) -> None:

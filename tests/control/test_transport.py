@@ -313,6 +313,56 @@ async def test_send_refuses_oversized_message() -> None:
         await conn.close()
 
 
+async def test_clean_close_ends_both_sides() -> None:
+    seen: list[object] = []
+
+    async def record(sc: ServerConnection) -> None:
+        try:
+            while True:
+                seen.append(await sc.recv())
+        except ConnectionClosed as exc:
+            seen.append(exc.code)
+
+    async with running(SERVER, record) as srv:
+        conn = await connect(srv.url, NODE, SERVER.public_key())
+        await conn.send(m.Login())
+        await conn.send(m.Logout(req_id=1))
+        await conn.close()
+        await until(lambda: len(seen) == 3)
+        assert seen == [m.Login(), m.Logout(req_id=1), 1000]
+        with pytest.raises(ConnectionClosed):
+            await conn.send(m.Ping(nonce=1))
+
+
+async def test_async_iteration_until_server_closes() -> None:
+    async def three_pongs(sc: ServerConnection) -> None:
+        await sc.recv()
+        for i in range(3):
+            await sc.send(m.Pong(nonce=i))
+        await sc.close(1000, "bye")
+
+    async with running(SERVER, three_pongs) as srv:
+        conn = await connect(srv.url, NODE, SERVER.public_key())
+        await conn.send(m.Login())
+        assert [x async for x in conn] == [m.Pong(nonce=i) for i in range(3)]
+
+
+async def test_client_gone_mid_handshake_is_accept_failed() -> None:
+    async with running(SERVER, echo_pings) as srv:
+        raw = await websockets.connect(srv.url)
+        await raw.send(ClientHandshake(NODE, SERVER.public_key()).message1())
+        await raw.recv()
+        raw.transport.abort()  # no close frame
+        await until(lambda: srv.failures)
+        assert isinstance(srv.failures[0], AcceptFailed) and "went away" in str(srv.failures[0])
+
+
+async def test_plain_http_server_is_connect_error() -> None:
+    async with http_server(b"{}") as base:
+        with pytest.raises(ConnectError, match="cannot reach"):
+            await connect(control_url(base), NODE, SERVER.public_key(), timeout=2)
+
+
 def test_control_url() -> None:
     assert control_url("http://192.0.2.1:8080") == "ws://192.0.2.1:8080/control"
     assert control_url("https://example.test/") == "wss://example.test/control"

@@ -1,0 +1,1 @@
+"""Alembic revisions of the server store (see the package docstring)."""

@@ -1,0 +1,737 @@
+"""The node daemon: one asyncio process owning the interface, the control connection and the local API.
+
+Tasks and what each one owns (everything runs on one event loop; nothing is thread-safe):
+
+    data plane   `WgInterface.run` (shoal.wg.runner): the TUN `shoal0`, the UDP socket, the
+                 engine. Only `_reconcile` changes its peers and addresses.
+    control      `_control_loop`: connect (Noise IK, pinned server key), Login, then read
+                 messages until the connection drops; reconnect with backoff + jitter. It
+                 alone mutates `view`, `conn`, `state`, `last_error`. While disconnected
+                 nothing is torn down: the engine keeps every tunnel as it is. On reconnect
+                 Login carries `have_version`; the server answers with updates or a FullView,
+                 and reconciliation only touches peers that changed.
+    local API    `ApiServer` handlers (`routes`): requests to the server are correlated by
+                 req_id (`pending`), answered with the server's Result.
+
+View -> engine (`_reconcile`): a WireGuard peer exists exactly for each peer of the view
+(`shoal.daemon.view`); a node that shares no online network with us is removed, so its
+handshakes and packets are refused by the engine (the receiving side enforces isolation).
+The interface carries our IPv4/10 and IPv6/48.
+
+RTT shown per peer: the last overlay ping (`shoal ping`, ICMP echo through the tunnel), or
+else the last handshake we initiated: time from sending the initiation to the completed
+handshake (one UDP round trip plus the peer's handshake work, well under a millisecond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from shoal import __version__
+from shoal.control import messages as M
+from shoal.daemon import identity
+from shoal.daemon.backoff import Backoff
+from shoal.daemon.icmp import Pinger
+from shoal.daemon.identity import ServerPin
+from shoal.daemon.localapi import ApiServer, Handler, HttpError
+from shoal.daemon.view import Outcome, PeerPlanner, View
+from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
+from shoal.wg.runner import WgInterface
+from shoal.wireguard.constants import DEFAULT_MTU
+from shoal.wireguard.device import Device, DeviceEvent
+from shoal.wireguard.keys import PrivateKey, PublicKey
+from shoal.wireguard.peer import PeerConfig
+
+log = logging.getLogger("shoal.daemon")
+
+RUN_DIR = Path(os.environ.get("SHOAL_RUN_DIR", "/run/shoal"))
+STATE_DIR = Path(os.environ.get("SHOAL_STATE_DIR", "/var/lib/shoal"))
+IFACE = "shoal0"
+SOCKET_NAME = "shoald.sock"
+REQUEST_TIMEOUT = 10.0
+LOGIN_TIMEOUT = 15.0
+VIEW_WAIT = 3.0  # how long a mutating command waits for the view to show its effect
+OVERLAY_V4 = ipaddress.ip_network("100.64.0.0/10")
+V4_PREFIX, V6_PREFIX = 10, 48
+
+
+def default_socket() -> Path:
+    return Path(os.environ.get("SHOAL_SOCKET", str(RUN_DIR / SOCKET_NAME)))
+
+
+@dataclass
+class Options:
+    state_dir: Path = STATE_DIR
+    run_dir: Path = RUN_DIR
+    socket_path: Path | None = None  # default RUN_DIR/shoald.sock
+    iface: str = IFACE
+    port: int = 0
+    mtu: int = DEFAULT_MTU
+    socket_group: int | None = None
+    endpoints: list[str] = field(default_factory=list)  # advertised; empty = the host's addresses
+    nickname: str | None = None
+
+
+class DataPlane(Protocol):
+    """What the daemon needs from the interface (WgInterface; tests pass an in-memory one)."""
+
+    device: Device
+    ready: asyncio.Event
+
+    @property
+    def listen_port(self) -> int | None: ...
+    def set_peers(self, peers: list[PeerConfig]) -> None: ...
+    async def set_addresses(self, addresses: list[IPInterface]) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+PlaneFactory = Callable[[WgConfig, Path, Callable[[DeviceEvent, float], None]], DataPlane]
+Connector = Callable[..., Awaitable[Any]]
+
+
+def _wg_plane(config: WgConfig, uapi_dir: Path, on_event: Callable[[DeviceEvent, float], None]) -> DataPlane:
+    return WgInterface(config, uapi_dir=uapi_dir, on_event=on_event)
+
+
+class LoginFailed(Exception):
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _need(body: dict[str, Any], name: str, kind: type = str) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind) or (kind is str and not value):
+        raise HttpError(400, f"missing or invalid '{name}'", "invalid")
+    return value
+
+
+def _struct_error(e: Exception) -> HttpError:
+    return HttpError(400, f"invalid input: {e}", "invalid")
+
+
+def self_addresses(node: M.SelfInfo | None) -> list[IPInterface]:
+    out: list[IPInterface] = []
+    if node is None:
+        return out
+    for text, prefix, version in ((node.ipv4, V4_PREFIX, 4), (node.ipv6, V6_PREFIX, 6)):
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if addr.version == version:
+            out.append(ipaddress.ip_interface(f"{addr}/{prefix}"))
+    return out
+
+
+async def host_endpoints(port: int, exclude_iface: str) -> list[str]:
+    """'ip:port' for every global address of this host except the overlay interface's."""
+    from pyroute2 import AsyncIPRoute
+
+    found: list[str] = []
+    async with AsyncIPRoute() as ipr:
+        skip: set[int] = set()
+        async for link in await ipr.link("dump"):
+            if link.get("IFLA_IFNAME") in (exclude_iface, "lo"):
+                skip.add(link.get("index"))
+        async for msg in await ipr.addr("dump"):
+            if msg.get("index") in skip or msg.get("scope") != 0:
+                continue
+            text = msg.get("IFA_ADDRESS")
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if addr.is_loopback or addr.is_link_local or (addr.version == 4 and addr in OVERLAY_V4):
+                continue
+            found.append(f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}")
+    found.sort(key=lambda e: e.startswith("["))  # IPv4 first: the lab internet is IPv4
+    return found[: M.MAX_ENDPOINTS]
+
+
+class Daemon:
+    def __init__(
+        self,
+        options: Options,
+        *,
+        connect: Connector | None = None,
+        fetch_server_key: Callable[[str], Awaitable[PublicKey]] | None = None,
+        plane_factory: PlaneFactory = _wg_plane,
+        pinger: Any = None,
+    ) -> None:
+        from shoal.control import transport
+
+        self.opts = options
+        self.socket_path = options.socket_path or options.run_dir / SOCKET_NAME
+        self._connect = connect or transport.connect
+        self._fetch_key = fetch_server_key or transport.fetch_server_key
+        self._transport = transport
+        self._plane_factory = plane_factory
+        self.pinger = pinger if pinger is not None else Pinger()
+        self.key, created = identity.load_or_create_node_key(options.state_dir)
+        if created:
+            log.info("made a new node key in %s", options.state_dir / identity.NODE_KEY)
+        self.public_key: PublicKey = self.key.public_key()
+        self.pin: ServerPin | None = identity.load_pin(options.state_dir)
+        self.view = View()
+        self.planner = PeerPlanner(self.public_key)
+        frame = identity.load_view(options.state_dir) if self.pin is not None else None
+        if frame:
+            try:
+                msg = M.decode_server(frame)
+                if isinstance(msg, M.FullView):
+                    self.view.apply(msg)
+            except M.ProtocolError as e:
+                log.warning("ignoring the stored view: %s", e)
+        self.plane: DataPlane | None = None
+        self.api: ApiServer | None = None
+        self.conn: Any = None
+        self.state = "logged-out" if self.pin is None else "connecting"
+        self.state_since = time.monotonic()
+        self.last_error = ""
+        self.connects = 0
+        self.endpoints: list[str] = []
+        self.pending: dict[int, asyncio.Future[M.Result]] = {}
+        self._next_req = 1
+        self.rtt: dict[PublicKey, tuple[float, str]] = {}  # seconds, "ping" | "handshake"
+        self._control_task: asyncio.Task[None] | None = None
+        self._login_waiter: asyncio.Future[M.SelfInfo] | None = None
+        self._view_changed: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._view_changed = asyncio.Condition()
+        cfg = WgConfig(
+            self.opts.iface,
+            InterfaceConfig(private_key=self.key, listen_port=self.opts.port, mtu=self.opts.mtu,
+                            addresses=self_addresses(self.view.node), table=False),
+            self.planner.configs(self.view),
+        )
+        self.plane = self._plane_factory(cfg, self.opts.run_dir / "wireguard", self._on_event)
+        plane_stop = asyncio.Event()
+        plane_task = asyncio.create_task(self.plane.run(plane_stop), name="data-plane")
+        ready = asyncio.create_task(self.plane.ready.wait())
+        await asyncio.wait({plane_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if plane_task.done():
+            ready.cancel()
+            plane_task.result()  # raises the SetupError
+            raise RuntimeError("the data plane stopped during start")
+        try:
+            self.endpoints = list(self.opts.endpoints) or await host_endpoints(self.plane.listen_port or 0, self.opts.iface)
+            self.api = ApiServer(self.socket_path, self.routes(), group=self.opts.socket_group)
+            await self.api.start()
+            log.info("node %s (key %s) on %s, UDP port %s, endpoints %s; local API on %s",
+                     self.view.node.node_id if self.view.node else "(not logged in)", self.public_key.fingerprint(),
+                     self.opts.iface, self.plane.listen_port, ", ".join(self.endpoints) or "-", self.socket_path)
+            self._start_control()
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({plane_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+        finally:
+            await self._stop_control()
+            if self.api is not None:
+                await self.api.close()
+            self.pinger.close()
+            plane_stop.set()
+            with contextlib.suppress(Exception):
+                await plane_task
+        if plane_task.done() and not stop.is_set():
+            plane_task.result()
+
+    def _start_control(self) -> None:
+        self._control_task = asyncio.create_task(self._control_loop(), name="control")
+
+    async def _stop_control(self) -> None:
+        task, self._control_task = self._control_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _restart_control(self) -> None:
+        await self._stop_control()
+        self._start_control()
+
+    # ------------------------------------------------------------------ control connection
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_since = time.monotonic()
+        if error is not None:
+            self.last_error = error
+
+    async def _control_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            pin = self.pin
+            if pin is None:
+                self._set_state("logged-out")
+                await asyncio.Event().wait()  # until login restarts this task
+            conn = None
+            try:
+                self._set_state("connecting")
+                try:
+                    conn = await self._connect(identity.control_url(pin.url), self.key, pin.public_key)
+                except self._transport.ServerKeyMismatch as e:
+                    log.error("REFUSING the server: %s", e)
+                    raise LoginFailed(str(e), "server_key_mismatch") from None
+                except (self._transport.TransportError, OSError) as e:
+                    raise LoginFailed(str(e), "unreachable") from None
+                await self._session(conn, pin, backoff)
+            except LoginFailed as e:
+                self._set_state("disconnected", e.args[0])
+                self._fail_login(e)
+            except (self._transport.TransportError, OSError) as e:
+                self._set_state("disconnected", f"control connection lost: {e}")
+                self._fail_login(LoginFailed(str(e), "unreachable"))
+                log.warning("control connection lost: %s", e)
+            finally:
+                self.conn = None
+                self._fail_pending()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            delay = backoff.next_delay()
+            log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    def _fail_login(self, e: LoginFailed) -> None:
+        w, self._login_waiter = self._login_waiter, None
+        if w is not None and not w.done():
+            w.set_exception(e)
+
+    def _fail_pending(self) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(HttpError(503, "the control connection dropped before the server answered", "not_connected"))
+        self.pending.clear()
+
+    async def _session(self, conn: Any, pin: ServerPin, backoff: Backoff) -> None:
+        port = self.plane.listen_port if self.plane is not None else 0
+        await conn.send(M.Login(nickname=self.opts.nickname, listen_port=port or 0, endpoints=self.endpoints,
+                                have_version=self.view.version, software=f"shoal {__version__}"))
+        first = await asyncio.wait_for(conn.recv(), LOGIN_TIMEOUT)
+        if isinstance(first, M.Error):
+            raise LoginFailed(f"the server refused the login: {first.message or first.code}", first.code or "refused")
+        if not isinstance(first, M.LoginOk):
+            raise LoginFailed(f"the server answered the login with {type(first).__name__}", "protocol")
+        self.conn = conn
+        self.connects += 1
+        backoff.reset()
+        self._set_state("connected", "")
+        log.info("logged in to %s as %s (%s), %s", pin.url, first.node.node_id, first.node.nickname, first.node.ipv4)
+        await self._set_self(first.node)
+        w, self._login_waiter = self._login_waiter, None
+        if w is not None and not w.done():
+            w.set_result(first.node)
+        while True:
+            msg = await conn.recv()
+            if isinstance(msg, (M.FullView, M.ViewUpdate)):
+                await self._on_view(conn, msg)
+            elif isinstance(msg, M.Result):
+                fut = self.pending.pop(msg.req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+            elif isinstance(msg, M.Error):
+                raise LoginFailed(f"the server closed the session: {msg.message or msg.code}", msg.code or "error")
+            # Pong and anything else: nothing to do
+
+    async def _on_view(self, conn: Any, msg: M.FullView | M.ViewUpdate) -> None:
+        outcome = self.view.apply(msg)
+        if outcome is Outcome.RESYNC:
+            log.info("view version gap (have %s, update %s->%s): asking for a resync",
+                     self.view.version, getattr(msg, "prev_version", None), msg.version)
+            await conn.send(M.ResyncRequest(have_version=self.view.version or 0))
+            return
+        if outcome is Outcome.STALE:
+            return
+        await self._reconcile()
+        full = self.view.as_full_view()
+        if full is not None:
+            with contextlib.suppress(OSError):
+                identity.save_view(self.opts.state_dir, M.encode(full))
+
+    async def _set_self(self, node: M.SelfInfo) -> None:
+        if self.plane is not None:
+            await self.plane.set_addresses(self_addresses(node))
+
+    async def _reconcile(self) -> None:
+        """Make the engine match the view (idempotent; untouched peers keep their sessions)."""
+        if self.plane is not None:
+            before = set(self.plane.device.peers)
+            self.plane.set_peers(self.planner.configs(self.view))
+            after = set(self.plane.device.peers)
+            for key in before - after:
+                self.rtt.pop(key, None)
+            if before != after:
+                log.info("peers: +%d -%d = %d", len(after - before), len(before - after), len(after))
+            if self.view.node is not None:
+                await self._set_self(self.view.node)
+        assert self._view_changed is not None
+        async with self._view_changed:
+            self._view_changed.notify_all()
+
+    def _on_event(self, event: DeviceEvent, now: float) -> None:
+        if event.kind != "handshake-complete" or self.plane is None:
+            return
+        peer = self.plane.device.peers.get(event.peer)
+        if peer is not None and 0 <= now - peer.last_initiation_sent < self.plane.device.timers.rekey_timeout:
+            if self.rtt.get(event.peer, (0, ""))[1] != "ping":
+                self.rtt[event.peer] = (now - peer.last_initiation_sent, "handshake")
+
+    # ------------------------------------------------------------------ requests to the server
+
+    async def request(self, build: Callable[[int], M._Msg]) -> M.Result:
+        conn = self.conn
+        if conn is None:
+            why = f" ({self.last_error})" if self.last_error else ""
+            if self.pin is None:
+                raise HttpError(409, "not logged in: run `shoal login SERVER_URL` first", "not_logged_in")
+            raise HttpError(503, f"not connected to the server {self.pin.url}{why}", "not_connected")
+        req_id = self._next_req
+        self._next_req += 1
+        try:
+            msg = build(req_id)
+        except (msgspec.ValidationError, TypeError, ValueError) as e:
+            raise _struct_error(e) from None
+        fut: asyncio.Future[M.Result] = asyncio.get_running_loop().create_future()
+        self.pending[req_id] = fut
+        try:
+            await conn.send(msg)
+            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise HttpError(504, f"the server did not answer within {REQUEST_TIMEOUT:.0f} s", "timeout") from None
+        except (self._transport.TransportError, OSError) as e:
+            raise HttpError(503, f"the control connection failed: {e}", "not_connected") from None
+        finally:
+            self.pending.pop(req_id, None)
+
+    async def _ok(self, build: Callable[[int], M._Msg]) -> M.Result:
+        result = await self.request(build)
+        if not result.ok:
+            raise HttpError(409, result.message or result.code or "refused by the server", result.code or "refused")
+        return result
+
+    async def _wait_view(self, predicate: Callable[[], bool], timeout: float = VIEW_WAIT) -> bool:
+        assert self._view_changed is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with self._view_changed:
+                await asyncio.wait_for(self._view_changed.wait_for(predicate), timeout)
+        return predicate()
+
+    # ------------------------------------------------------------------ lookups
+
+    def _network(self, name: str) -> M.NetworkInfo:
+        net = self.view.network_by_name(name)
+        if net is None:
+            raise HttpError(404, f"you are not a member of a network named '{name}' (see `shoal list`)", "no_such_network")
+        return net
+
+    def _member(self, net: M.NetworkInfo, who: str) -> M.MemberInfo:
+        for m in net.members:
+            if who in (m.node_id, m.nickname):
+                return m
+        raise HttpError(404, f"'{who}' is not a member of {net.name}", "not_member")
+
+    def _me(self) -> str | None:
+        return self.view.node.node_id if self.view.node else None
+
+    # ------------------------------------------------------------------ API handlers
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("GET", "/v1/status"): self.api_status,
+            ("POST", "/v1/login"): self.api_login,
+            ("POST", "/v1/logout"): self.api_logout,
+            ("POST", "/v1/networks/create"): self.api_create,
+            ("POST", "/v1/networks/delete"): self.api_delete,
+            ("POST", "/v1/networks/join"): self.api_join,
+            ("POST", "/v1/networks/leave"): self.api_leave,
+            ("POST", "/v1/networks/online"): self.api_online,
+            ("POST", "/v1/networks/password"): self.api_set_password,
+            ("POST", "/v1/networks/access"): self.api_set_access,
+            ("POST", "/v1/networks/approve"): self.api_approve,
+            ("POST", "/v1/networks/reject"): self.api_reject,
+            ("POST", "/v1/networks/evict"): self.api_evict,
+            ("POST", "/v1/nickname"): self.api_set_nick,
+            ("POST", "/v1/ping"): self.api_ping,
+        }
+
+    async def api_login(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            url = identity.normalize_server_url(_need(body, "server"))
+        except ValueError as e:
+            raise HttpError(400, str(e), "invalid") from None
+        key_text = body.get("server_key")
+        tofu = not key_text
+        if key_text:
+            try:
+                key = PublicKey.from_base64(str(key_text))
+            except ValueError as e:
+                raise HttpError(400, f"--server-key: {e}", "invalid") from None
+        else:
+            try:
+                key = await asyncio.wait_for(self._fetch_key(url), LOGIN_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise HttpError(502, f"{url} did not send its key within {LOGIN_TIMEOUT:.0f} s", "unreachable") from None
+            except Exception as e:  # noqa: BLE001 - one line for the user
+                raise HttpError(502, f"cannot fetch the server key from {url}: {e}", "unreachable") from None
+        old = self.pin
+        if old is not None and old.url != url:
+            raise HttpError(409, f"already logged in to {old.url}; run `shoal logout` first", "logged_in")
+        if old is not None and old.public_key != key:
+            raise HttpError(
+                409,
+                f"REFUSED: {url} now presents key {key.fingerprint()} but this node pinned {old.fingerprint}; "
+                "possible man-in-the-middle. If the server key changed on purpose: `shoal logout`, then "
+                "`shoal login URL --server-key NEWKEY`",
+                "server_key_mismatch",
+            )
+        self.pin = ServerPin(url, key)
+        waiter: asyncio.Future[M.SelfInfo] = asyncio.get_running_loop().create_future()
+        self._login_waiter = waiter
+        await self._restart_control()
+        try:
+            node = await asyncio.wait_for(waiter, LOGIN_TIMEOUT)
+        except (LoginFailed, asyncio.TimeoutError) as e:
+            self._login_waiter = None
+            if old is None:  # a failed first login pins nothing
+                self.pin = None
+                await self._restart_control()
+            code = e.code if isinstance(e, LoginFailed) else "timeout"
+            msg = str(e) if isinstance(e, LoginFailed) else f"no answer from {url} within {LOGIN_TIMEOUT:.0f} s"
+            raise HttpError(409 if code == "server_key_mismatch" else 502, msg, code) from None
+        identity.save_pin(self.opts.state_dir, self.pin)
+        await self._wait_view(lambda: self.view.version is not None, 2.0)
+        return {"server": url, "public_key": key.to_base64(), "fingerprint": key.fingerprint(),
+                "trusted_on_first_use": tofu, "node": msgspec.to_builtins(node)}
+
+    async def api_logout(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.pin is None:
+            raise HttpError(409, "not logged in", "not_logged_in")
+        url = self.pin.url
+        if self.conn is not None:
+            with contextlib.suppress(HttpError):
+                await self.request(lambda r: M.Logout(req_id=r))
+        self.pin = None
+        await self._stop_control()
+        identity.clear_pin(self.opts.state_dir)
+        self.view.clear()
+        self.planner.forget()
+        if self.plane is not None:
+            self.plane.set_peers([])
+            await self.plane.set_addresses([])
+        self.rtt.clear()
+        self._start_control()
+        return {"server": url}
+
+    async def api_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = _need(body, "name")
+        approval = body.get("approval") or "auto"
+        result = await self._ok(lambda r: M.CreateNetwork(req_id=r, name=name, password=str(body.get("password") or ""),
+                                                          approval=approval))
+        await self._wait_view(lambda: result.network_id in self.view.networks)
+        return {"network_id": result.network_id, "name": name}
+
+    async def api_join(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = _need(body, "name")
+        result = await self._ok(lambda r: M.JoinNetwork(req_id=r, name=name, password=str(body.get("password") or "")))
+        await self._wait_view(lambda: result.network_id in self.view.networks)
+        pending = any(m.pending for n in self.view.networks.values() if n.network_id == result.network_id
+                      for m in n.members if m.node_id == self._me())
+        return {"network_id": result.network_id, "name": name, "pending": pending, "message": result.message}
+
+    async def api_leave(self, body: dict[str, Any]) -> dict[str, Any]:
+        net = self._network(_need(body, "network"))
+        await self._ok(lambda r: M.LeaveNetwork(req_id=r, network_id=net.network_id))
+        await self._wait_view(lambda: net.network_id not in self.view.networks)
+        return {"network_id": net.network_id, "name": net.name}
+
+    async def api_delete(self, body: dict[str, Any]) -> dict[str, Any]:
+        net = self._network(_need(body, "network"))
+        await self._ok(lambda r: M.DeleteNetwork(req_id=r, network_id=net.network_id))
+        await self._wait_view(lambda: net.network_id not in self.view.networks)
+        return {"network_id": net.network_id, "name": net.name}
+
+    async def api_online(self, body: dict[str, Any]) -> dict[str, Any]:
+        online = _need(body, "online", bool)
+        name = body.get("network")
+        nets = [self._network(name)] if name else list(self.view.networks.values())
+        if not nets:
+            raise HttpError(409, "you are not a member of any network", "no_such_network")
+        me = self._me()
+        done = []
+        for net in nets:
+            await self._ok(lambda r, n=net: M.SetOnline(req_id=r, network_id=n.network_id, online=online))
+            done.append(net.name)
+
+        def applied() -> bool:
+            return all(m.online == online for n in nets if n.network_id in self.view.networks
+                       for m in self.view.networks[n.network_id].members if m.node_id == me)
+
+        await self._wait_view(applied)
+        return {"networks": done, "online": online}
+
+    async def api_set_password(self, body: dict[str, Any]) -> dict[str, Any]:
+        net = self._network(_need(body, "network"))
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise HttpError(400, "missing or invalid 'password'", "invalid")
+        await self._ok(lambda r: M.SetPassword(req_id=r, network_id=net.network_id, password=password))
+        return {"network_id": net.network_id, "name": net.name}
+
+    async def api_set_access(self, body: dict[str, Any]) -> dict[str, Any]:
+        net = self._network(_need(body, "network"))
+        locked, approval = body.get("locked"), body.get("approval")
+        if locked is None and approval is None:
+            raise HttpError(400, "nothing to change: give --lock/--unlock and/or --approval", "invalid")
+        await self._ok(lambda r: M.SetAccess(req_id=r, network_id=net.network_id, locked=locked, approval=approval))
+        await self._wait_view(lambda: (n := self.view.networks.get(net.network_id)) is not None
+                              and (locked is None or n.locked == locked) and (approval is None or n.approval == approval))
+        return {"network_id": net.network_id, "name": net.name, "locked": locked, "approval": approval}
+
+    async def _member_op(self, body: dict[str, Any], make: Callable[[int, str, str], M._Msg]) -> dict[str, Any]:
+        net = self._network(_need(body, "network"))
+        member = self._member(net, _need(body, "member"))
+        await self._ok(lambda r: make(r, net.network_id, member.node_id))
+        return {"network_id": net.network_id, "name": net.name, "node_id": member.node_id, "nickname": member.nickname}
+
+    async def api_approve(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._member_op(body, lambda r, n, m: M.Approve(req_id=r, network_id=n, node_id=m))
+
+    async def api_reject(self, body: dict[str, Any]) -> dict[str, Any]:
+        ban = bool(body.get("ban", False))
+        return await self._member_op(body, lambda r, n, m: M.Reject(req_id=r, network_id=n, node_id=m, ban=ban))
+
+    async def api_evict(self, body: dict[str, Any]) -> dict[str, Any]:
+        ban = bool(body.get("ban", False))
+        out = await self._member_op(body, lambda r, n, m: M.Evict(req_id=r, network_id=n, node_id=m, ban=ban))
+        def gone() -> bool:
+            net = self.view.networks.get(out["network_id"])
+            return net is None or all(m.node_id != out["node_id"] for m in net.members)
+
+        await self._wait_view(gone)
+        return out
+
+    async def api_set_nick(self, body: dict[str, Any]) -> dict[str, Any]:
+        nick = _need(body, "nickname")
+        await self._ok(lambda r: M.SetNickname(req_id=r, nickname=nick))
+        await self._wait_view(lambda: self.view.node is not None and self.view.node.nickname == nick)
+        return {"nickname": nick}
+
+    async def api_ping(self, body: dict[str, Any]) -> dict[str, Any]:
+        who = _need(body, "peer")
+        count = body.get("count", 3)
+        if not isinstance(count, int) or not 1 <= count <= 100:
+            raise HttpError(400, "count must be 1..100", "invalid")
+        timeout = body.get("timeout", 1.0)
+        if not isinstance(timeout, (int, float)) or not 0.05 <= timeout <= 10:
+            raise HttpError(400, "timeout must be 0.05..10 s", "invalid")
+        peer = self.view.peer_by(who)
+        if peer is None:
+            for net in self.view.networks.values():
+                for m in net.members:
+                    if who in (m.node_id, m.nickname) and m.node_id != self._me():
+                        raise HttpError(409, f"{m.nickname} ({m.node_id}) shares no network with you where you are both online",
+                                        "not_peer")
+            raise HttpError(404, f"no peer '{who}' (give a nickname, node id or overlay address; see `shoal list`)", "no_such_peer")
+        key = PublicKey(peer.public_key)
+        rtts: list[float | None] = []
+        for i in range(count):
+            if i:
+                await asyncio.sleep(0.2)
+            rtts.append(await self.pinger.ping(peer.ipv4, float(timeout)))
+        got = [r for r in rtts if r is not None]
+        if got:
+            self.rtt[key] = (got[-1], "ping")
+        engine_peer = self.plane.device.peers.get(key) if self.plane is not None else None
+        endpoint = engine_peer.endpoint if engine_peer is not None else None
+        return {
+            "peer": {"node_id": peer.node_id, "nickname": peer.nickname, "ipv4": peer.ipv4},
+            "path": "direct", "endpoint": _fmt_endpoint(endpoint),
+            "sent": count, "received": len(got),
+            "rtt_ms": [round(r * 1000, 3) if r is not None else None for r in rtts],
+        }
+
+    async def api_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        me = self._me()
+        node = None
+        if self.view.node is not None:
+            node = {**msgspec.to_builtins(self.view.node)}
+        peers_by_id = self.view.peers
+        peer_rows: dict[str, dict[str, Any]] = {}
+        for p in peers_by_id.values():
+            peer_rows[p.node_id] = self._peer_row(p)
+        networks = []
+        for net in sorted(self.view.networks.values(), key=lambda n: n.name):
+            mine = next((m for m in net.members if m.node_id == me), None)
+            members = []
+            for m in net.members:
+                row = peer_rows.get(m.node_id)
+                members.append({
+                    "node_id": m.node_id, "nickname": m.nickname, "role": m.role, "online": m.online,
+                    "pending": m.pending, "self": m.node_id == me,
+                    "tunnel": None if row is None else {k: row[k] for k in ("path", "endpoint", "rtt_ms", "ipv4")},
+                })
+            networks.append({
+                "network_id": net.network_id, "name": net.name, "owner_id": net.owner_id, "locked": net.locked,
+                "approval": net.approval, "role": mine.role if mine else None,
+                "online": bool(mine and mine.online), "pending": bool(mine and mine.pending), "members": members,
+            })
+        return {
+            "node": node,
+            "public_key": self.public_key.to_base64(),
+            "server": None if self.pin is None else {**self.pin.to_json(), "fingerprint": self.pin.fingerprint},
+            "connection": {"state": self.state, "for_s": round(now - self.state_since, 1),
+                           "last_error": self.last_error, "connects": self.connects},
+            "interface": {"name": self.opts.iface,
+                          "listen_port": self.plane.listen_port if self.plane is not None else None,
+                          "endpoints": self.endpoints},
+            "view_version": self.view.version,
+            "networks": networks,
+            "peers": sorted(peer_rows.values(), key=lambda r: r["nickname"]),
+        }
+
+    def _peer_row(self, p: M.PeerInfo) -> dict[str, Any]:
+        key = PublicKey(p.public_key)
+        ep = self.plane.device.peers.get(key) if self.plane is not None else None
+        rtt = self.rtt.get(key)
+        last_hs = ep.stats.last_handshake_wall if ep is not None else 0.0
+        shared = [n.name for n in self.view.networks.values()
+                  if any(m.node_id == p.node_id for m in n.members)]
+        return {
+            "node_id": p.node_id, "nickname": p.nickname, "ipv4": p.ipv4, "ipv6": p.ipv6,
+            "public_key": key.to_base64(), "state": "online", "path": "direct",
+            "endpoint": _fmt_endpoint(ep.endpoint if ep is not None else None),
+            "rtt_ms": round(rtt[0] * 1000, 3) if rtt else None, "rtt_source": rtt[1] if rtt else None,
+            "last_handshake_s_ago": round(time.time() - last_hs, 1) if last_hs else None,
+            "rx_bytes": ep.stats.rx_bytes if ep is not None else 0,
+            "tx_bytes": ep.stats.tx_bytes if ep is not None else 0,
+            "in_engine": ep is not None, "networks": sorted(shared),
+        }
+
+
+def _fmt_endpoint(endpoint: tuple[str, int] | None) -> str | None:
+    if endpoint is None:
+        return None
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,383 @@
+"""The daemon against an in-memory data plane and a scripted control server, through its real API socket."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shoal.control import messages as M
+from shoal.control import transport
+from shoal.daemon import identity
+from shoal.daemon.daemon import Daemon, Options
+from shoal.daemon.localapi import ApiClient, ApiError
+from shoal.wg.config import WgConfig
+from shoal.wireguard.device import Device
+from shoal.wireguard.keys import PrivateKey
+
+SERVER_KEY = PrivateKey.from_seed(b"server")
+OTHER_KEY = PrivateKey.from_seed(b"mitm")
+PEER_KEYS = [PrivateKey.from_seed(bytes([i])) for i in range(4)]
+SELF = M.SelfInfo(node_id="me1", nickname="me", ipv4="100.64.0.1", ipv6="fd5a::1")
+
+
+def peer(i: int) -> M.PeerInfo:
+    return M.PeerInfo(node_id=f"p{i}", nickname=f"peer{i}", public_key=bytes(PEER_KEYS[i].public_key()),
+                      ipv4=f"100.64.0.{10 + i}", ipv6=f"fd5a::{10 + i:x}", endpoints=[f"203.0.113.{10 + i}:51820"])
+
+
+def network(nid: str, members: list[str]) -> M.NetworkInfo:
+    return M.NetworkInfo(network_id=nid, name=f"net-{nid}", owner_id="me1", kind="ip", locked=False, approval="auto",
+                         members=[M.MemberInfo(node_id=m, nickname=m, role="owner" if m == "me1" else "member", online=True)
+                                  for m in members])
+
+
+class FakePlane:
+    """WgInterface's run-time surface over a real sans-IO Device, no I/O."""
+
+    def __init__(self, config: WgConfig, uapi_dir: Path, on_event) -> None:  # noqa: ANN001
+        self.config = config
+        self.device = Device(config.interface.private_key)
+        self.ready = asyncio.Event()
+        self.addresses = list(config.interface.addresses)
+        self.set_peers_calls = 0
+        for p in config.peers:
+            self.device.add_peer(p)
+
+    @property
+    def listen_port(self) -> int:
+        return 41641
+
+    def set_peers(self, peers) -> None:  # noqa: ANN001
+        self.set_peers_calls += 1
+        wanted = {p.public_key for p in peers}
+        for key in [k for k in self.device.peers if k not in wanted]:
+            self.device.remove_peer(key)
+        for p in peers:
+            self.device.add_peer(p)
+
+    async def set_addresses(self, addresses) -> None:  # noqa: ANN001
+        self.addresses = list(addresses)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.ready.set()
+        await stop.wait()
+
+
+class FakeConn:
+    def __init__(self, server: "FakeServer") -> None:
+        self.server = server
+        self.inbox: asyncio.Queue[object] = asyncio.Queue()
+        self.sent: list[object] = []
+        self.closed = False
+
+    async def send(self, msg) -> None:  # noqa: ANN001
+        if self.closed:
+            raise transport.ConnectionClosed(None, "closed")
+        self.sent.append(msg)
+        await self.server.on_message(self, msg)
+
+    async def recv(self):  # noqa: ANN201
+        item = await self.inbox.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = True
+
+    def push(self, *msgs: object) -> None:
+        for m in msgs:
+            self.inbox.put_nowait(m)
+
+    def drop(self) -> None:
+        self.closed = True
+        self.inbox.put_nowait(transport.ConnectionClosed(None, "connection lost"))
+
+
+class FakeServer:
+    """Scripted: answers Login with LoginOk + the current view; requests with `results`."""
+
+    def __init__(self) -> None:
+        self.key = SERVER_KEY
+        self.version = 1
+        self.networks = [network("aa", ["me1", "p0", "p1"])]
+        self.peers = [peer(0), peer(1)]
+        self.conns: list[FakeConn] = []
+        self.logins: list[M.Login] = []
+        self.results: dict[type, M.Result] = {}
+        self.after_result: list[M.ViewUpdate] = []
+        self.reachable = True
+
+    def full_view(self) -> M.FullView:
+        return M.FullView(version=self.version, node=SELF, networks=self.networks, peers=self.peers)
+
+    async def connect(self, url: str, node_key: PrivateKey, server_public, *, timeout: float = 10):  # noqa: ANN001
+        if not self.reachable:
+            raise transport.ConnectError(f"cannot reach the control server at {url}")
+        if server_public != self.key.public_key():
+            raise transport.ServerKeyMismatch(url, server_public, None)
+        conn = FakeConn(self)
+        self.conns.append(conn)
+        return conn
+
+    async def fetch_key(self, url: str):  # noqa: ANN201
+        return self.key.public_key()
+
+    async def on_message(self, conn: FakeConn, msg) -> None:  # noqa: ANN001
+        if isinstance(msg, M.Login):
+            self.logins.append(msg)
+            conn.push(M.LoginOk(node=SELF, server_time=0.0), self.full_view())
+        elif isinstance(msg, M.ResyncRequest):
+            conn.push(self.full_view())
+        elif hasattr(msg, "req_id"):
+            result = self.results.get(type(msg), M.Result(req_id=0, ok=True))
+            conn.push(M.Result(req_id=msg.req_id, ok=result.ok, code=result.code, message=result.message,
+                               network_id=result.network_id))
+            conn.push(*self.after_result)
+            self.after_result = []
+
+
+class Harness:
+    def __init__(self, tmp: Path, server: FakeServer, sock: Path | None = None) -> None:
+        self.server = server
+        self.sock = sock or tmp / "run" / "shoald.sock"
+        self.opts = Options(state_dir=tmp / "state", run_dir=tmp / "run", socket_path=self.sock,
+                            endpoints=["203.0.113.1:41641"])
+        self.daemon = Daemon(self.opts, connect=server.connect, fetch_server_key=server.fetch_key,
+                             plane_factory=FakePlane, pinger=FakePinger())
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Harness":
+        self.task = asyncio.create_task(self.daemon.run(self.stop))
+        for _ in range(200):
+            if self.sock.exists():
+                break
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 5)
+
+    async def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        return await asyncio.to_thread(ApiClient(self.sock, timeout=10).call, method, path, body)
+
+    @property
+    def plane(self) -> FakePlane:
+        return self.daemon.plane  # type: ignore[return-value]
+
+    def engine_peers(self) -> set:
+        return set(self.plane.device.peers)
+
+
+class FakePinger:
+    async def ping(self, address: str, timeout: float = 1.0) -> float | None:
+        return 0.0015 if address.startswith("100.64.0.1") else None
+
+    def close(self) -> None:
+        pass
+
+
+async def until(pred, timeout: float = 3.0) -> None:  # noqa: ANN001
+    for _ in range(int(timeout / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+def server() -> FakeServer:
+    return FakeServer()
+
+
+async def test_login_tofu_pins_key_and_brings_up_the_view(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        st = await h.call("GET", "/v1/status")
+        assert st["connection"]["state"] == "logged-out" and st["node"] is None
+        r = await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        assert r["trusted_on_first_use"] is True
+        assert r["fingerprint"] == SERVER_KEY.public_key().fingerprint()
+        assert identity.load_pin(h.opts.state_dir).public_key == SERVER_KEY.public_key()
+        login = server.logins[0]
+        assert login.listen_port == 41641 and login.endpoints == ["203.0.113.1:41641"] and login.have_version is None
+        assert h.engine_peers() == {PEER_KEYS[0].public_key(), PEER_KEYS[1].public_key()}
+        assert h.plane.addresses == [ipaddress.ip_interface("100.64.0.1/10"), ipaddress.ip_interface("fd5a::1/48")]
+        p0 = h.plane.device.peers[PEER_KEYS[0].public_key()]
+        assert p0.endpoint == ("203.0.113.10", 51820)
+        assert [str(n) for n in h.plane.device.allowed_ips(p0)] == ["100.64.0.10/32", "fd5a::a/128"]
+        st = await h.call("GET", "/v1/status")
+        assert st["connection"]["state"] == "connected" and st["view_version"] == 1
+        assert [p["nickname"] for p in st["peers"]] == ["peer0", "peer1"]
+        assert st["networks"][0]["name"] == "net-aa" and st["networks"][0]["role"] == "owner"
+
+
+async def test_first_login_to_a_server_with_another_key_pins_nothing(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080",
+                                               "server_key": OTHER_KEY.public_key().to_base64()})
+        assert e.value.code == "server_key_mismatch" and "not the server you trusted" in e.value.message
+        assert identity.load_pin(h.opts.state_dir) is None and h.daemon.pin is None
+        assert h.engine_peers() == set()
+
+
+async def test_a_later_other_key_is_refused_loudly_and_changes_nothing(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "http://192.0.2.1:8080"})
+        peers = h.engine_peers()
+        server.key = OTHER_KEY  # the "server" now presents another key (MITM)
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/login", {"server": "http://192.0.2.1:8080"})
+        assert e.value.code == "server_key_mismatch" and "REFUSED" in e.value.message
+        assert identity.load_pin(h.opts.state_dir).public_key == SERVER_KEY.public_key()
+        # and on reconnect the daemon refuses it too, keeping every tunnel
+        server.conns[-1].drop()
+        await until(lambda: "server key mismatch" in h.daemon.last_error)
+        assert h.engine_peers() == peers
+
+
+async def test_updates_apply_gaps_resync_and_replays_change_nothing(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        conn = server.conns[-1]
+        conn.push(M.ViewUpdate(prev_version=1, version=2, peers_upsert=[peer(2)], peers_removed=["p0"]))
+        await until(lambda: h.daemon.view.version == 2)
+        assert h.engine_peers() == {PEER_KEYS[1].public_key(), PEER_KEYS[2].public_key()}
+        calls = h.plane.set_peers_calls
+        conn.push(M.ViewUpdate(prev_version=1, version=2, peers_upsert=[peer(2)], peers_removed=["p0"]))  # replay
+        conn.push(M.ViewUpdate(prev_version=5, version=6, peers_removed=["p1"]))  # a gap
+        await until(lambda: any(isinstance(m, M.ResyncRequest) for m in conn.sent))
+        assert next(m for m in conn.sent if isinstance(m, M.ResyncRequest)).have_version == 2
+        await until(lambda: h.daemon.view.version == 1)  # the FullView answer is authoritative
+        assert h.engine_peers() == {PEER_KEYS[0].public_key(), PEER_KEYS[1].public_key()}
+        assert calls >= 1
+
+
+async def test_disconnect_keeps_tunnels_and_reconnect_sends_have_version(tmp_path, server, monkeypatch):
+    monkeypatch.setattr("shoal.daemon.backoff.BASE", 0.05)
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        server.conns[-1].push(M.ViewUpdate(prev_version=1, version=2, peers_upsert=[peer(2)]))
+        await until(lambda: h.daemon.view.version == 2)
+        kept = {k: p for k, p in h.plane.device.peers.items()}
+        server.reachable = False
+        server.version = 2
+        server.peers = [peer(0), peer(1), peer(2)]
+        server.conns[-1].drop()
+        await until(lambda: h.daemon.state == "disconnected")
+        await asyncio.sleep(0.2)
+        assert h.plane.device.peers == kept  # same Peer objects: sessions untouched
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/networks/create", {"name": "x", "password": "p"})
+        assert e.value.code == "not_connected"
+        server.reachable = True
+        await until(lambda: h.daemon.state == "connected", timeout=20)
+        assert server.logins[-1].have_version == 2
+        assert all(h.plane.device.peers[k] is p for k, p in kept.items())
+
+
+async def test_requests_are_correlated_and_refusals_are_clear(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        server.results[M.CreateNetwork] = M.Result(req_id=0, ok=True, network_id="bb")
+        server.after_result = [M.ViewUpdate(prev_version=1, version=2, networks_upsert=[network("bb", ["me1"])])]
+        r = await h.call("POST", "/v1/networks/create", {"name": "net-bb", "password": "pw", "approval": "manual"})
+        assert r["network_id"] == "bb"
+        sent = [m for m in server.conns[-1].sent if isinstance(m, M.CreateNetwork)][0]
+        assert (sent.name, sent.password, sent.approval) == ("net-bb", "pw", "manual")
+        server.results[M.JoinNetwork] = M.Result(req_id=0, ok=False, code="wrong_password", message="wrong password for net-cc")
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/networks/join", {"name": "net-cc", "password": "nope"})
+        assert (e.value.code, e.value.message) == ("wrong_password", "wrong password for net-cc")
+        assert set(h.daemon.view.networks) == {"aa", "bb"}
+        # names resolve to ids; members by nickname
+        server.results[M.Evict] = M.Result(req_id=0, ok=True)
+        server.after_result = [M.ViewUpdate(prev_version=2, version=3, networks_upsert=[network("aa", ["me1", "p1"])],
+                                            peers_removed=["p0"])]
+        r = await h.call("POST", "/v1/networks/evict", {"network": "net-aa", "member": "p0", "ban": True})
+        ev = [m for m in server.conns[-1].sent if isinstance(m, M.Evict)][0]
+        assert (ev.network_id, ev.node_id, ev.ban) == ("aa", "p0", True)
+        assert PEER_KEYS[0].public_key() not in h.engine_peers()
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/networks/leave", {"network": "no-such"})
+        assert e.value.code == "no_such_network"
+
+
+async def test_ping_and_peer_lookup(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        r = await h.call("POST", "/v1/ping", {"peer": "peer0", "count": 2, "timeout": 0.1})
+        assert r["received"] == 2 and r["rtt_ms"] == [1.5, 1.5] and r["endpoint"] == "203.0.113.10:51820"
+        st = await h.call("GET", "/v1/status")
+        assert next(p for p in st["peers"] if p["nickname"] == "peer0")["rtt_ms"] == 1.5
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/ping", {"peer": "ghost"})
+        assert e.value.code == "no_such_peer"
+
+
+async def test_bad_api_input_gets_json_errors(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/networks/create", {"name": 5})
+        assert e.value.status == 400
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/networks/create", {"name": "x"})
+        assert e.value.code == "not_logged_in"
+        with pytest.raises(ApiError) as e:
+            await h.call("GET", "/v1/nope")
+        assert e.value.status == 404
+        with pytest.raises(ApiError) as e:
+            await h.call("GET", "/v1/login")
+        assert e.value.status == 405
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/login", {"server": "ftp://x"})
+        assert e.value.status == 400
+
+        def raw(data: bytes) -> bytes:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(h.sock))
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                return s.recv(65536)
+
+        reply = await asyncio.to_thread(raw, b"POST /v1/login HTTP/1.1\r\nContent-Length: 5\r\n\r\n{nope")
+        assert reply.startswith(b"HTTP/1.1 400") and json.loads(reply.split(b"\r\n\r\n", 1)[1])["ok"] is False
+        reply = await asyncio.to_thread(raw, b"GARBAGE\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 400")
+        assert stat.S_IMODE(h.sock.stat().st_mode) == 0o660
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root and a system python")
+async def test_other_users_get_403(tmp_path, server):
+    open_dir = Path(tempfile.mkdtemp(prefix="shoal-api-test-"))
+    os.chmod(open_dir, 0o755)
+    try:
+        await _other_user(tmp_path, server, open_dir / "shoald.sock")
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
+
+
+async def _other_user(tmp_path: Path, server: FakeServer, sock: Path) -> None:
+    async with Harness(tmp_path, server, sock) as h:
+        os.chmod(h.sock, 0o666)  # let the file open; SO_PEERCRED must still refuse
+        code = (
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+            "s.sendall(b'GET /v1/status HTTP/1.1\\r\\n\\r\\n'); print(s.recv(4096).decode())"
+        )
+        p = await asyncio.to_thread(subprocess.run, ["/usr/bin/python3", "-c", code, str(h.sock)],
+                                    capture_output=True, text=True, user=65534, group=65534, timeout=20)
+        assert p.stdout.startswith("HTTP/1.1 403"), p.stderr
+        assert "permission denied" in p.stdout

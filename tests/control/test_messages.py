@@ -127,25 +127,14 @@ def test_server_decoder_limits() -> None:
     assert len(m.decode_server(big).peers) == 1000
 
 
-# KNOWN BUG in messages._decode (reported): msgspec raises UnicodeDecodeError, not
-# DecodeError, for invalid UTF-8 in a str; it escapes instead of becoming a ProtocolError.
-# test_invalid_utf8_is_a_protocol_error tracks it (strict xfail); the fuzzers below tolerate
-# only that one exception type until it is fixed, everything else must be a ProtocolError.
-_KNOWN_ESCAPE: tuple[type[Exception], ...] = (UnicodeDecodeError,)
-
-
 def _decodes_or_protocol_error(frame: bytes) -> None:
     for decode in (m.decode_client, m.decode_server):
         try:
             decode(frame)
         except m.ProtocolError:
             pass
-        except _KNOWN_ESCAPE:
-            pass
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="messages._decode does not map msgspec's UnicodeDecodeError to ProtocolError")
 def test_invalid_utf8_is_a_protocol_error() -> None:
     frame = _raw({"type": "set_nickname", "req_id": 1, "nickname": "ok"}).replace(b"\xa2ok", b"\xa2\xff\xfe")
     with pytest.raises(m.ProtocolError):

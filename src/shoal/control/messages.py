@@ -277,7 +277,7 @@ def _decode(frame: bytes, decoder: msgspec.msgpack.Decoder, limit: int):  # noqa
         raise ProtocolError(f"unsupported protocol version {frame[0]} (we speak {PROTOCOL_VERSION})")
     try:
         return decoder.decode(memoryview(frame)[1:])
-    except msgspec.DecodeError as e:  # ValidationError is a subclass
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # ValidationError is a DecodeError
         raise ProtocolError(f"malformed message: {e}") from None
 
 

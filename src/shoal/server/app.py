@@ -1,0 +1,295 @@
+"""The server's asyncio glue: Litestar app on uvicorn, one task per control session, the
+write-through writer and the presence timer around the sans-IO `shoal.server.core.Core`.
+
+Owns: the HTTP surface and the order in which things happen.
+
+    GET  /v1/server-key   {"public_key": base64, "fingerprint": fp} (trust on first use)
+    WS   /control         Noise IK control channel (`shoal.control.transport.accept`)
+
+Ordering rule: every core call runs to completion on the event loop (the core is never
+entered concurrently). Its `Effects` go to the writer in call order: the writer commits the
+persist intents of everything queued so far in ONE transaction (group commit), then hands
+the outgoing messages to the sessions' queues in the same order. So a node is told
+something only once it is on disk, and every node receives its ViewUpdates in version order.
+Effects without writes skip the writer only when it is idle (order is kept either way).
+
+Sessions. Each WebSocket gets a reader (this handler: recv -> core.receive) and a sender task
+draining a bounded queue (SEND_QUEUE_LIMIT messages). A node that cannot keep up (queue full)
+is disconnected with 4008 instead of being buffered forever; like any dropped connection it
+keeps its presence for the grace period. Malformed, oversized, undecryptable, unknown or
+out-of-order frames close only that session (4002 from the transport or the core) and are
+logged with the reason. Close codes used here: 4002 protocol error, 4008 too slow, 1001
+server shutting down; the core's codes (1000 logout, 4000 replaced) pass through.
+
+Attribute owners: `_sessions` is mutated by the session handlers; `core` only through
+`_call`; the writer task owns `_batches`; the timer task calls `core.handle_timer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from litestar import Litestar, Response, get, websocket
+from litestar.connection import WebSocket
+
+from shoal.control import messages as m
+from shoal.control.transport import (
+    MAX_CLIENT_WS_MESSAGE,
+    AcceptFailed,
+    ConnectionClosed,
+    ProtocolFailure,
+    ServerConnection,
+    ServerSocket,
+    accept,
+    server_key_document,
+)
+from shoal.server.core import PRESENCE_GRACE, Close, Core, Effects, Send
+from shoal.server.passwords import PasswordHasher
+from shoal.server.store import Store, load_or_create_server_key
+from shoal.wireguard.keys import PrivateKey
+
+__all__ = ["ControlServer", "build_app", "serve", "Running", "SEND_QUEUE_LIMIT", "CLOSE_TOO_SLOW"]
+
+log = logging.getLogger("shoal.server")
+
+SEND_QUEUE_LIMIT = 1024
+CLOSE_TOO_SLOW = 4008
+CLOSE_GOING_AWAY = 1001
+HANDSHAKE_TIMEOUT = 10.0
+WS_MAX_SIZE = max(MAX_CLIENT_WS_MESSAGE, 65535)  # uvicorn drops bigger frames (1009) before we see them
+
+
+@dataclass(eq=False)
+class _Session:
+    sid: int
+    conn: ServerConnection
+    peer: str
+    queue: asyncio.Queue[m.ServerMessage | Close] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_LIMIT))
+    closing: bool = False
+    sender: asyncio.Task[None] | None = None
+
+
+class ControlServer:
+    """Runs the core for live WebSocket sessions; see the module docstring."""
+
+    def __init__(self, core: Core, store: Store, server_key: PrivateKey,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.core = core
+        self.store = store
+        self.server_key = server_key
+        self.clock = clock
+        self._sessions: dict[int, _Session] = {}
+        self._sid = itertools.count(1)
+        self._batches: asyncio.Queue[Effects] = asyncio.Queue()
+        self._inflight = 0  # effects handed to the writer and not yet dispatched
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stats = {"sessions": 0, "protocol_errors": 0, "too_slow": 0, "commits": 0}
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._writer(), name="shoal-writer"),
+                       asyncio.create_task(self._timer(), name="shoal-presence-timer")]
+
+    async def stop(self) -> None:
+        for s in list(self._sessions.values()):
+            await s.conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        if self._inflight:  # let already decided writes reach the disk
+            try:
+                await asyncio.wait_for(self._drained(), 5)
+            except TimeoutError:
+                log.error("store writes still pending at shutdown")
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _drained(self) -> None:
+        while self._inflight:
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------ effects
+    def _emit(self, fx: Effects) -> None:
+        if not fx.out and not fx.persist:
+            return
+        if fx.persist or self._inflight:
+            self._inflight += 1
+            self._batches.put_nowait(fx)
+        else:
+            self._dispatch(fx.out)
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            first = await self._batches.get()
+            group = [first]
+            while not self._batches.empty():
+                group.append(self._batches.get_nowait())
+            try:
+                await self.store.apply([p for fx in group for p in fx.persist])
+                self.stats["commits"] += 1
+            except Exception:  # the in-memory state stays right; say loudly that the disk is not
+                log.exception("store write failed; %d effects not persisted", len(group))
+            for fx in group:
+                self._dispatch(fx.out)
+            self._inflight -= len(group)
+
+    def _dispatch(self, out: list[Send | Close]) -> None:
+        for o in out:
+            s = self._sessions.get(o.session)
+            if s is None or s.closing:
+                continue
+            item: m.ServerMessage | Close = o.message if isinstance(o, Send) else o
+            if isinstance(o, Close):
+                s.closing = True
+            try:
+                s.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                self.stats["too_slow"] += 1
+                log.warning("session %d (%s): outgoing queue full, disconnecting", s.sid, s.peer)
+                s.closing = True
+                if s.sender is not None:
+                    s.sender.cancel()
+                asyncio.get_running_loop().create_task(
+                    s.conn.close(CLOSE_TOO_SLOW, "too slow: outgoing queue full"))
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            now = self.clock()
+            if deadline is not None and deadline <= now:
+                self._emit(self.core.handle_timer(now))
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), None if deadline is None else deadline - now)
+            except TimeoutError:
+                pass
+
+    # ------------------------------------------------------------ sessions
+    async def _sender(self, s: _Session) -> None:
+        try:
+            while True:
+                item = await s.queue.get()
+                if isinstance(item, Close):
+                    log.info("session %d (%s): closing %d %s", s.sid, s.peer, item.code, item.reason)
+                    await s.conn.close(item.code, item.reason)
+                    return
+                await s.conn.send(item)
+        except ConnectionClosed:
+            return
+
+    async def handle(self, ws: ServerSocket, remote_ip: str | None) -> None:
+        """One control session, from the Noise handshake to the end of the connection."""
+        peer = remote_ip or "?"
+        try:
+            conn = await accept(ws, self.server_key, timeout=HANDSHAKE_TIMEOUT)
+        except AcceptFailed as exc:
+            log.info("control connection from %s refused: %s", peer, exc)
+            return
+        sid = next(self._sid)
+        s = _Session(sid, conn, f"{peer} {conn.node_public.fingerprint()}")
+        self._sessions[sid] = s
+        self.stats["sessions"] += 1
+        s.sender = asyncio.create_task(self._sender(s), name=f"shoal-send-{sid}")
+        self._emit(self.core.connect(sid, conn.node_public, self.clock(), remote_ip))
+        reason = "closed"
+        try:
+            while not s.closing:
+                msg = await conn.recv()
+                self._emit(self.core.receive(sid, msg, self.clock()))
+        except ConnectionClosed as exc:
+            reason = f"connection closed ({exc.code}) {exc.reason}".strip()
+        except ProtocolFailure as exc:
+            self.stats["protocol_errors"] += 1
+            reason = f"protocol error: {exc}"
+        finally:
+            log.info("session %d (%s) ended: %s", sid, s.peer, reason)
+            self._sessions.pop(sid, None)
+            self._emit(self.core.disconnect(sid, self.clock()))
+            if not s.sender.done():
+                try:  # let a queued Close (logout, protocol error) go out
+                    await asyncio.wait_for(asyncio.shield(s.sender), 2.0)
+                except (TimeoutError, asyncio.CancelledError):
+                    s.sender.cancel()
+            await conn.close(1000, "")
+
+
+def build_app(server: ControlServer) -> Litestar:
+    document = server_key_document(server.server_key.public_key())
+
+    @get("/v1/server-key", sync_to_thread=False)
+    def server_key() -> Response[bytes]:
+        return Response(content=document, media_type="application/json")
+
+    @websocket("/control")
+    async def control(socket: WebSocket) -> None:
+        await socket.accept()
+        await server.handle(socket, socket.client.host if socket.client else None)
+
+    return Litestar(route_handlers=[server_key, control], on_startup=[server.start],
+                    on_shutdown=[server.stop], openapi_config=None, logging_config=None)
+
+
+@dataclass
+class Running:
+    """What `serve` reports once it listens."""
+
+    host: str
+    port: int
+    server_key: PrivateKey
+    control: ControlServer
+    uvicorn: uvicorn.Server
+
+
+async def serve(
+    data_dir: Path,
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[Running], Awaitable[None] | None] | None = None,
+    grace: float = PRESENCE_GRACE,
+    hasher: PasswordHasher | None = None,
+) -> None:
+    """Run the server until uvicorn is told to exit (SIGINT/SIGTERM, or `Running.uvicorn.should_exit`)."""
+    key = load_or_create_server_key(data_dir)
+    store = await Store.open(data_dir)
+    try:
+        loaded = await store.load()
+        now = time.monotonic()
+        core = Core.from_state(
+            loaded.ula_prefix, loaded.nodes, loaded.networks, loaded.members, loaded.bans,
+            now=now, wall_offset=time.time() - now, grace=grace, hasher=hasher,
+        )
+        control = ControlServer(core, store, key)
+        config = uvicorn.Config(
+            build_app(control), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
+            ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+            lifespan="on", log_level="warning", timeout_graceful_shutdown=3, access_log=False,
+        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn accepts
+        userver = uvicorn.Server(config)
+        bound = sock.getsockname()
+        running = Running(host, bound[1], key, control, userver)
+        log.info("serving %d nodes, %d networks on %s:%d (pid %d)", len(core.nodes), len(core.networks),
+                 host, bound[1], os.getpid())
+        if ready is not None:
+            r = ready(running)
+            if r is not None:
+                await r
+        await userver.serve(sockets=[sock])
+    finally:
+        await store.close()

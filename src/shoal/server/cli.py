@@ -1,0 +1,85 @@
+"""`shoal server --data-dir DIR --listen HOST:PORT`: run the coordination server.
+
+On start it prints the server key's fingerprint and the line to give clients
+(`shoal login http://ADDR:PORT --server-key <base64>`), one per local address when it
+listens on a wildcard address. Logs go to stderr; SIGINT/SIGTERM stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+import typer
+
+DEFAULT_DATA_DIR = Path("/var/lib/shoal/server")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses) -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen wants HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    ipaddress.ip_address(host)  # ValueError for names: listen on an address
+    return host, int(port)
+
+
+def _local_addresses(family: int) -> list[str]:
+    """Non-loopback addresses of this host (for the "give clients" line)."""
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=family)]
+    except Exception:  # no netlink (containers): fall back to the loopback hint
+        return []
+    out = []
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        if not ip.is_loopback and not ip.is_link_local:
+            out.append(a)
+    return out
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def server(
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="where the key and the database live"),
+    listen: str = typer.Option("0.0.0.0:8080", "--listen", help="HOST:PORT to listen on"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every session"),
+) -> None:
+    """Run the coordination server (nodes log in here)."""
+    from shoal.server.app import Running, serve
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        typer.echo(f"shoal server: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("shoal.server").setLevel(logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    wildcard = ipaddress.ip_address(host).is_unspecified
+    addrs = _local_addresses(socket.AF_INET6 if ":" in host else socket.AF_INET) if wildcard else [host]
+
+    def ready(r: Running) -> None:
+        pub = r.server_key.public_key()
+        typer.echo(f"shoal server: listening on {_url_host(r.host)}:{r.port}, data in {data_dir}")
+        typer.echo(f"server key fingerprint: {pub.fingerprint()}")
+        for a in (addrs or ["127.0.0.1"])[:8]:
+            typer.echo(f"give clients: shoal login http://{_url_host(a)}:{r.port} --server-key {pub.to_base64()}")
+
+    try:
+        asyncio.run(serve(data_dir, host, port, ready=ready))
+    except (PermissionError, OSError) as exc:
+        typer.echo(f"shoal server: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass

@@ -155,8 +155,12 @@ class WgInterface:
         self._flush()
 
     def _reschedule(self) -> None:
+        """Keep one loop timer at or before the engine's next deadline.
+
+        A timer that would fire *earlier* than needed is kept (it just finds nothing due and
+        re-arms), so the common per-packet case costs no cancel/re-arm."""
         deadline = self.device.next_deadline()
-        if deadline == self._timer_at:
+        if self._timer_at is not None and (deadline is None or deadline >= self._timer_at):
             return
         if self._timer is not None:
             self._timer.cancel()

@@ -216,11 +216,12 @@ class ControlServer:
             log.info("session %d (%s) ended: %s", sid, s.peer, reason)
             self._sessions.pop(sid, None)
             self._emit(self.core.disconnect(sid, self.clock()))
-            if not s.sender.done():
+            if s.closing and not s.sender.done():
                 try:  # let a queued Close (logout, protocol error) go out
                     await asyncio.wait_for(asyncio.shield(s.sender), 2.0)
                 except (TimeoutError, asyncio.CancelledError):
-                    s.sender.cancel()
+                    pass
+            s.sender.cancel()
             await conn.close(1000, "")
 
 

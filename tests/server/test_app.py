@@ -1,0 +1,196 @@
+"""The real server on loopback: WebSockets + Noise, a few clients, restarts, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import websockets
+
+from shoal.control import messages as m
+from shoal.control.noise import ClientHandshake
+from shoal.control.transport import ServerKeyMismatch, connect, fetch_server_key
+from shoal.server import app as server_app
+from shoal.server.app import Running, serve
+from shoal.server.core import Close
+from shoal.server.testclient import ControlClient
+from shoal.wireguard.keys import PrivateKey
+
+from .helpers import FAST_HASHER
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@asynccontextmanager
+async def running(data_dir: Path, grace: float = 30.0) -> AsyncIterator[Running]:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[Running] = loop.create_future()
+    task = asyncio.create_task(serve(data_dir, "127.0.0.1", 0, ready=ready.set_result, grace=grace, hasher=FAST_HASHER))
+    done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # serve failed: raise its error
+    r = ready.result()
+    try:
+        yield r
+    finally:
+        r.uvicorn.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+def url(r: Running) -> str:
+    return f"ws://127.0.0.1:{r.port}/control"
+
+
+def key(name: str) -> PrivateKey:
+    return PrivateKey.from_seed(name.encode())
+
+
+async def login(r: Running, name: str, **kw: object) -> ControlClient:
+    return await ControlClient.login(url(r), key(name), r.server_key.public_key(), **kw)
+
+
+async def test_login_networks_and_presence_fan_out(tmp_path: Path) -> None:
+    async with running(tmp_path) as r:
+        assert await fetch_server_key(f"http://127.0.0.1:{r.port}") == r.server_key.public_key()
+        alice, bob, carol = [await login(r, n, nickname=n) for n in ("alice", "bob", "carol")]
+        assert alice.mirror.node is not None and alice.mirror.node.nickname == "alice"
+        res = await alice.request(m.CreateNetwork, name="lan", password="pw")
+        assert res.ok and res.network_id
+        net = res.network_id
+        assert (await bob.request(m.JoinNetwork, name="lan", password="nope")).code == "wrong_password"
+        assert (await bob.request(m.JoinNetwork, name="lan", password="pw")).ok
+        assert (await carol.request(m.JoinNetwork, name="lan", password="pw")).ok
+        for c in (alice, bob, carol):
+            others = {x.node_id for x in (alice, bob, carol)} - {c.node_id}
+            await c.wait_for(lambda c=c, o=others: set(c.mirror.peers) == o)
+        # go offline: every member hears it; back online: peers again
+        assert (await bob.request(m.SetOnline, network_id=net, online=False)).ok
+        for c in (alice, carol):
+            await c.wait_for(lambda c=c: bob.node_id not in c.mirror.peers
+                             and c.mirror.member_online(net, bob.node_id) is False)
+        assert (await bob.request(m.SetOnline, network_id=net, online=True)).ok
+        await alice.wait_for(lambda: bob.node_id in alice.mirror.peers)
+        # a refused request from the owner side: not owner
+        assert (await bob.request(m.Evict, network_id=net, node_id=carol.node_id)).code == "not_owner"
+        # logout takes effect at once for the others
+        await carol.conn.send(m.Logout(req_id=99))
+        await alice.wait_for(lambda: carol.node_id not in alice.mirror.peers)
+        closed = await carol.wait_closed()
+        assert closed is not None and getattr(closed, "code", None) == 1000
+        for c in (alice, bob):
+            await c.close()
+
+
+async def test_wrong_server_key_is_refused_loudly(tmp_path: Path) -> None:
+    async with running(tmp_path) as r:
+        impostor = PrivateKey.from_seed(b"someone else").public_key()
+        with pytest.raises(ServerKeyMismatch) as err:
+            await connect(url(r), key("alice"), impostor, timeout=5)
+        assert impostor.fingerprint() in str(err.value)
+        assert r.server_key.public_key().fingerprint() in str(err.value)  # the server says who it is
+        assert r.control.core.nodes == {}  # nothing registered
+
+
+async def test_replayed_handshake_without_private_key_gets_nothing(tmp_path: Path) -> None:
+    async with running(tmp_path) as r:
+        alice = await login(r, "alice")
+        await alice.request(m.CreateNetwork, name="lan", password="pw")
+        # The attacker has alice's public key and a copy of a message1 she sent, not her private key.
+        m1 = ClientHandshake(key("alice"), r.server_key.public_key()).message1()
+        async with websockets.connect(url(r)) as ws:
+            await ws.send(m1)
+            m2 = await ws.recv()
+            assert isinstance(m2, bytes)  # message2 carries nothing it could read
+            await ws.send(b"\x00" * 64)  # it cannot seal a frame under alice's session keys
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    extra = await ws.recv()
+                    pytest.fail(f"the impostor got data: {extra!r}")
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4002
+        # alice's real session is untouched
+        assert r.control.core.is_present(alice.node_id)
+        assert await alice.ping(7) < 5
+        assert r.control.stats["sessions"] == 1
+        await alice.close()
+
+
+async def test_bad_input_closes_only_that_session(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with running(tmp_path) as r:
+        alice = await login(r, "alice")
+        # a request before Login: Error, then 4002, with a logged reason
+        early = await connect(url(r), key("mallory"), r.server_key.public_key())
+        await early.send(m.CreateNetwork(req_id=1, name="x", password=""))
+        err = await early.recv()
+        assert isinstance(err, m.Error) and err.code == "protocol_error" and "before Login" in err.message
+        with pytest.raises(Exception) as exc_info:
+            await early.recv()
+        assert getattr(exc_info.value, "code", None) == 4002
+        # a frame that is not a sealed message on a logged-in session
+        bob = await login(r, "bob")
+        await bob.conn._ws.send(b"not a noise frame")
+        closed = await bob.wait_closed()
+        assert closed is not None and getattr(closed, "code", None) == 4002
+        # an oversized frame
+        carol = await login(r, "carol")
+        await carol.conn._ws.send(b"\x00" * (server_app.WS_MAX_SIZE + 1))
+        closed = await carol.wait_closed()
+        assert closed is not None and getattr(closed, "code", None) in (1009, 4002)
+        assert await alice.ping(1) < 5  # alice never noticed
+        assert r.control.core.networks == {}
+        assert "protocol error" in caplog.text and "before Login" in caplog.text
+        await alice.close()
+
+
+async def test_restart_keeps_state_and_presence(tmp_path: Path) -> None:
+    async with running(tmp_path) as r:
+        alice, bob = await login(r, "alice"), await login(r, "bob")
+        net = (await alice.request(m.CreateNetwork, name="lan", password="pw")).network_id
+        assert (await bob.request(m.JoinNetwork, name="lan", password="pw")).ok
+        assert (await bob.request(m.SetNickname, nickname="Bob")).ok
+        await alice.wait_for(lambda: bob.node_id in alice.mirror.peers)
+        ids = (alice.node_id, bob.node_id)
+        addrs = (alice.mirror.node, bob.mirror.node)
+    # the server is gone; both clients see their sessions end
+    await alice.wait_closed(), await bob.wait_closed()
+    async with running(tmp_path) as r2:
+        alice2 = await login(r2, "alice")
+        assert (alice2.node_id, alice2.mirror.node) == (ids[0], addrs[0])
+        # bob has not come back yet, but the start grace keeps him online: no tunnel torn down
+        assert ids[1] in alice2.mirror.peers and alice2.mirror.peers[ids[1]].nickname == "Bob"
+        assert alice2.mirror.member_online(net or "", ids[1]) is True
+        bob2 = await login(r2, "bob")
+        assert bob2.mirror.node == addrs[1] and set(bob2.mirror.peers) == {ids[0]}
+        assert (await bob2.request(m.JoinNetwork, name="lan", password="wrong")).ok  # already a member
+        await alice2.close(), await bob2.close()
+
+
+async def test_node_that_does_not_read_is_disconnected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounded send queue: the glue closes a session whose queue is full (no endless buffer)."""
+    monkeypatch.setattr(server_app, "SEND_QUEUE_LIMIT", 4)
+    closes: list[tuple[int, str]] = []
+
+    class StuckConn:
+        async def send(self, msg: object) -> None:
+            await asyncio.sleep(3600)
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            closes.append((code, reason))
+
+    srv = server_app.ControlServer(core=None, store=None, server_key=key("srv"))  # type: ignore[arg-type]
+    s = server_app._Session(1, StuckConn(), "test")  # type: ignore[arg-type]
+    srv._sessions[1] = s
+    s.sender = asyncio.create_task(srv._sender(s))
+    from shoal.server.core import Send
+
+    for i in range(10):
+        srv._dispatch([Send(1, key("x").public_key(), m.Pong(nonce=i))])
+    await asyncio.sleep(0.05)
+    assert closes == [(server_app.CLOSE_TOO_SLOW, "too slow: outgoing queue full")]
+    assert s.closing and s.sender.cancelled() and srv.stats["too_slow"] == 1
+    srv._dispatch([Close(1, 1000, "later")])  # nothing more is queued for a closing session
+    assert s.queue.qsize() == 4

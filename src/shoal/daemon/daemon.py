@@ -550,10 +550,14 @@ class Daemon:
 
     async def api_join(self, body: dict[str, Any]) -> dict[str, Any]:
         name = _need(body, "name")
-        result = await self._ok(lambda r: M.JoinNetwork(req_id=r, name=name, password=str(body.get("password") or "")))
-        await self._wait_view(lambda: result.network_id in self.view.networks)
-        pending = any(m.pending for n in self.view.networks.values() if n.network_id == result.network_id
-                      for m in n.members if m.node_id == self._me())
+        result = await self.request(lambda r: M.JoinNetwork(req_id=r, name=name, password=str(body.get("password") or "")))
+        if not result.ok and result.code != "pending_approval":  # a pending join is recorded, not refused
+            raise HttpError(409, result.message or result.code or "refused by the server", result.code or "refused")
+        if result.network_id is not None:
+            await self._wait_view(lambda: result.network_id in self.view.networks)
+        pending = result.code == "pending_approval" or any(
+            m.pending for n in self.view.networks.values() if n.network_id == result.network_id
+            for m in n.members if m.node_id == self._me())
         return {"network_id": result.network_id, "name": name, "pending": pending, "message": result.message}
 
     async def api_leave(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ demo: system venv
 test: system venv
 	$(PY) -m pytest -q -m "not lab and not slow" tests
 	$(PY) -m pytest -q -m "lab and not slow" tests
+	$(PY) -m shoal.lab check        # prints the measured behaviour of every NAT type
 	$(PY) -m shoal.lab check-clean
 
 test-unit: venv

@@ -70,8 +70,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
-    return demo()
+    from shoal.daemon.demo import product_demo  # the lab's own steps, then the product's
+    return product_demo()
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -381,3 +381,29 @@ async def _other_user(tmp_path: Path, server: FakeServer, sock: Path) -> None:
                                     capture_output=True, text=True, user=65534, group=65534, timeout=20)
         assert p.stdout.startswith("HTTP/1.1 403"), p.stderr
         assert "permission denied" in p.stdout
+
+
+async def test_restart_brings_the_stored_view_back_before_the_server_answers(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+    server.reachable = False  # the daemon restarts while the server is away
+    async with Harness(tmp_path, server) as h2:
+        assert h2.engine_peers() == {PEER_KEYS[0].public_key(), PEER_KEYS[1].public_key()}
+        assert h2.plane.addresses == [ipaddress.ip_interface("100.64.0.1/10"), ipaddress.ip_interface("fd5a::1/48")]
+        st = await h2.call("GET", "/v1/status")
+        assert st["view_version"] == 1 and st["connection"]["state"] in ("connecting", "disconnected")
+
+
+async def test_logout_forgets_server_view_and_tunnels(tmp_path, server):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        r = await h.call("POST", "/v1/logout")
+        assert r["server"] == "http://192.0.2.1:8080"
+        assert any(isinstance(m, M.Logout) for m in server.conns[-1].sent)
+        assert h.engine_peers() == set() and h.plane.addresses == []
+        assert identity.load_pin(h.opts.state_dir) is None and identity.load_view(h.opts.state_dir) is None
+        st = await h.call("GET", "/v1/status")
+        assert st["connection"]["state"] == "logged-out" and st["node"] is None
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/logout")
+        assert e.value.code == "not_logged_in"

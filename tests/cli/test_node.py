@@ -1,0 +1,69 @@
+"""The node CLI without a daemon: one-line errors, and the tables `list`/`status` render."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from shoal.cli.main import app
+from shoal.cli.node import render_list, render_status
+
+STATUS = {
+    "node": {"node_id": "me1", "nickname": "ann", "ipv4": "100.64.1.1", "ipv6": "fd00::1"},
+    "public_key": "k", "view_version": 3,
+    "server": {"url": "http://192.0.2.1:8080", "public_key": "x", "fingerprint": "AbCdEfGh"},
+    "connection": {"state": "connected", "for_s": 12.0, "last_error": "", "connects": 1},
+    "interface": {"name": "shoal0", "listen_port": 41641, "endpoints": ["203.0.113.1:41641"]},
+    "networks": [{
+        "network_id": "n1", "name": "lan-party", "owner_id": "me1", "locked": True, "approval": "manual",
+        "role": "owner", "online": True, "pending": False,
+        "members": [
+            {"node_id": "me1", "nickname": "ann", "role": "owner", "online": True, "pending": False, "self": True, "tunnel": None},
+            {"node_id": "b2", "nickname": "ben", "role": "member", "online": True, "pending": False, "self": False,
+             "tunnel": {"path": "direct", "endpoint": "203.0.113.2:5000", "rtt_ms": 0.84, "ipv4": "100.64.1.2"}},
+            {"node_id": "c3", "nickname": "cat", "role": "member", "online": False, "pending": False, "self": False, "tunnel": None},
+            {"node_id": "d4", "nickname": "dan", "role": "member", "online": False, "pending": True, "self": False, "tunnel": None},
+        ],
+    }],
+    "peers": [{"node_id": "b2", "nickname": "ben", "ipv4": "100.64.1.2", "ipv6": "fd00::2", "public_key": "y",
+               "state": "online", "path": "direct", "endpoint": "203.0.113.2:5000", "rtt_ms": 0.84, "rtt_source": "ping",
+               "last_handshake_s_ago": 4.0, "rx_bytes": 1, "tx_bytes": 2, "in_engine": True, "networks": ["lan-party"]}],
+}
+
+
+def render(fn, status) -> str:  # noqa: ANN001
+    buf = io.StringIO()
+    fn(status, Console(file=buf, width=200))
+    return buf.getvalue()
+
+
+def test_list_shows_each_member_state_path_endpoint_rtt():
+    text = render(render_list, STATUS)
+    assert "lan-party (n1) - locked, approval manual; you are online" in text
+    ben = next(ln for ln in text.splitlines() if "ben" in ln)
+    for cell in ("b2", "100.64.1.2", "member", "online", "direct", "203.0.113.2:5000", "0.84 ms"):
+        assert cell in ben
+    assert "offline" in next(ln for ln in text.splitlines() if "cat" in ln)
+    assert "pending" in next(ln for ln in text.splitlines() if "dan" in ln)
+
+
+def test_status_shows_connection_and_peers():
+    text = render(render_status, STATUS)
+    assert "http://192.0.2.1:8080 (key fingerprint AbCdEfGh)" in text and "connected for 12 s" in text
+    assert "shoal0, UDP port 41641" in text
+    assert "4 s ago" in next(ln for ln in text.splitlines() if "ben" in ln)
+    logged_out = {**STATUS, "node": None, "server": None, "networks": [], "peers": []}
+    assert "Not logged in" in render(render_status, logged_out) and "Not logged in" in render(render_list, logged_out)
+
+
+def test_commands_without_a_daemon_fail_in_one_line(tmp_path):
+    runner = CliRunner()
+    sock = str(tmp_path / "none.sock")
+    for args in (["status"], ["list", "--json"], ["join", "x", "-p", "y"], ["ping", "ben"], ["login", "http://192.0.2.1:8080"]):
+        r = runner.invoke(app, [*args, "--socket", sock])
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output.strip().count("\n") == 0 and r.output.startswith("shoal: the shoal daemon is not running")
+    r = runner.invoke(app, ["create", "x", "--approval", "sometimes", "--socket", sock])
+    assert r.exit_code == 2 and "auto or manual" in r.output

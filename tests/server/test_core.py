@@ -539,3 +539,62 @@ def test_random_operations_keep_every_view_consistent(seed: int) -> None:
             if xi is None or h.clients[x].session is None:
                 continue
             assert h.core.peers_of(xi) == set(h.clients[x].mirror.peers)
+
+
+# ------------------------------------------------------------------ fuzz: any decoded message, any order
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ids = st.sampled_from(["aaaaaa", "zzzz", "0", "bbbbbbbb"])
+_names = st.sampled_from(["lan", "LAN", " lan ", "x" * 64, "\x01", "club"])
+_pw = st.sampled_from(["", "pw", "x" * 128])
+_req = st.integers(0, 2**63 - 1)
+_any_msg = st.one_of(
+    st.builds(m.Login, nickname=st.one_of(st.none(), _names), listen_port=st.integers(0, 65535),
+              endpoints=st.lists(st.sampled_from(["1.2.3.4:5", "x", "[::1]:7", "1.2.3.4:99999"]), max_size=4)),
+    st.builds(m.Logout, req_id=_req),
+    st.builds(m.Ping, nonce=_req),
+    st.builds(m.ResyncRequest, have_version=_req),
+    st.builds(m.CreateNetwork, req_id=_req, name=_names, password=_pw, approval=st.sampled_from(["auto", "manual"])),
+    st.builds(m.JoinNetwork, req_id=_req, name=_names, password=_pw),
+    st.builds(m.LeaveNetwork, req_id=_req, network_id=_ids),
+    st.builds(m.DeleteNetwork, req_id=_req, network_id=_ids),
+    st.builds(m.SetOnline, req_id=_req, network_id=_ids, online=st.booleans()),
+    st.builds(m.SetNickname, req_id=_req, nickname=_names),
+    st.builds(m.SetPassword, req_id=_req, network_id=_ids, password=_pw),
+    st.builds(m.SetAccess, req_id=_req, network_id=_ids, locked=st.one_of(st.none(), st.booleans()),
+              approval=st.one_of(st.none(), st.sampled_from(["auto", "manual"]))),
+    st.builds(m.Approve, req_id=_req, network_id=_ids, node_id=_ids),
+    st.builds(m.Reject, req_id=_req, network_id=_ids, node_id=_ids, ban=st.booleans()),
+    st.builds(m.Evict, req_id=_req, network_id=_ids, node_id=_ids, ban=st.booleans()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), _any_msg, st.sampled_from(["send", "drop", "tick"])), max_size=30))
+def test_core_never_raises_on_any_message_sequence(ops: list[tuple[int, m.ClientMessage, str]]) -> None:
+    """Whatever decoded messages arrive, in whatever order: no exception, answers well-formed."""
+    core = Core(ULA, now=0.0, rng=random.Random(0).randbytes, hasher=FAST_HASHER)
+    keys = [key_of(f"f{i}") for i in range(3)]
+    sessions: dict[int, int] = {}
+    sid, now = 0, 0.0
+    for who, msg, action in ops:
+        now += 1.0
+        if who not in sessions:
+            sid += 1
+            sessions[who] = sid
+            core.connect(sid, keys[who], now, "192.0.2.1")
+        if action == "drop":
+            core.disconnect(sessions.pop(who), now)
+            continue
+        if action == "tick":
+            now += PRESENCE_GRACE
+            core.handle_timer(now)
+        fx = core.receive(sessions[who], msg, now)
+        for o in fx.out:
+            if isinstance(o, Send):
+                m.decode_server(m.encode(o.message))  # every answer fits the contract's limits
+        if hasattr(msg, "req_id") and core.session_node(sessions[who]) is not None and not isinstance(msg, m.Logout):
+            results = [o.message for o in fx.sends() if isinstance(o.message, m.Result)]
+            assert [r.req_id for r in results] == [msg.req_id]  # exactly one answer per request

@@ -410,7 +410,7 @@ class Core:
 
     def session_node(self, session: SessionId) -> str | None:
         s = self._sessions.get(session)
-        return None if s is None else s.node_id
+        return None if s is None or s.dead else s.node_id
 
     def version_of(self, node_id: str) -> int:
         return self._rt_of(node_id).version

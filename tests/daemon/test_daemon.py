@@ -407,3 +407,14 @@ async def test_logout_forgets_server_view_and_tunnels(tmp_path, server):
         with pytest.raises(ApiError) as e:
             await h.call("POST", "/v1/logout")
         assert e.value.code == "not_logged_in"
+
+
+async def test_nickname_option_names_a_new_node_only(tmp_path, server, monkeypatch):
+    monkeypatch.setattr("shoal.daemon.backoff.BASE", 0.05)
+    h = Harness(tmp_path, server)
+    h.opts.nickname = "ann"
+    async with h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        server.conns[-1].drop()
+        await until(lambda: len(server.logins) == 2, timeout=10)
+    assert [login.nickname for login in server.logins] == ["ann", None]  # set-nick survives reconnects

@@ -18,6 +18,10 @@ View -> engine (`_reconcile`): a WireGuard peer exists exactly for each peer of 
 handshakes and packets are refused by the engine (the receiving side enforces isolation).
 The interface carries our IPv4/10 and IPv6/48.
 
+Stopping the daemon (SIGTERM) closes the control connection without Logout: the server keeps
+the node online for its grace period, so a daemon restart (upgrade) flaps no tunnel of its
+peers; `shoal logout` / `shoal go-offline` take a node offline at once.
+
 RTT shown per peer: the last overlay ping (`shoal ping`, ICMP echo through the tunnel), or
 else the last handshake we initiated: time from sending the initiation to the completed
 handshake (one UDP round trip plus the peer's handshake work, well under a millisecond).
@@ -47,7 +51,7 @@ from shoal.daemon.identity import ServerPin
 from shoal.daemon.localapi import ApiServer, Handler, HttpError
 from shoal.daemon.view import Outcome, PeerPlanner, View
 from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
-from shoal.wg.runner import WgInterface
+from shoal.wg.runner import DEFAULT_UAPI_DIR, WgInterface
 from shoal.wireguard.constants import DEFAULT_MTU
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.keys import PrivateKey, PublicKey
@@ -55,7 +59,8 @@ from shoal.wireguard.peer import PeerConfig
 
 log = logging.getLogger("shoal.daemon")
 
-RUN_DIR = Path(os.environ.get("SHOAL_RUN_DIR", "/run/shoal"))
+DEFAULT_RUN_DIR = Path("/run/shoal")
+RUN_DIR = Path(os.environ.get("SHOAL_RUN_DIR", str(DEFAULT_RUN_DIR)))
 STATE_DIR = Path(os.environ.get("SHOAL_STATE_DIR", "/var/lib/shoal"))
 IFACE = "shoal0"
 SOCKET_NAME = "shoald.sock"
@@ -80,7 +85,8 @@ class Options:
     mtu: int = DEFAULT_MTU
     socket_group: int | None = None
     endpoints: list[str] = field(default_factory=list)  # advertised; empty = the host's addresses
-    nickname: str | None = None
+    nickname: str | None = None  # for the first login only
+    uapi_dir: Path | None = None  # default: /var/run/wireguard, or RUN_DIR/wireguard if RUN_DIR is not the default
 
 
 class DataPlane(Protocol):
@@ -174,6 +180,10 @@ class Daemon:
 
         self.opts = options
         self.socket_path = options.socket_path or options.run_dir / SOCKET_NAME
+        # stock `wg show` / `shoal wg show` find the default daemon's interface; daemons with
+        # their own run dir (several on one machine) keep their UAPI socket there
+        self.uapi_dir = options.uapi_dir or (
+            DEFAULT_UAPI_DIR if options.run_dir == DEFAULT_RUN_DIR else options.run_dir / "wireguard")
         self._connect = connect or transport.connect
         self._fetch_key = fetch_server_key or transport.fetch_server_key
         self._transport = transport
@@ -221,7 +231,7 @@ class Daemon:
                             addresses=self_addresses(self.view.node), table=False),
             self.planner.configs(self.view),
         )
-        self.plane = self._plane_factory(cfg, self.opts.run_dir / "wireguard", self._on_event)
+        self.plane = self._plane_factory(cfg, self.uapi_dir, self._on_event)
         plane_stop = asyncio.Event()
         plane_task = asyncio.create_task(self.plane.run(plane_stop), name="data-plane")
         ready = asyncio.create_task(self.plane.ready.wait())
@@ -323,7 +333,9 @@ class Daemon:
 
     async def _session(self, conn: Any, pin: ServerPin, backoff: Backoff) -> None:
         port = self.plane.listen_port if self.plane is not None else 0
-        await conn.send(M.Login(nickname=self.opts.nickname, listen_port=port or 0, endpoints=self.endpoints,
+        # --nickname names a new node; afterwards the server's (set-nick) is kept across reconnects
+        nickname = self.opts.nickname if self.view.node is None else None
+        await conn.send(M.Login(nickname=nickname, listen_port=port or 0, endpoints=self.endpoints,
                                 have_version=self.view.version, software=f"shoal {__version__}"))
         first = await asyncio.wait_for(conn.recv(), LOGIN_TIMEOUT)
         if isinstance(first, M.Error):

@@ -399,13 +399,22 @@ class Device:
         self._flush_staged(peer, now)
 
     def send(self, packets: Iterable[bytes], now: float) -> None:
-        """IP packets from the interface: route each to its peer and seal it (batched per peer)."""
+        """IP packets from the interface: route each to its peer and seal it.
+
+        The per-packet path is written out inline and remembers the previous packet's peer,
+        so a run of packets to one peer costs a lookup and a seal each; per-peer bookkeeping
+        (timers, rekey) runs once per batch. Packets for a peer without a usable session
+        are staged and a handshake is started.
+        """
         lookup = self.routes.lookup
-        touched: dict[int, Peer] = {}
-        fast: dict[int, tuple[Peer, Keypair, Endpoint]] = {}
         out = self.outbox
         mtu = self.mtu
         reject_messages = self.timers.reject_after_messages
+        sent_to: list[Peer] = []  # peers that got packets sealed here (usually one)
+        staged_for: list[Peer] = []  # peers whose packets wait for a session
+        last_peer: Peer | None = None
+        keypair: Keypair | None = None
+        endpoint: Endpoint | None = None
         for packet in packets:
             n = len(packet)
             if n == 0:
@@ -421,39 +430,41 @@ class Device:
             if peer is None:
                 self.stats["no_route"] += 1
                 continue
-            key = id(peer)
-            route = fast.get(key)
-            if route is None and key not in touched:
+            if peer is not last_peer:
+                last_peer = peer
                 keypair = peer.keypairs.current
-                if peer.endpoint is not None and not peer.staged and self._usable(keypair, now):
-                    assert keypair is not None
-                    route = fast[key] = (peer, keypair, peer.endpoint)
-                else:
-                    touched[key] = peer
-            if route is not None:
-                keypair = route[1]
-                if keypair.send_counter >= reject_messages:  # session used up mid-batch
-                    del fast[key]
-                    touched[key] = peer
-                    peer.staged.append(packet)
-                    continue
-                pad = (-n) % 16
-                if pad and n + pad > mtu:
-                    pad = padding_for(n, mtu)
-                message = keypair.seal(packet + bytes(pad) if pad else packet)
-                out.append((message, route[2]))
-                route[0].stats.tx_bytes += len(message)
-            else:
+                endpoint = peer.endpoint
+                if endpoint is None or peer.staged or not self._usable(keypair, now):
+                    keypair = None
+                elif peer not in sent_to:
+                    sent_to.append(peer)
+            if keypair is None or keypair.send_counter >= reject_messages:
+                keypair = None  # no session, or it was used up mid-batch
                 peer.staged.append(packet)
-        for peer, _keypair, _endpoint in fast.values():
+                if peer not in staged_for:
+                    staged_for.append(peer)
+                continue
+            pad = (-n) % 16
+            if pad:
+                if n + pad > mtu:
+                    pad = padding_for(n, mtu)
+                packet += bytes(pad)
+            counter = keypair.send_counter
+            keypair.send_counter = counter + 1
+            nonce = counter.to_bytes(8, "little")
+            message = keypair._header_prefix + nonce + keypair._send_aead.encrypt(b"\x00\x00\x00\x00" + nonce, packet, None)
+            out.append((message, endpoint))  # type: ignore[arg-type]
+            peer.stats.tx_bytes += len(message)
+        t = self.timers
+        for peer in sent_to:
             self._packet_sent(peer, now)
             self._data_sent(peer, now)
-            t = self.timers
-            if _keypair.is_initiator and (
-                _keypair.send_counter > t.rekey_after_messages or now - _keypair.created > t.rekey_after_time
+            current = peer.keypairs.current
+            if current is not None and current.is_initiator and (
+                current.send_counter > t.rekey_after_messages or now - current.created > t.rekey_after_time
             ):
                 self._initiate(peer, now, retry=False)
-        for peer in touched.values():
+        for peer in staged_for:
             self._flush_staged(peer, now)
 
     # ----------------------------------------------------------------- receiving

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-sim test-lab test-slow bench system venv clean lab-down
+.PHONY: demo test test-unit test-sim test-lab test-slow bench bench-control system venv clean lab-down
 
 system:
 	@scripts/setup-system.sh
@@ -40,8 +40,13 @@ test-lab: system venv
 test-slow: system venv
 	$(PY) -m pytest -q -m "slow" tests
 
+# Data plane (Shoal vs wireguard-go side by side) and control plane (1,000 simulated nodes).
 bench: system venv
 	$(PY) -m shoal.bench
+	$(PY) -m shoal.bench.control
+
+bench-control: venv
+	$(PY) -m shoal.bench.control
 
 lab-down: venv
 	$(PY) -m shoal.lab down --all

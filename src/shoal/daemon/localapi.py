@@ -207,18 +207,21 @@ class ApiServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         status, payload = 500, error_payload("internal", "internal error")
+        allowed = False
         try:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = peer_credentials(sock)
-            if not authorized(uid, process_groups(pid, gid), os.stat(self.path).st_gid):
-                raise HttpError(403, "permission denied: only root or members of the socket's group may use shoald", "forbidden")
+            allowed = authorized(uid, process_groups(pid, gid), os.stat(self.path).st_gid)
             parser = RequestParser()
             request = None
-            while request is None:
+            while request is None:  # read the request first, so that a refusal is read as an answer
                 data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
                 if not data:
                     return
                 request = parser.feed(data)
+            if not allowed:  # decided by the credentials taken at connect time, never by the request
+                log.warning("local API: refused uid %d (pid %d)", uid, pid)
+                raise HttpError(403, "permission denied: only root or members of the socket's group may use shoald", "forbidden")
             handler = self.routes.get((request.method, request.path))
             if handler is None:
                 if any(p == request.path for _, p in self.routes):
@@ -226,6 +229,8 @@ class ApiServer:
                 raise HttpError(404, f"no such endpoint {request.path[:100]}", "not_found")
             status, payload = 200, {"ok": True, **await handler(request.body)}
         except HttpError as e:
+            if not allowed and e.status != 403:  # a stranger learns nothing about the API
+                e = HttpError(403, "permission denied: only root or members of the socket's group may use shoald", "forbidden")
             status, payload = e.status, error_payload(e.code, e.message)
         except (asyncio.TimeoutError, ConnectionError):
             return

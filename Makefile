@@ -42,8 +42,7 @@ test-slow: system venv
 
 # Data plane (Shoal vs wireguard-go side by side) and control plane (1,000 simulated nodes).
 bench: system venv
-	$(PY) -m shoal.bench
-	$(PY) -m shoal.bench.control
+	$(PY) -m shoal.bench; rc=$$?; $(PY) -m shoal.bench.control && exit $$rc
 
 bench-control: venv
 	$(PY) -m shoal.bench.control

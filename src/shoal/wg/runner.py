@@ -133,8 +133,7 @@ class WgInterface:
                         log.exception("%s: event callback failed", self.config.name)
         self._reschedule()
 
-    def _on_tun(self) -> None:
-        now = self._loop.time()  # type: ignore[union-attr]
+    def _drain_tun(self, now: float) -> None:
         tun, device = self.tun, self.device
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             packets = tun.read_batch(BATCH)  # type: ignore[union-attr]
@@ -143,6 +142,10 @@ class WgInterface:
             device.send(packets, now)
             if len(packets) < BATCH:
                 break
+
+    def _on_tun(self) -> None:
+        now = self._loop.time()  # type: ignore[union-attr]
+        self._drain_tun(now)
         self._flush()
         self._active(now)
 
@@ -156,7 +159,13 @@ class WgInterface:
             device.receive(datagrams, now)
             if len(datagrams) < BATCH:
                 break
+        wrote = bool(device.to_tun)
         self._flush()
+        if wrote:
+            # What we just wrote often has an answer already: the kernel makes ICMP replies
+            # and TCP ACKs synchronously inside the write. Take it now, not a wake-up later.
+            self._drain_tun(now)
+            self._flush()
         self._active(now)
 
     def _active(self, now: float) -> None:

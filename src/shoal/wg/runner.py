@@ -45,13 +45,6 @@ log = logging.getLogger("shoal.wg")
 DEFAULT_UAPI_DIR = Path("/var/run/wireguard")
 BATCH = 128
 MAX_BATCHES_PER_WAKEUP = 4  # bound the work per callback so the other direction gets its turn
-# Adaptive polling: while packets flowed within ACTIVE_WINDOW, the loop also wakes every
-# ACTIVE_POLL_PERIOD. An idle vCPU that halts wakes up slowly and runs cold (measured here: a
-# 64-byte AEAD call takes 1.3 us right after another one, 29 us after a 10 ms sleep, 8 us
-# after a 1 ms one), which is most of a tunnel's latency at game-like packet rates. The price
-# is about 1,000 cheap wake-ups per second while traffic flows, none when idle.
-ACTIVE_POLL_PERIOD = 0.001
-ACTIVE_WINDOW = 0.25
 
 
 class SetupError(RuntimeError):
@@ -109,8 +102,6 @@ class WgInterface:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._last_activity = -1.0
-        self._polling = False
         self._uapi_server: asyncio.AbstractServer | None = None
         self.ready = asyncio.Event()
 
@@ -147,7 +138,6 @@ class WgInterface:
         now = self._loop.time()  # type: ignore[union-attr]
         self._drain_tun(now)
         self._flush()
-        self._active(now)
 
     def _on_udp(self) -> None:
         now = self._loop.time()  # type: ignore[union-attr]
@@ -166,19 +156,6 @@ class WgInterface:
             # and TCP ACKs synchronously inside the write. Take it now, not a wake-up later.
             self._drain_tun(now)
             self._flush()
-        self._active(now)
-
-    def _active(self, now: float) -> None:
-        self._last_activity = now
-        if not self._polling:
-            self._polling = True
-            self._loop.call_later(ACTIVE_POLL_PERIOD, self._poll_tick)  # type: ignore[union-attr]
-
-    def _poll_tick(self) -> None:
-        if self._loop.time() - self._last_activity > ACTIVE_WINDOW or self.udp is None:  # type: ignore[union-attr]
-            self._polling = False
-            return
-        self._loop.call_later(ACTIVE_POLL_PERIOD, self._poll_tick)  # type: ignore[union-attr]
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -58,9 +58,7 @@ REPLAY_RING_BLOCKS = 128  # 8192 bits of ring; window = (blocks - 1) * 64 = 8128
 REPLAY_WINDOW_SIZE = (REPLAY_RING_BLOCKS - 1) * REPLAY_BLOCK_BITS
 
 # --- Handshake load (wireguard-go device/constants.go, ratelimiter) -----------------------
-MAX_QUEUED_HANDSHAKES = 4096
-UNDER_LOAD_QUEUE_FRACTION = 8  # "under load" once the queue is 1/8 full
-UNDER_LOAD_AFTER_TIME = 1.0  # stay under load for 1 s after the queue drains
+UNDER_LOAD_AFTER_TIME = 1.0  # stay under load for 1 s after the load was last seen
 # Shoal's measure of load (wireguard-go counts its handshake queue instead; a Python engine
 # handles each handshake inline, so we count handshake messages with a valid mac1 per second).
 UNDER_LOAD_HANDSHAKES_PER_SECOND = 64
@@ -71,7 +69,6 @@ RATELIMIT_MAX_ENTRIES = 65536  # Linux wireguard ratelimiter.c: max_entries = 8 
 
 # --- Interface -----------------------------------------------------------------------------
 DEFAULT_MTU = 1420
-MAX_SEGMENT_SIZE = 65535
 MAX_PEERS = 1 << 16
 
 

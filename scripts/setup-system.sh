@@ -3,7 +3,8 @@
 # Idempotent: packages already present are left alone; `apt-get update` runs only when needed.
 set -euo pipefail
 PKGS=(iproute2 nftables iptables conntrack wireguard-go wireguard-tools iperf3 socat tcpdump
-      procps python3-venv python3-dev kmod iputils-ping)
+      procps python3-venv python3-dev kmod iputils-ping
+      coturn)  # coturn: turnserver + turnutils_stunclient, the STUN interop oracle (never started as a service by us)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

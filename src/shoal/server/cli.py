@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -76,6 +77,12 @@ def server(
         for a in (addrs or ["127.0.0.1"])[:8]:
             typer.echo(f"give clients: shoal login http://{_url_host(a)}:{r.port} --server-key {pub.to_base64()}")
 
+    # SIGTERM before uvicorn runs stops us at once; while it runs, uvicorn shuts down cleanly
+    # and then re-raises the signal, which this handler turns into a normal exit (status 0).
+    def _terminate(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         asyncio.run(serve(data_dir, host, port, ready=ready))
     except (PermissionError, OSError) as exc:

@@ -27,6 +27,8 @@ CLIENT_EXAMPLES: list[m._Msg] = [
     m.Logout(req_id=1),
     m.Ping(nonce=2**63 - 1),
     m.ResyncRequest(have_version=0),
+    m.PeerReport(node_id="b7c8d9", reachable=True),
+    m.Login(features=[m.FEATURE_CHECK_PEER, "future-thing"]),
     m.CreateNetwork(req_id=2, name="lan party", password="hunter2", approval="manual"),
     m.JoinNetwork(req_id=3, name="lan party", password=""),
     m.LeaveNetwork(req_id=4, network_id="n1"),
@@ -50,8 +52,24 @@ SERVER_EXAMPLES: list[m._Msg] = [
     m.Result(req_id=2, ok=True, network_id="n1"),
     m.Result(req_id=3, ok=False, code="wrong_password", message="wrong password for network 'lan party'"),
     m.Pong(nonce=0),
+    m.CheckPeer(node_id="b7c8d9"),
+    m.CheckPeer(node_id="b7c8d9", active=False),
+    m.LoginOk(node=SELF, server_time=1.0, features=[m.FEATURE_CHECK_PEER]),
     m.Error(code="banned", message="this node is banned"),
 ]
+
+
+def test_check_peer_is_default_compatible() -> None:
+    """An older peer's Login/LoginOk (no features) decodes with features = []; CheckPeer
+    without `active` means active; too many or too long feature names are refused."""
+    old_login = b"\x01" + msgspec.msgpack.encode({"type": "login", "listen_port": 1})
+    assert m.decode_client(old_login).features == []
+    old_ok = b"\x01" + msgspec.msgpack.encode({"type": "login_ok", "node": msgspec.to_builtins(SELF), "server_time": 1.0})
+    assert m.decode_server(old_ok).features == []
+    assert m.decode_server(b"\x01" + msgspec.msgpack.encode({"type": "check_peer", "node_id": "ab"})).active is True
+    for bad in (["x"] * (m.MAX_FEATURES + 1), ["x" * 33]):
+        with pytest.raises(m.ProtocolError):
+            m.decode_client(b"\x01" + msgspec.msgpack.encode({"type": "login", "features": bad}))
 
 
 def test_examples_cover_every_message_type() -> None:

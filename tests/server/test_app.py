@@ -194,3 +194,23 @@ async def test_node_that_does_not_read_is_disconnected(monkeypatch: pytest.Monke
     assert s.closing and s.sender.cancelled() and srv.stats["too_slow"] == 1
     srv._dispatch([Close(1, 1000, "later")])  # nothing more is queued for a closing session
     assert s.queue.qsize() == 4
+
+
+async def test_silent_pinging_node_is_dropped_and_its_peers_told_to_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that promised pings (check_peer) and goes silent (blackholed path) loses its
+    session after SILENCE_TIMEOUT; its peers get CheckPeer; a node that pings stays."""
+    monkeypatch.setattr(m, "SILENCE_TIMEOUT", 0.6)
+    feats = [m.FEATURE_CHECK_PEER]
+    async with running(tmp_path) as r:
+        alice = await login(r, "alice", features=feats)
+        bob = await login(r, "bob", features=feats)
+        net = (await alice.request(m.CreateNetwork, name="lan", password="pw")).network_id
+        assert (await bob.request(m.JoinNetwork, name="lan", password="pw")).ok
+        await alice.wait_for(lambda: bob.node_id in alice.mirror.peers)
+        for i in range(8):  # alice pings every 0.2 s for 1.6 s; bob says nothing
+            await alice.ping(i)
+            await asyncio.sleep(0.2)
+        await alice.wait_for(lambda: m.CheckPeer(node_id=bob.node_id, active=True) in alice.checks, timeout=3)
+        assert alice.closed is None and await bob.wait_closed(3) is not None
+        assert bob.node_id in alice.mirror.peers and net  # in grace: nobody tears down

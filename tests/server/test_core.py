@@ -10,7 +10,7 @@ import pytest
 from shoal.control import messages as m
 from shoal.server.core import (
     IPV4_POOL, IPV4_RESERVED, PRESENCE_GRACE, Close, Core, DeleteMember, DeleteNetwork,
-    PutBan, PutMember, PutNetwork, PutNode, Send,
+    PutBan, PutMember, PutNetwork, PutNode, Send, Effects,
 )
 
 from .helpers import FAST_HASHER, ULA, Harness, key_of
@@ -426,6 +426,82 @@ def test_reconnect_inside_the_grace_is_invisible_to_peers(h: Harness) -> None:
     assert h.core.next_deadline() is None
 
 
+def _checks(fx: Effects, to: str, h: Harness) -> list[m.CheckPeer]:
+    sid = h.clients[to].session
+    return [o.message for o in fx.sends() if o.session == sid and isinstance(o.message, m.CheckPeer)]
+
+
+def _checking_pair(h: Harness) -> tuple[str, str, str]:
+    """alice (check_peer) owns "lan", bob (check_peer) and carol (old client) joined."""
+    for n in ("alice", "bob"):
+        h.login(n, features=[m.FEATURE_CHECK_PEER])
+    h.login("carol")
+    net = h.create("alice", "lan")
+    assert h.join("bob", "lan").ok and h.join("carol", "lan").ok
+    return net, h.nid("alice"), h.nid("bob")
+
+
+def test_login_ok_announces_check_peer(h: Harness) -> None:
+    h.login("alice", features=[m.FEATURE_CHECK_PEER])
+    ok = next(x for x in h.clients["alice"].inbox if isinstance(x, m.LoginOk))
+    assert m.FEATURE_CHECK_PEER in ok.features
+
+
+def test_dropped_node_makes_its_peers_check_it_old_clients_are_not_told(h: Harness) -> None:
+    net, a, b = _checking_pair(h)
+    fx = h.drop("bob")
+    assert _checks(fx, "alice", h) == [m.CheckPeer(node_id=b, active=True)]
+    assert _checks(fx, "carol", h) == []  # carol did not list check_peer
+    fx = h.drop("carol")
+    assert _checks(fx, "alice", h) == [m.CheckPeer(node_id=h.nid("carol"), active=True)]
+    # bob comes back: his checking peers are told the check is over; he hears about carol
+    h.advance(5)
+    h.login("bob", features=[m.FEATURE_CHECK_PEER])
+    assert _checks(h.last, "alice", h) == [m.CheckPeer(node_id=b, active=False)]
+    assert _checks(h.last, "bob", h) == [m.CheckPeer(node_id=h.nid("carol"), active=True)]
+    h.assert_consistent()
+
+
+def test_clean_logout_asks_nobody_to_check(h: Harness) -> None:
+    net, a, b = _checking_pair(h)
+    fx = h.send("bob", m.Logout(req_id=3))
+    assert _checks(fx, "alice", h) == [] and b not in h.peers("alice")
+
+
+def test_peer_reports_keep_a_node_online_past_the_grace(h: Harness) -> None:
+    net, a, b = _checking_pair(h)
+    h.drop("bob")
+    for _ in range(10):  # 10 grace periods: alice still reaches bob and says so
+        h.advance(PRESENCE_GRACE / 2)
+        h.send("alice", m.PeerReport(node_id=b, reachable=True))
+    assert b in h.peers("alice") and h.core.is_online(b, net)
+    # "unreachable" extends nothing: one grace after the last "reachable", bob is offline
+    h.advance(PRESENCE_GRACE / 2 - 1)
+    assert h.core.is_online(b, net)
+    h.send("alice", m.PeerReport(node_id=b, reachable=False))
+    h.advance(PRESENCE_GRACE / 2 + 1.5)
+    assert b not in h.peers("alice") and not h.core.is_online(b, net)
+    # a report about a node that is offline now does not bring it back
+    h.send("alice", m.PeerReport(node_id=b, reachable=True))
+    assert not h.core.is_present(b)
+
+
+def test_a_stranger_cannot_keep_a_node_online(h: Harness) -> None:
+    net, a, b = _checking_pair(h)
+    h.login("dave", features=[m.FEATURE_CHECK_PEER])  # shares no network with bob
+    h.drop("bob")
+    h.advance(PRESENCE_GRACE - 1)
+    h.send("dave", m.PeerReport(node_id=b, reachable=True))
+    h.advance(1.5)
+    assert not h.core.is_present(b)
+
+
+def test_connected_node_is_not_extended_by_reports(h: Harness) -> None:
+    net, a, b = _checking_pair(h)
+    h.send("alice", m.PeerReport(node_id=b, reachable=True))
+    assert h.core.next_deadline() is None
+
+
 def test_logout_takes_effect_at_once(h: Harness) -> None:
     net, a, b = three(h)
     fx = h.send("bob", m.Logout(req_id=5))
@@ -552,10 +628,12 @@ _pw = st.sampled_from(["", "pw", "x" * 128])
 _req = st.integers(0, 2**63 - 1)
 _any_msg = st.one_of(
     st.builds(m.Login, nickname=st.one_of(st.none(), _names), listen_port=st.integers(0, 65535),
+              features=st.lists(st.sampled_from([m.FEATURE_CHECK_PEER, "x"]), max_size=2),
               endpoints=st.lists(st.sampled_from(["1.2.3.4:5", "x", "[::1]:7", "1.2.3.4:99999"]), max_size=4)),
     st.builds(m.Logout, req_id=_req),
     st.builds(m.Ping, nonce=_req),
     st.builds(m.ResyncRequest, have_version=_req),
+    st.builds(m.PeerReport, node_id=_ids, reachable=st.booleans()),
     st.builds(m.CreateNetwork, req_id=_req, name=_names, password=_pw, approval=st.sampled_from(["auto", "manual"])),
     st.builds(m.JoinNetwork, req_id=_req, name=_names, password=_pw),
     st.builds(m.LeaveNetwork, req_id=_req, network_id=_ids),

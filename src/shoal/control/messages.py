@@ -27,7 +27,23 @@ Conversation:
           <--------------------------------------- FullView
     Ping ---------------------------------------->
           <--------------------------------------- Pong
+          <--------------------------------------- CheckPeer (node_id, active)
+    PeerReport (node_id, reachable) ------------->
     Logout -------------------------------------->  (offline in every network at once) + close
+
+Peer checks (optional; both sides list "check_peer" in Login.features / LoginOk.features, and
+neither sends these messages to a side that did not: an older node or server never sees them).
+A node that lists it sends Ping at least every KEEPALIVE_INTERVAL seconds; either side treats
+SILENCE_TIMEOUT seconds without a frame as a dead connection (a blackholed path is noticed
+in at most 15 s, not after TCP's retransmission timeout).
+When a node's control connection drops without Logout, the server sends its peers
+CheckPeer(node_id, active=True): "verify this node through your tunnel". A peer then probes
+that tunnel and answers PeerReport(node_id, reachable) once it knows, and again every few
+seconds while the check is active. Each reachable=True from a node that is a peer of the
+dropped node extends that node's presence grace (the server marks it offline only when no
+peer has reached it for a whole grace period). When the node logs in again, or goes offline
+for good, the server sends CheckPeer(node_id, active=False) (or removes the peer from the
+view): the check ends. A node that logs in is told about its peers that are still in grace.
 
 View semantics. A node's *view* is the networks it is a member of (incl. pending ones), their
 members, and its *peers*: the nodes with which it shares at least one network where both are
@@ -63,10 +79,15 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 ErrorCode = Annotated[str, msgspec.Meta(max_length=64)]
 Text = Annotated[str, msgspec.Meta(max_length=512)]
 MAX_ENDPOINTS = 16
+MAX_FEATURES = 32
+FEATURE_CHECK_PEER = "check_peer"
+KEEPALIVE_INTERVAL = 5.0  # a "check_peer" node sends Ping at least this often
+SILENCE_TIMEOUT = 15.0  # either side drops a "check_peer" session silent for this long
 MAX_MEMBERS = 4096
 MAX_NETWORKS = 256
 MAX_PEERS = 65536
 
+Features = Annotated[list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=MAX_FEATURES)]
 Approval = Literal["auto", "manual"]
 Role = Literal["owner", "member"]
 NetworkKind = Literal["ip"]  # "l2" arrives with layer-2 networks
@@ -122,6 +143,7 @@ class Login(_Msg, tag="login"):
     endpoints: Annotated[list[Address], msgspec.Meta(max_length=MAX_ENDPOINTS)] = []  # host candidates
     have_version: Version | None = None  # the view version the node still holds, if any
     software: Text = ""
+    features: Features = []  # optional messages this node understands, e.g. "check_peer"
 
 
 class Logout(_Msg, tag="logout"):
@@ -134,6 +156,13 @@ class Ping(_Msg, tag="ping"):
 
 class ResyncRequest(_Msg, tag="resync_request"):
     have_version: Version
+
+
+class PeerReport(_Msg, tag="peer_report"):
+    """After CheckPeer: whether an authenticated packet from that peer arrived recently."""
+
+    node_id: NodeId
+    reachable: bool
 
 
 class CreateNetwork(_Msg, tag="create_network"):
@@ -209,6 +238,7 @@ class Evict(_Msg, tag="evict"):
 class LoginOk(_Msg, tag="login_ok"):
     node: SelfInfo
     server_time: float  # unix seconds
+    features: Features = []  # optional messages this server understands, e.g. "check_peer"
 
 
 class FullView(_Msg, tag="full_view"):
@@ -240,6 +270,13 @@ class Pong(_Msg, tag="pong"):
     nonce: Version
 
 
+class CheckPeer(_Msg, tag="check_peer"):
+    """The server lost (active=True) or got back (active=False) this peer's control connection."""
+
+    node_id: NodeId
+    active: bool = True
+
+
 class Error(_Msg, tag="error"):
     """Fatal for the session: the sender closes right after."""
 
@@ -248,10 +285,10 @@ class Error(_Msg, tag="error"):
 
 
 ClientMessage = Union[
-    Login, Logout, Ping, ResyncRequest, CreateNetwork, JoinNetwork, LeaveNetwork, DeleteNetwork,
+    Login, Logout, Ping, ResyncRequest, PeerReport, CreateNetwork, JoinNetwork, LeaveNetwork, DeleteNetwork,
     SetOnline, SetNickname, SetPassword, SetAccess, Approve, Reject, Evict,
 ]
-ServerMessage = Union[LoginOk, FullView, ViewUpdate, Result, Pong, Error]
+ServerMessage = Union[LoginOk, FullView, ViewUpdate, Result, Pong, CheckPeer, Error]
 
 _client_decoder = msgspec.msgpack.Decoder(ClientMessage)
 _server_decoder = msgspec.msgpack.Decoder(ServerMessage)

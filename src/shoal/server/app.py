@@ -16,7 +16,8 @@ Effects without writes skip the writer only when it is idle (order is kept eithe
 Sessions. Each WebSocket gets a reader (this handler: recv -> core.receive) and a sender task
 draining a bounded queue (SEND_QUEUE_LIMIT messages). A node that cannot keep up (queue full)
 is disconnected with 4008 instead of being buffered forever; like any dropped connection it
-keeps its presence for the grace period. Malformed, oversized, undecryptable, unknown or
+keeps its presence for the grace period. A node that pings (Login lists "check_peer") and
+stays silent for SILENCE_TIMEOUT is treated as gone (blackholed path). Malformed, oversized, undecryptable, unknown or
 out-of-order frames close only that session (4002 from the transport or the core) and are
 logged with the reason. Close codes used here: 4002 protocol error, 4008 too slow, 1001
 server shutting down; the core's codes (1000 logout, 4000 replaced) pass through.
@@ -205,7 +206,14 @@ class ControlServer:
         reason = "closed"
         try:
             while not s.closing:
-                msg = await conn.recv()
+                if self.core.expects_pings(sid):  # a pinging node: silence = a dead path
+                    try:
+                        msg = await asyncio.wait_for(conn.recv(), m.SILENCE_TIMEOUT)
+                    except TimeoutError:
+                        reason = f"silent for {m.SILENCE_TIMEOUT:.0f} s (path to the node lost?)"
+                        break
+                else:
+                    msg = await conn.recv()
                 self._emit(self.core.receive(sid, msg, self.clock()))
         except ConnectionClosed as exc:
             reason = f"connection closed ({exc.code}) {exc.reason}".strip()

@@ -57,6 +57,15 @@ peers); when the server starts, every node that was present when it stopped (`No
 is written through) is present for PRESENCE_GRACE from the start, so a server restart tears
 no tunnel down. Logout, SetOnline(false), leave, evict and delete take effect at once.
 
+Peer checks (for sessions whose Login lists "check_peer"; see messages.py). When a node's
+session drops without Logout, its peers get CheckPeer(node, active=True): they probe the
+tunnel and answer PeerReport. A PeerReport(reachable=True) from a current peer of a node in
+grace (no session) moves that node's grace end to now + PRESENCE_GRACE: a node that lost only
+its path to the server stays online as long as a peer still reaches it, and goes offline one
+grace period after the last peer did. When the node logs in again its peers get
+CheckPeer(active=False); a node that logs in gets CheckPeer(active=True) for each of its peers
+that is in grace (e.g. after a server restart, or a peer that is still away).
+
 Views. A node's view is its networks (pending ones included: a pending member sees only the
 owner and itself), their members, and its peers (nodes sharing a network where both are
 online). After Login the node gets LoginOk and a FullView; every later change is a
@@ -231,6 +240,7 @@ class _Session:
     key: PublicKey
     remote_ip: str | None
     node_id: str | None = None  # set by Login
+    check_peer: bool = False  # Login listed "check_peer": may get CheckPeer
     dead: bool = False  # closed by the core (logout, protocol error, replaced)
 
 
@@ -407,6 +417,11 @@ class Core:
                 if ma.online and mb.online and not ma.pending and not mb.pending:
                     return True
         return False
+
+    def expects_pings(self, session: SessionId) -> bool:
+        """The session's node listed "check_peer": it pings, so silence means a dead path."""
+        s = self._sessions.get(session)
+        return s is not None and not s.dead and s.check_peer
 
     def session_node(self, session: SessionId) -> str | None:
         s = self._sessions.get(session)
@@ -606,6 +621,34 @@ class Core:
         else:
             rt.grace_until = now + self.grace
             heapq.heappush(self._grace_heap, (rt.grace_until, s.node_id))
+            self._tell_peers_check(s.node_id, True, fx)
+
+    def _checking_session(self, node_id: str) -> _Session | None:
+        rt = self._rt.get(node_id)
+        s = self._sessions.get(rt.session) if rt is not None and rt.session is not None else None
+        return s if s is not None and not s.dead and s.check_peer else None
+
+    def _in_grace(self, node_id: str) -> bool:
+        rt = self._rt.get(node_id)
+        return rt is not None and rt.session is None and rt.grace_until is not None and node_id in self._present
+
+    def _tell_peers_check(self, node_id: str, active: bool, fx: Effects) -> None:
+        """CheckPeer(node_id, active) to each of its peers that is connected and understands it."""
+        for p in sorted(self.peers_of(node_id)):
+            s = self._checking_session(p)
+            if s is not None:
+                fx.out.append(Send(s.session, s.key, m.CheckPeer(node_id=node_id, active=active)))
+
+    def _peer_report(self, s: _Session, msg: m.PeerReport, now: float) -> None:
+        assert s.node_id is not None
+        target = msg.node_id
+        if not msg.reachable or not self._in_grace(target) or not self.is_peer(s.node_id, target):
+            return
+        rt = self._rt[target]
+        until = now + self.grace
+        if rt.grace_until is not None and until > rt.grace_until:
+            rt.grace_until = until
+            heapq.heappush(self._grace_heap, (until, target))
 
     # ---------------------------------------------------------------- events
 
@@ -657,6 +700,8 @@ class Core:
             fx.out.append(Send(session, s.key, m.Pong(nonce=msg.nonce)))
         elif isinstance(msg, m.ResyncRequest):
             self._send_full_view(s.node_id, fx)
+        elif isinstance(msg, m.PeerReport):
+            self._peer_report(s, msg, now)
         elif isinstance(msg, m.Logout):
             fx.out.append(Send(session, s.key, m.Result(req_id=msg.req_id, ok=True)))
             self._detach(s, now, clean=True, fx=fx)
@@ -747,12 +792,21 @@ class Core:
                 old.dead = True
                 fx.out.append(Close(old.session, CLOSE_REPLACED, "replaced by a newer session of this node"))
         s.node_id = node_id
+        s.check_peer = m.FEATURE_CHECK_PEER in msg.features
+        was_away = rt.session is None and rt.grace_until is not None and node_id in self._present
         rt.session = s.session
         rt.grace_until = None
         self._set_present(node_id, True, fx)
-        fx.out.append(Send(s.session, s.key, m.LoginOk(node=self.self_info(node_id), server_time=now + self._wall_offset)))
+        fx.out.append(Send(s.session, s.key, m.LoginOk(node=self.self_info(node_id), server_time=now + self._wall_offset,
+                                                      features=[m.FEATURE_CHECK_PEER])))
         rt.version += 1
         self._send_full_view(node_id, fx)
+        if was_away:
+            self._tell_peers_check(node_id, False, fx)
+        if s.check_peer:
+            for p in sorted(self.peers_of(node_id)):
+                if self._in_grace(p):
+                    fx.out.append(Send(s.session, s.key, m.CheckPeer(node_id=p, active=True)))
 
     # ---------------------------------------------------------------- requests
 

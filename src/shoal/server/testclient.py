@@ -30,6 +30,7 @@ class ControlClient:
         self.mirror = ViewMirror()
         self.login_ok: m.LoginOk | None = None
         self.errors: list[m.Error] = []
+        self.checks: list[m.CheckPeer] = []
         self.closed: ConnectionClosed | ProtocolFailure | None = None
         self.on_view: Callable[[ControlClient, float], None] | None = None
         self._req = itertools.count(1)
@@ -80,6 +81,9 @@ class ControlClient:
                         pf.set_result(now)
                 elif isinstance(msg, m.Error):
                     self.errors.append(msg)
+                elif isinstance(msg, m.CheckPeer):
+                    self.checks.append(msg)
+                    self._changed.set()
         except (ConnectionClosed, ProtocolFailure) as exc:
             self.closed = exc
         finally:

@@ -49,7 +49,7 @@ from shoal.wireguard import constants as C
 from shoal.wireguard.allowedips import AllowedIPs
 from shoal.wireguard.cookie import CookieChecker
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey
-from shoal.wireguard.noise import consume_initiation, create_response
+from shoal.wireguard.noise import SessionKeys, consume_initiation, create_response
 from shoal.wireguard.peer import Endpoint, Peer, PeerConfig
 from shoal.wireguard.ratelimit import RateLimiter
 from shoal.wireguard.session import Keypair, padding_for
@@ -663,22 +663,9 @@ class Device:
         finally:
             self._indices.pop(local_index, None)
         message = peer.cookies.add_macs(message, now)
-        keypair = Keypair(
-            send_key=keys.send_key,
-            receive_key=keys.receive_key,
-            local_index=local_index,
-            remote_index=keys.remote_index,
-            is_initiator=False,
-            created=now,
-            peer=peer,
-        )
-        self._indices[local_index] = keypair
-        self._free(peer.keypairs.install(keypair))
-        self._set_endpoint(peer, endpoint)
+        self._install_session(peer, keys, local_index, False, endpoint, now)
         self.outbox.append((message, endpoint))
         self.stats["responses_sent"] += 1
-        self._packet_received(peer, now)
-        self._session_derived(peer, now)
         self._packet_sent(peer, now)
 
     def _consume_response(self, data: bytes, endpoint: Endpoint, now: float) -> None:
@@ -695,12 +682,20 @@ class Device:
         self._indices.pop(peer.handshake_index, None)
         local_index = peer.handshake_index
         peer.handshake_index = None
+        self._install_session(peer, keys, local_index, True, endpoint, now)
+        self._handshake_complete(peer, now)
+        self._send_keepalive(peer, now)
+
+    def _install_session(
+        self, peer: Peer, keys: SessionKeys, local_index: int, initiator: bool, endpoint: Endpoint, now: float
+    ) -> None:
+        """A handshake message authenticated `peer` from `endpoint`: its new session goes in."""
         keypair = Keypair(
             send_key=keys.send_key,
             receive_key=keys.receive_key,
             local_index=local_index,
             remote_index=keys.remote_index,
-            is_initiator=True,
+            is_initiator=initiator,
             created=now,
             peer=peer,
         )
@@ -709,8 +704,6 @@ class Device:
         self._set_endpoint(peer, endpoint)
         self._packet_received(peer, now)
         self._session_derived(peer, now)
-        self._handshake_complete(peer, now)
-        self._send_keepalive(peer, now)
 
     # ----------------------------------------------------------------- draining
 

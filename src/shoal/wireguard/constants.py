@@ -89,3 +89,50 @@ class Timers:
 
 
 DEFAULT_TIMERS = Timers()
+
+
+# --- STUN (RFC 5389 session traversal, RFC 5780 NAT behaviour discovery) -----------------
+# Not WireGuard, but every wire constant of the project lives in this module. Wire format:
+# shoal.nat.stun's docstring.
+STUN_PORT = 3478  # RFC 5389 section 18.4, the default port (the server's primary port)
+STUN_ALT_PORT = 3479  # Shoal's default alternate port for RFC 5780 CHANGE-REQUEST "change port"
+STUN_MAGIC_COOKIE = 0x2112A442
+STUN_HEADER_SIZE = 20
+STUN_TRANSACTION_ID_SIZE = 12
+STUN_FINGERPRINT_XOR = 0x5354554E
+STUN_MAX_MESSAGE_SIZE = 1280  # parser's hard limit; STUN over UDP stays below the path MTU
+
+STUN_METHOD_BINDING = 0x001
+STUN_CLASS_REQUEST = 0b00
+STUN_CLASS_INDICATION = 0b01
+STUN_CLASS_SUCCESS = 0b10
+STUN_CLASS_ERROR = 0b11
+
+STUN_ATTR_MAPPED_ADDRESS = 0x0001
+STUN_ATTR_CHANGE_REQUEST = 0x0003  # RFC 5780
+STUN_ATTR_USERNAME = 0x0006
+STUN_ATTR_MESSAGE_INTEGRITY = 0x0008
+STUN_ATTR_ERROR_CODE = 0x0009
+STUN_ATTR_UNKNOWN_ATTRIBUTES = 0x000A
+STUN_ATTR_REALM = 0x0014
+STUN_ATTR_NONCE = 0x0015
+STUN_ATTR_XOR_MAPPED_ADDRESS = 0x0020
+STUN_ATTR_PADDING = 0x0026  # RFC 5780
+STUN_ATTR_RESPONSE_PORT = 0x0027  # RFC 5780
+STUN_ATTR_SOFTWARE = 0x8022
+STUN_ATTR_ALTERNATE_SERVER = 0x8023
+STUN_ATTR_FINGERPRINT = 0x8028
+STUN_ATTR_RESPONSE_ORIGIN = 0x802B  # RFC 5780
+STUN_ATTR_OTHER_ADDRESS = 0x802C  # RFC 5780
+
+STUN_CHANGE_IP = 0x04  # CHANGE-REQUEST flag A
+STUN_CHANGE_PORT = 0x02  # CHANGE-REQUEST flag B
+
+STUN_ERROR_BAD_REQUEST = 400
+STUN_ERROR_UNKNOWN_ATTRIBUTE = 420
+
+# Client retransmission (RFC 5389 section 7.2.1 uses RTO 500 ms, Rc 7, Rm 16: 39.5 s to
+# give up; netcheck wants an answer within seconds, so fewer, faster tries).
+STUN_RTO = 0.25  # first retransmission after this, doubling each time
+STUN_MAX_TRANSMISSIONS = 4  # sends at 0, 0.25, 0.75, 1.75 s
+STUN_FINAL_WAIT = 1.0  # after the last send, wait this long before giving up (2.75 s in all)

@@ -277,7 +277,7 @@ async def test_disconnect_keeps_tunnels_and_reconnect_sends_have_version(tmp_pat
         server.version = 2
         server.peers = [peer(0), peer(1), peer(2)]
         server.conns[-1].drop()
-        await until(lambda: h.daemon.state == "disconnected")
+        await until(lambda: h.daemon.state == "reconnecting")
         await asyncio.sleep(0.2)
         assert h.plane.device.peers == kept  # same Peer objects: sessions untouched
         with pytest.raises(ApiError) as e:
@@ -391,7 +391,7 @@ async def test_restart_brings_the_stored_view_back_before_the_server_answers(tmp
         assert h2.engine_peers() == {PEER_KEYS[0].public_key(), PEER_KEYS[1].public_key()}
         assert h2.plane.addresses == [ipaddress.ip_interface("100.64.0.1/10"), ipaddress.ip_interface("fd5a::1/48")]
         st = await h2.call("GET", "/v1/status")
-        assert st["view_version"] == 1 and st["connection"]["state"] in ("connecting", "disconnected")
+        assert st["view_version"] == 1 and st["connection"]["state"] in ("connecting", "reconnecting")
 
 
 async def test_logout_forgets_server_view_and_tunnels(tmp_path, server):
@@ -401,7 +401,7 @@ async def test_logout_forgets_server_view_and_tunnels(tmp_path, server):
         assert r["server"] == "http://192.0.2.1:8080"
         assert any(isinstance(m, M.Logout) for m in server.conns[-1].sent)
         assert h.engine_peers() == set() and h.plane.addresses == []
-        assert identity.load_pin(h.opts.state_dir) is None and identity.load_view(h.opts.state_dir) is None
+        assert identity.load_pin(h.opts.state_dir) is None and identity.load_view(h.opts.state_dir, h.daemon.key) is None
         st = await h.call("GET", "/v1/status")
         assert st["connection"]["state"] == "logged-out" and st["node"] is None
         with pytest.raises(ApiError) as e:
@@ -418,3 +418,134 @@ async def test_nickname_option_names_a_new_node_only(tmp_path, server, monkeypat
         server.conns[-1].drop()
         await until(lambda: len(server.logins) == 2, timeout=10)
     assert [login.nickname for login in server.logins] == ["ann", None]  # set-nick survives reconnects
+
+
+# ------------------------------------------------------------------ server away: liveness, checks, stored view
+
+
+class ScriptedPinger:
+    """Answers echo requests for the addresses in `alive`; counts what was asked."""
+
+    def __init__(self, alive: set[str]) -> None:
+        self.alive = alive
+        self.asked: list[str] = []
+
+    async def ping(self, address: str, timeout: float = 1.0) -> float | None:
+        self.asked.append(address)
+        if address in self.alive:
+            return 0.001
+        await asyncio.sleep(min(timeout, 0.05))
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _peer_row(st: dict, node_id: str) -> dict:
+    return next(p for p in st["peers"] if p["node_id"] == node_id)
+
+
+async def test_losing_the_server_probes_every_tunnel_marks_the_dead_one_down_and_keeps_it(
+        tmp_path, server, monkeypatch):
+    monkeypatch.setattr("shoal.daemon.backoff.BASE", 5.0)  # stay disconnected during the test
+    monkeypatch.setattr("shoal.daemon.liveness.DOWN_AFTER", 0.6)
+    monkeypatch.setattr("shoal.daemon.liveness.SUSPECT_AFTER", 0.3)
+    monkeypatch.setattr("shoal.daemon.liveness.PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr("shoal.daemon.daemon.LIVENESS_TICK", 0.05)
+    async with Harness(tmp_path, server) as h:
+        pinger = ScriptedPinger({"100.64.0.10"})
+        h.daemon.pinger = pinger
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        await asyncio.sleep(0.3)
+        assert pinger.asked == []  # connected: no probes
+        kept = dict(h.plane.device.peers)
+        server.reachable = False
+        server.conns[-1].drop()
+        await until(lambda: h.daemon.state == "reconnecting")
+        await until(lambda: h.daemon.liveness.state(PEER_KEYS[1].public_key()) == "down")
+        st = await h.call("GET", "/v1/status")
+        assert st["connection"]["state"] == "reconnecting" and st["connection"]["checking_tunnels"] is True
+        assert 0 < st["connection"]["next_try_in_s"] <= 5.0
+        assert _peer_row(st, "p0")["liveness"] == "up" and _peer_row(st, "p0")["last_seen_s_ago"] < 0.5
+        assert _peer_row(st, "p1")["liveness"] == "down" and _peer_row(st, "p1")["in_engine"]
+        assert h.plane.device.peers == kept  # nothing torn down, not even the dead one
+        n = pinger.asked.count("100.64.0.11")
+        await asyncio.sleep(0.3)
+        assert pinger.asked.count("100.64.0.11") > n  # the dead one is still retried
+        # it answers again: up
+        pinger.alive.add("100.64.0.11")
+        await until(lambda: h.daemon.liveness.state(PEER_KEYS[1].public_key()) == "up")
+        # the quiet, answering peer is probed; a peer with traffic needs no probes (rx grows)
+        assert pinger.asked.count("100.64.0.10") >= 2
+
+
+async def test_check_peer_makes_the_daemon_verify_and_report(tmp_path, server, monkeypatch):
+    monkeypatch.setattr("shoal.daemon.liveness.DOWN_AFTER", 0.6)
+    monkeypatch.setattr("shoal.daemon.liveness.SUSPECT_AFTER", 0.3)
+    monkeypatch.setattr("shoal.daemon.liveness.PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr("shoal.daemon.daemon.LIVENESS_TICK", 0.05)
+    monkeypatch.setattr("shoal.daemon.daemon.REPORT_INTERVAL", 0.2)
+    orig = server.on_message
+
+    async def with_features(conn, msg):  # noqa: ANN001, ANN202
+        if isinstance(msg, M.Login):
+            server.logins.append(msg)
+            conn.push(M.LoginOk(node=SELF, server_time=0.0, features=[M.FEATURE_CHECK_PEER]), server.full_view())
+        else:
+            await orig(conn, msg)
+
+    server.on_message = with_features
+    async with Harness(tmp_path, server) as h:
+        pinger = ScriptedPinger({"100.64.0.10"})
+        h.daemon.pinger = pinger
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        assert M.FEATURE_CHECK_PEER in server.logins[-1].features
+        conn = server.conns[-1]
+        conn.push(M.CheckPeer(node_id="p0"), M.CheckPeer(node_id="p1"))
+
+        def reports(node_id: str) -> list[bool]:
+            return [m.reachable for m in conn.sent if isinstance(m, M.PeerReport) and m.node_id == node_id]
+
+        await until(lambda: len(reports("p0")) >= 3 and reports("p1") == [False])
+        assert all(reports("p0"))
+        st = await h.call("GET", "/v1/status")
+        assert _peer_row(st, "p1")["server_asked_check"] and _peer_row(st, "p1")["liveness"] == "down"
+        assert st["connection"]["checking_tunnels"] is False  # only the asked-for peers are probed
+        # the server has p0 back: its check ends, no more reports or probes
+        conn.push(M.CheckPeer(node_id="p0", active=False))
+        await until(lambda: not h.daemon.liveness.peers[PEER_KEYS[0].public_key()].requested)
+        n_rep, n_ping = len(reports("p0")), pinger.asked.count("100.64.0.10")
+        await asyncio.sleep(0.4)
+        assert len(reports("p0")) == n_rep and pinger.asked.count("100.64.0.10") == n_ping
+
+
+async def test_edited_stored_view_is_refused_and_the_daemon_still_starts(tmp_path, server, caplog):
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+    path = tmp_path / "state" / identity.VIEW_FILE
+    data = path.read_bytes()
+    # a local edit: the frame gets one more peer (re-encoded, with the old MAC)
+    frame = identity.open_view(PrivateKey.from_base64((tmp_path / "state" / identity.NODE_KEY).read_text()), data)
+    view = M.decode_server(frame)
+    forged = M.FullView(version=view.version, node=view.node, networks=view.networks, peers=[*view.peers, peer(3)])
+    path.write_bytes(data[:36] + M.encode(forged))
+    server.reachable = False
+    async with Harness(tmp_path, server) as h2:
+        assert h2.engine_peers() == set()  # nothing from the edited file
+        st = await h2.call("GET", "/v1/status")
+        assert st["view_version"] is None and st["connection"]["state"] in ("connecting", "reconnecting")
+    assert "REFUSING the stored view" in caplog.text
+
+
+async def test_pings_the_server_and_drops_a_silent_one(tmp_path, server, monkeypatch):
+    """A blackholed path looks like silence: Ping every KEEPALIVE_INTERVAL, reconnect after
+    SILENCE_TIMEOUT without any frame (the scripted server never answers Ping)."""
+    monkeypatch.setattr(M, "KEEPALIVE_INTERVAL", 0.05)
+    monkeypatch.setattr(M, "SILENCE_TIMEOUT", 0.4)
+    monkeypatch.setattr("shoal.daemon.backoff.BASE", 5.0)
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        conn = server.conns[-1]
+        await until(lambda: h.daemon.state == "reconnecting", timeout=3)
+        assert sum(isinstance(m, M.Ping) for m in conn.sent) >= 3
+        assert "silent" in h.daemon.last_error and h.engine_peers()  # tunnels kept

@@ -65,10 +65,31 @@ def test_pin_round_trip_and_clear(tmp_path):
     identity.save_pin(tmp_path, pin)
     assert stat.S_IMODE((tmp_path / "server.json").stat().st_mode) == 0o600
     assert identity.load_pin(tmp_path) == pin
-    identity.save_view(tmp_path, b"\x01view")
-    assert identity.load_view(tmp_path) == b"\x01view"
+    key = PrivateKey.generate()
+    identity.save_view(tmp_path, key, b"\x01view")
+    assert stat.S_IMODE((tmp_path / "view.bin").stat().st_mode) == 0o600
+    assert identity.load_view(tmp_path, key) == b"\x01view"
     identity.clear_pin(tmp_path)
-    assert identity.load_pin(tmp_path) is None and identity.load_view(tmp_path) is None
+    assert identity.load_pin(tmp_path) is None and identity.load_view(tmp_path, key) is None
+
+
+def test_stored_view_is_refused_when_edited_truncated_unsealed_or_another_nodes(tmp_path):
+    key, other = PrivateKey.generate(), PrivateKey.generate()
+    identity.save_view(tmp_path, key, b"\x01frame-with-peers")
+    good = (tmp_path / "view.bin").read_bytes()
+    assert good.startswith(identity.VIEW_MAGIC)
+    with pytest.raises(identity.ViewRefused):
+        identity.load_view(tmp_path, other)  # copied from another node
+    bad = [good[:-1] + bytes([good[-1] ^ 1]),  # one bit of the frame
+           good[:10] + bytes([good[10] ^ 0x80]) + good[11:],  # one bit of the MAC
+           good + b"extra peer", good[:20], b"", b"\x01frame-with-peers",  # appended, cut, old unsealed format
+           identity.VIEW_MAGIC + bytes(32) + b"\x01forged"]
+    for data in bad:
+        (tmp_path / "view.bin").write_bytes(data)
+        with pytest.raises(identity.ViewRefused):
+            identity.load_view(tmp_path, key)
+    (tmp_path / "view.bin").write_bytes(good)
+    assert identity.load_view(tmp_path, key) == b"\x01frame-with-peers"
 
 
 def test_damaged_pin_is_reported(tmp_path):

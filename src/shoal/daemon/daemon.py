@@ -6,10 +6,21 @@ Tasks and what each one owns (everything runs on one event loop; nothing is thre
                  engine. Only `_reconcile` changes its peers and addresses.
     control      `_control_loop`: connect (Noise IK, pinned server key), Login, then read
                  messages until the connection drops; reconnect with backoff + jitter. It
-                 alone mutates `view`, `conn`, `state`, `last_error`. While disconnected
-                 nothing is torn down: the engine keeps every tunnel as it is. On reconnect
-                 Login carries `have_version`; the server answers with updates or a FullView,
-                 and reconciliation only touches peers that changed.
+                 alone mutates `view`, `conn`, `state`, `last_error`, `next_try_at`. While
+                 connected it pings every KEEPALIVE_INTERVAL and treats SILENCE_TIMEOUT
+                 without a frame as a lost server (a blackholed path is noticed in 15 s).
+                 While disconnected nothing is torn down: the engine keeps every tunnel as
+                 it is. On reconnect Login carries `have_version`; the server answers with
+                 updates or a FullView, and reconciliation only touches peers that changed
+                 (healthy tunnels keep their sessions).
+    liveness     `_liveness_loop` (every LIVENESS_TICK): feeds `liveness`
+                 (`shoal.daemon.liveness`) with the engine's rx counters and handshakes;
+                 while the server is lost (every peer) or asked for it with CheckPeer (that
+                 peer) it probes quiet tunnels with an ICMP echo through the tunnel every
+                 PROBE_INTERVAL, marks a tunnel down after DOWN_AFTER s without an
+                 authenticated packet and keeps probing it. It logs every state change with
+                 its reason and answers the server's CheckPeer with PeerReport (at once,
+                 then every REPORT_INTERVAL while the peer answers). It owns `_reported`.
     local API    `ApiServer` handlers (`routes`): requests to the server are correlated by
                  req_id (`pending`), answered with the server's Result.
 
@@ -17,6 +28,10 @@ View -> engine (`_reconcile`): a WireGuard peer exists exactly for each peer of 
 (`shoal.daemon.view`); a node that shares no online network with us is removed, so its
 handshakes and packets are refused by the engine (the receiving side enforces isolation).
 The interface carries our IPv4/10 and IPv6/48.
+
+Restarts: the stored view (`view.bin`, sealed with a key derived from the node key, see
+`shoal.daemon.identity`) configures the engine before the server answers; an edited or
+foreign file is refused (logged) and the daemon starts with no peers.
 
 Stopping the daemon (SIGTERM) closes the control connection without Logout: the server keeps
 the node online for its grace period, so a daemon restart (upgrade) flaps no tunnel of its
@@ -47,7 +62,8 @@ from shoal.control import messages as M
 from shoal.daemon import identity
 from shoal.daemon.backoff import Backoff
 from shoal.daemon.icmp import Pinger
-from shoal.daemon.identity import ServerPin
+from shoal.daemon.identity import ServerPin, ViewRefused
+from shoal.daemon.liveness import LIVENESS_TICK, PROBE_INTERVAL, Liveness
 from shoal.daemon.localapi import ApiServer, Handler, HttpError
 from shoal.daemon.view import Outcome, PeerPlanner, View
 from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
@@ -65,6 +81,7 @@ STATE_DIR = Path(os.environ.get("SHOAL_STATE_DIR", "/var/lib/shoal"))
 IFACE = "shoal0"
 SOCKET_NAME = "shoald.sock"
 REQUEST_TIMEOUT = 10.0
+REPORT_INTERVAL = 10.0  # while the server asks us to check a peer that answers: PeerReport this often
 LOGIN_TIMEOUT = 15.0
 VIEW_WAIT = 3.0  # how long a mutating command waits for the view to show its effect
 OVERLAY_V4 = ipaddress.ip_network("100.64.0.0/10")
@@ -107,6 +124,12 @@ Connector = Callable[..., Awaitable[Any]]
 
 
 def _wg_plane(config: WgConfig, uapi_dir: Path, on_event: Callable[[DeviceEvent, float], None]) -> DataPlane:
+    from shoal.wg.cli import _test_timers  # SHOAL_WG_TEST_TIMERS: shortened engine timers, tests only
+
+    timers = _test_timers()
+    if timers is not None:
+        log.warning("SHOAL_WG_TEST_TIMERS is set: engine timers %s (tests only)", timers)
+        return WgInterface(config, uapi_dir=uapi_dir, on_event=on_event, timers=timers)
     return WgInterface(config, uapi_dir=uapi_dir, on_event=on_event)
 
 
@@ -196,12 +219,18 @@ class Daemon:
         self.pin: ServerPin | None = identity.load_pin(options.state_dir)
         self.view = View()
         self.planner = PeerPlanner(self.public_key)
-        frame = identity.load_view(options.state_dir) if self.pin is not None else None
+        frame = None
+        if self.pin is not None:
+            try:
+                frame = identity.load_view(options.state_dir, self.key)
+            except ViewRefused as e:
+                log.warning("REFUSING the stored view: %s; starting without peers until the server answers", e)
         if frame:
             try:
                 msg = M.decode_server(frame)
                 if isinstance(msg, M.FullView):
                     self.view.apply(msg)
+                    log.info("restored the stored view (version %d, %d peers)", msg.version, len(msg.peers))
             except M.ProtocolError as e:
                 log.warning("ignoring the stored view: %s", e)
         self.plane: DataPlane | None = None
@@ -209,7 +238,13 @@ class Daemon:
         self.conn: Any = None
         self.state = "logged-out" if self.pin is None else "connecting"
         self.state_since = time.monotonic()
+        self.state_since_wall = time.time()
+        self.next_try_at: float | None = None  # monotonic time of the next connection attempt
         self.last_error = ""
+        self.liveness = Liveness()
+        self.server_checks = False  # the server speaks check_peer (LoginOk.features)
+        self._reported: dict[PublicKey, tuple[bool, float]] = {}  # last PeerReport per peer, and when
+        self._probes: set[asyncio.Task[None]] = set()
         self.connects = 0
         self.endpoints: list[str] = []
         self.pending: dict[int, asyncio.Future[M.Result]] = {}
@@ -248,11 +283,19 @@ class Daemon:
                      self.view.node.node_id if self.view.node else "(not logged in)", self.public_key.fingerprint(),
                      self.opts.iface, self.plane.listen_port, ", ".join(self.endpoints) or "-", self.socket_path)
             self._start_control()
+            live_task = asyncio.create_task(self._liveness_loop(), name="liveness")
             stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({plane_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({plane_task, stopper, live_task}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
+            if live_task.done():
+                live_task.result()  # a bug in the liveness loop: stop loudly
+            live_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await live_task
         finally:
             await self._stop_control()
+            for t in list(self._probes):
+                t.cancel()
             if self.api is not None:
                 await self.api.close()
             self.pinger.close()
@@ -280,8 +323,12 @@ class Daemon:
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state != self.state:
+            why = f" ({error})" if error else ""
+            level = logging.WARNING if state == "reconnecting" and self.state == "connected" else logging.INFO
+            log.log(level, "server connection: %s -> %s%s", self.state, state, why)
             self.state = state
             self.state_since = time.monotonic()
+            self.state_since_wall = time.time()
         if error is not None:
             self.last_error = error
 
@@ -294,7 +341,9 @@ class Daemon:
                 await asyncio.Event().wait()  # until login restarts this task
             conn = None
             try:
-                self._set_state("connecting")
+                self.next_try_at = None
+                if self.state != "reconnecting":
+                    self._set_state("connecting")
                 try:
                     conn = await self._connect(identity.control_url(pin.url), self.key, pin.public_key)
                 except self._transport.ServerKeyMismatch as e:
@@ -304,20 +353,23 @@ class Daemon:
                     raise LoginFailed(str(e), "unreachable") from None
                 await self._session(conn, pin, backoff)
             except LoginFailed as e:
-                self._set_state("disconnected", e.args[0])
+                self._set_state("reconnecting", e.args[0])
                 self._fail_login(e)
+            except asyncio.TimeoutError:  # before OSError: TimeoutError is one
+                self._set_state("reconnecting", f"the server was silent for {M.SILENCE_TIMEOUT:g} s (path lost?)")
+                self._fail_login(LoginFailed("the server does not answer", "unreachable"))
             except (self._transport.TransportError, OSError) as e:
-                self._set_state("disconnected", f"control connection lost: {e}")
+                self._set_state("reconnecting", f"control connection lost: {e}")
                 self._fail_login(LoginFailed(str(e), "unreachable"))
-                log.warning("control connection lost: %s", e)
             finally:
                 self.conn = None
                 self._fail_pending()
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await conn.close()
+                        await asyncio.wait_for(conn.close(), 3)
             delay = backoff.next_delay()
-            log.info("reconnecting in %.1f s", delay)
+            self.next_try_at = time.monotonic() + delay
+            log.info("reconnecting in %.1f s (tunnels kept; checking them actively)", delay)
             await asyncio.sleep(delay)
 
     def _fail_login(self, e: LoginFailed) -> None:
@@ -336,7 +388,8 @@ class Daemon:
         # --nickname names a new node; afterwards the server's (set-nick) is kept across reconnects
         nickname = self.opts.nickname if self.view.node is None else None
         await conn.send(M.Login(nickname=nickname, listen_port=port or 0, endpoints=self.endpoints,
-                                have_version=self.view.version, software=f"shoal {__version__}"))
+                                have_version=self.view.version, software=f"shoal {__version__}",
+                                features=[M.FEATURE_CHECK_PEER]))
         first = await asyncio.wait_for(conn.recv(), LOGIN_TIMEOUT)
         if isinstance(first, M.Error):
             raise LoginFailed(f"the server refused the login: {first.message or first.code}", first.code or "refused")
@@ -345,15 +398,38 @@ class Daemon:
         self.conn = conn
         self.connects += 1
         backoff.reset()
+        self.server_checks = M.FEATURE_CHECK_PEER in first.features
+        now = self._now()
+        for key in list(self.liveness.peers):  # the server re-sends CheckPeer for peers still away
+            self.liveness.set_requested(key, False, now)
+        self._reported.clear()
         self._set_state("connected", "")
         log.info("logged in to %s as %s (%s), %s", pin.url, first.node.node_id, first.node.nickname, first.node.ipv4)
         await self._set_self(first.node)
         w, self._login_waiter = self._login_waiter, None
         if w is not None and not w.done():
             w.set_result(first.node)
+        pinger = asyncio.create_task(self._keepalive(conn), name="control-keepalive")
+        try:
+            await self._read_session(conn)
+        finally:
+            pinger.cancel()
+
+    async def _keepalive(self, conn: Any) -> None:
+        """Ping every KEEPALIVE_INTERVAL: the server (and we) notice a dead path by silence."""
+        nonce = 0
+        with contextlib.suppress(self._transport.TransportError, OSError):
+            while True:
+                await asyncio.sleep(M.KEEPALIVE_INTERVAL)
+                nonce += 1
+                await conn.send(M.Ping(nonce=nonce))
+
+    async def _read_session(self, conn: Any) -> None:
         while True:
-            msg = await conn.recv()
-            if isinstance(msg, (M.FullView, M.ViewUpdate)):
+            msg = await asyncio.wait_for(conn.recv(), M.SILENCE_TIMEOUT)
+            if isinstance(msg, M.CheckPeer):
+                self._on_check_peer(msg)
+            elif isinstance(msg, (M.FullView, M.ViewUpdate)):
                 await self._on_view(conn, msg)
             elif isinstance(msg, M.Result):
                 fut = self.pending.pop(msg.req_id, None)
@@ -376,7 +452,7 @@ class Daemon:
         full = self.view.as_full_view()
         if full is not None:
             with contextlib.suppress(OSError):
-                identity.save_view(self.opts.state_dir, M.encode(full))
+                identity.save_view(self.opts.state_dir, self.key, M.encode(full))
 
     async def _set_self(self, node: M.SelfInfo) -> None:
         if self.plane is not None:
@@ -398,7 +474,93 @@ class Daemon:
         async with self._view_changed:
             self._view_changed.notify_all()
 
+    # ------------------------------------------------------------------ tunnel liveness
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else time.monotonic()
+
+    def _key_of(self, node_id: str) -> PublicKey | None:
+        p = self.view.peers.get(node_id)
+        try:
+            return PublicKey(p.public_key) if p is not None else None
+        except ValueError:
+            return None
+
+    def _sync_liveness(self, now: float) -> None:
+        if self.plane is not None:
+            self.liveness.set_peers({k: p.stats.rx_bytes for k, p in self.plane.device.peers.items()}, now)
+
+    def _on_check_peer(self, msg: M.CheckPeer) -> None:
+        key = self._key_of(msg.node_id)
+        now = self._now()
+        self._sync_liveness(now)  # the peer may have arrived in the view just before
+        if key is None or not self.liveness.set_requested(key, msg.active, now):
+            log.info("the server asked to %s checking %s, which is not a peer here", "start" if msg.active else "stop",
+                     msg.node_id)
+            return
+        nick = self.view.peers[msg.node_id].nickname
+        if msg.active:
+            log.info("the server lost %s (%s): checking its tunnel", nick, msg.node_id)
+        else:
+            log.info("the server has %s (%s) back: check over", nick, msg.node_id)
+            self._reported.pop(key, None)
+
+    def _liveness_tick(self, now: float) -> list[tuple[PublicKey, str]]:
+        """Feed the tracker; log changes; send reports. Returns the probes to send (key, ipv4)."""
+        if self.plane is None:
+            return []
+        lv = self.liveness
+        self._sync_liveness(now)
+        lv.set_active(self.pin is not None and self.conn is None, now)
+        by_key = {}
+        for p in self.view.peers.values():
+            with contextlib.suppress(ValueError):
+                by_key[PublicKey(p.public_key)] = p
+        for ch in lv.update(now):
+            p = by_key.get(ch.key)
+            who = f"{p.nickname} ({p.node_id})" if p is not None else ch.key.fingerprint()
+            level = logging.WARNING if ch.new == "down" else logging.INFO
+            log.log(level, "tunnel to %s: %s -> %s: %s", who, ch.old, ch.new, ch.reason)
+        conn = self.conn
+        if conn is not None and self.server_checks:
+            for key, pl in lv.checking():
+                p = by_key.get(key)
+                if not pl.requested or p is None or pl.state not in ("up", "down"):
+                    continue
+                alive = pl.state == "up"
+                last = self._reported.get(key)
+                if last is None or last[0] != alive or (alive and now - last[1] >= REPORT_INTERVAL):
+                    self._reported[key] = (alive, now)
+                    task = asyncio.create_task(self._send_quiet(conn, M.PeerReport(node_id=p.node_id, reachable=alive)))
+                    self._probes.add(task)
+                    task.add_done_callback(self._probes.discard)
+        out = []
+        for key in lv.due_probes(now):
+            p = by_key.get(key)
+            if p is not None:
+                out.append((key, p.ipv4))
+        return out
+
+    async def _send_quiet(self, conn: Any, msg: M._Msg) -> None:
+        with contextlib.suppress(self._transport.TransportError, OSError):
+            await conn.send(msg)
+
+    async def _probe(self, key: PublicKey, ipv4: str) -> None:
+        rtt = await self.pinger.ping(ipv4, PROBE_INTERVAL)
+        if rtt is not None:
+            self.liveness.seen(key, self._now(), probe=True)
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            for key, ipv4 in self._liveness_tick(self._now()):
+                task = asyncio.create_task(self._probe(key, ipv4))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
+            await asyncio.sleep(LIVENESS_TICK)
+
     def _on_event(self, event: DeviceEvent, now: float) -> None:
+        if event.kind == "handshake-complete":
+            self.liveness.seen(event.peer, now)
         if event.kind != "handshake-complete" or self.plane is None:
             return
         peer = self.plane.device.peers.get(event.peer)
@@ -718,7 +880,10 @@ class Daemon:
             "public_key": self.public_key.to_base64(),
             "server": None if self.pin is None else {**self.pin.to_json(), "fingerprint": self.pin.fingerprint},
             "connection": {"state": self.state, "for_s": round(now - self.state_since, 1),
-                           "last_error": self.last_error, "connects": self.connects},
+                           "since": round(self.state_since_wall, 3),
+                           "next_try_in_s": None if self.next_try_at is None else round(max(0.0, self.next_try_at - now), 1),
+                           "last_error": self.last_error, "connects": self.connects,
+                           "checking_tunnels": self.liveness.active},
             "interface": {"name": self.opts.iface,
                           "listen_port": self.plane.listen_port if self.plane is not None else None,
                           "endpoints": self.endpoints},
@@ -732,6 +897,8 @@ class Daemon:
         ep = self.plane.device.peers.get(key) if self.plane is not None else None
         rtt = self.rtt.get(key)
         last_hs = ep.stats.last_handshake_wall if ep is not None else 0.0
+        live = self.liveness.peers.get(key)
+        seen = self.liveness.last_seen_ago(key, self._now())
         shared = [n.name for n in self.view.networks.values()
                   if any(m.node_id == p.node_id for m in n.members)]
         return {
@@ -743,6 +910,10 @@ class Daemon:
             "rx_bytes": ep.stats.rx_bytes if ep is not None else 0,
             "tx_bytes": ep.stats.tx_bytes if ep is not None else 0,
             "in_engine": ep is not None, "networks": sorted(shared),
+            "liveness": live.state if live is not None else None,
+            "last_seen_s_ago": None if seen is None else round(seen, 1),
+            "checked": live is not None and live.check_since is not None,
+            "server_asked_check": live is not None and live.requested,
         }
 
 

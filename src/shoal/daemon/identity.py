@@ -9,14 +9,27 @@ Files in the state directory (default /var/lib/shoal, mode 0700):
     server.json  {"url": "http://192.0.2.1:8080", "public_key": "<base64>"}: the server this
                  node logged in to and the static key it pinned (given with --server-key, or
                  trust-on-first-use). The control connection refuses any other key.
-    view.bin     the last view (a FullView frame, shoal.control.messages encoding) so that a
-                 restarted daemon brings its tunnels back before the server answers.
+    view.bin     the last view, so that a restarted daemon brings its tunnels back before the
+                 server answers (also while the server is down). Authenticated, so that a
+                 local file edit (or a copied file) cannot add peers:
+
+                     offset size field
+                     0      4    magic b"SHV1"
+                     4      32   MAC = BLAKE2s-256(key=K, data=frame),
+                                 K = BLAKE2s-256(key=node private key, data=b"shoal view.bin v1")
+                     36     n    a FullView frame (shoal.control.messages encoding)
+
+                 Only the holder of node.key can make a file this node accepts; the file of
+                 another node, an edited or a truncated one is refused (the daemon starts
+                 with an empty view and waits for the server, saying why in its log).
 
 Writes are atomic (temp file + rename) so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -29,6 +42,9 @@ from shoal.wireguard.keys import PrivateKey, PublicKey
 NODE_KEY = "node.key"
 SERVER_PIN = "server.json"
 VIEW_FILE = "view.bin"
+VIEW_MAGIC = b"SHV1"
+_VIEW_KEY_LABEL = b"shoal view.bin v1"
+_MAC_LEN = 32
 
 
 class IdentityError(RuntimeError):
@@ -130,12 +146,38 @@ def clear_pin(state_dir: Path) -> None:
     (state_dir / VIEW_FILE).unlink(missing_ok=True)
 
 
-def save_view(state_dir: Path, frame: bytes) -> None:
-    _write_atomic(state_dir / VIEW_FILE, frame, 0o600)
+class ViewRefused(IdentityError):
+    """view.bin exists but is not one this node wrote (edited, truncated, another node's)."""
 
 
-def load_view(state_dir: Path) -> bytes | None:
+def _view_mac(node_key: PrivateKey, frame: bytes) -> bytes:
+    k = hashlib.blake2s(_VIEW_KEY_LABEL, key=bytes(node_key)).digest()
+    return hashlib.blake2s(frame, key=k).digest()
+
+
+def seal_view(node_key: PrivateKey, frame: bytes) -> bytes:
+    return VIEW_MAGIC + _view_mac(node_key, frame) + frame
+
+
+def open_view(node_key: PrivateKey, data: bytes) -> bytes:
+    """The frame inside a sealed view; ViewRefused if it does not verify under this node key."""
+    head = len(VIEW_MAGIC) + _MAC_LEN
+    if len(data) < head or data[: len(VIEW_MAGIC)] != VIEW_MAGIC:
+        raise ViewRefused("view.bin is not a sealed view (unknown format)")
+    frame = data[head:]
+    if not hmac.compare_digest(data[len(VIEW_MAGIC):head], _view_mac(node_key, frame)):
+        raise ViewRefused("view.bin does not verify under this node's key (edited, damaged or another node's)")
+    return frame
+
+
+def save_view(state_dir: Path, node_key: PrivateKey, frame: bytes) -> None:
+    _write_atomic(state_dir / VIEW_FILE, seal_view(node_key, frame), 0o600)
+
+
+def load_view(state_dir: Path, node_key: PrivateKey) -> bytes | None:
+    """The stored view's frame, None without a file; ViewRefused for a file that does not verify."""
     try:
-        return (state_dir / VIEW_FILE).read_bytes()
+        data = (state_dir / VIEW_FILE).read_bytes()
     except FileNotFoundError:
         return None
+    return open_view(node_key, data)

@@ -51,9 +51,18 @@ def test_list_shows_each_member_state_path_endpoint_rtt():
 
 def test_status_shows_connection_and_peers():
     text = render(render_status, STATUS)
-    assert "http://192.0.2.1:8080 (key fingerprint AbCdEfGh)" in text and "connected for 12 s" in text
+    assert "http://192.0.2.1:8080 (key fingerprint AbCdEfGh)" in text and "connected (12 s)" in text
     assert "shoal0, UDP port 41641" in text
     assert "4 s ago" in next(ln for ln in text.splitlines() if "ben" in ln)
+    away = {**STATUS, "connection": {"state": "reconnecting", "for_s": 42.0, "since": 1_700_000_000.0,
+                                     "next_try_in_s": 7.2, "checking_tunnels": True, "last_error": "refused", "connects": 1},
+            "peers": [{**STATUS["peers"][0], "liveness": "down", "last_seen_s_ago": 17.0}]}
+    text = render(render_status, away)
+    line = next(ln for ln in text.splitlines() if ln.startswith("connection"))
+    assert "reconnecting since" in line and "next try in 7 s" in line and "checking every tunnel" in line
+    assert "refused" in line
+    ben = next(ln for ln in text.splitlines() if "ben" in ln)
+    assert "down" in ben and "17 s ago" in ben
     logged_out = {**STATUS, "node": None, "server": None, "networks": [], "peers": []}
     assert "Not logged in" in render(render_status, logged_out) and "Not logged in" in render(render_list, logged_out)
 

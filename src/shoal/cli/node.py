@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -302,7 +303,10 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     else:
         console.print(f"server     {server['url']} (key fingerprint {server['fingerprint']})")
         err = f" - {conn['last_error']}" if conn["last_error"] and conn["state"] != "connected" else ""
-        console.print(f"connection {conn['state']} for {conn['for_s']:.0f} s{err}")
+        since = f" since {time.strftime('%H:%M:%S', time.localtime(conn['since']))}" if conn.get("since") else ""
+        nxt = "" if conn.get("next_try_in_s") is None else f", next try in {conn['next_try_in_s']:.0f} s"
+        checking = ", checking every tunnel" if conn.get("checking_tunnels") else ""
+        console.print(f"connection {conn['state']}{since} ({conn['for_s']:.0f} s){nxt}{checking}{err}")
     if node is not None:
         console.print(f"node       {node['nickname']} ({node['node_id']}) {node['ipv4']} {node['ipv6']}")
     iface = status["interface"]
@@ -312,11 +316,12 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         console.print("no peers online")
         return
     t = Table(title="peers", title_justify="left")
-    for col in ("peer", "node", "address", "state", "path", "endpoint", "rtt", "handshake", "networks"):
+    for col in ("peer", "node", "address", "tunnel", "last seen", "path", "endpoint", "rtt", "handshake", "networks"):
         t.add_column(col)
     for p in peers:
         hs = "-" if p["last_handshake_s_ago"] is None else f"{p['last_handshake_s_ago']:.0f} s ago"
-        t.add_row(p["nickname"], p["node_id"], p["ipv4"], p["state"], p["path"], p["endpoint"] or "-",
+        seen = "-" if p.get("last_seen_s_ago") is None else f"{p['last_seen_s_ago']:.0f} s ago"
+        t.add_row(p["nickname"], p["node_id"], p["ipv4"], p.get("liveness") or "-", seen, p["path"], p["endpoint"] or "-",
                   _rtt(p["rtt_ms"]), hs, ", ".join(p["networks"]))
     console.print(t)
 

@@ -83,10 +83,17 @@ def test_unknown_comprehension_required_attribute_gets_420() -> None:
     m = stun.decode(r.handle(req, CLIENT, (A1, P1)).data)  # type: ignore[union-attr]
     assert m.cls == STUN_CLASS_ERROR and m.transaction_id == TXID
     assert m.error_code() == (420, "Unknown Attribute") and m.unknown_attributes() == [0x0077]
-    # RESPONSE-PORT (RFC 5780) is not supported: 420 as well
-    req = stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID, ((0x0027, b"\x10\x00\x00\x00"),)))
-    assert stun.decode(r.handle(req, CLIENT, (A1, P1)).data).unknown_attributes() == [0x0027]  # type: ignore[union-attr]
-    assert r.stats["error:420"] == 2
+    assert r.stats["error:420"] == 1
+
+
+def test_response_port_changes_the_port_never_the_address() -> None:
+    req = stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID,
+                              ((0x0027, b"\x10\x00\x00\x00"), (STUN_ATTR_CHANGE_REQUEST, b"\x00\x00\x00\x06"))))
+    reply = responder().handle(req, CLIENT, (A1, P1))
+    assert reply is not None and reply.dst == (CLIENT[0], 0x1000) and reply.local == (A2, P2)
+    assert stun.decode(reply.data).xor_mapped_address() == CLIENT
+    zero = stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID, ((0x0027, bytes(4)),)))
+    assert stun.decode(responder().handle(zero, CLIENT, (A1, P1)).data).error_code()[0] == 400  # type: ignore[union-attr,index]
 
 
 def test_bad_requests_get_400_and_everything_else_is_dropped() -> None:

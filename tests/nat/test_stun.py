@@ -195,7 +195,7 @@ def test_is_stun_demultiplexes_from_wireguard() -> None:
 
 def _all_views(m: Message) -> None:
     for view in (m.xor_mapped_address, m.mapped_address, m.reflexive_address, m.other_address,
-                 m.response_origin, m.change_request, m.error_code, m.unknown_attributes, m.software,
+                 m.response_origin, m.change_request, m.response_port, m.error_code, m.unknown_attributes, m.software,
                  m.unknown_required):
         try:
             view()

@@ -10,6 +10,8 @@ arrived on Ax:Py:
 
     reply from        (A-other if CHANGE-REQUEST "change IP" else Ax) :
                       (P-other if CHANGE-REQUEST "change port" else Py)
+    sent to             the request's source; with RESPONSE-PORT (RFC 5780 section 7.5) the
+                        source address and that port
     XOR-MAPPED-ADDRESS  the request's source (the client's reflexive address)
     MAPPED-ADDRESS      the same, for RFC 3489-era clients
     RESPONSE-ORIGIN     the endpoint the reply is sent from
@@ -25,7 +27,8 @@ request (responses, indications, garbage, classic RFC 3489 STUN) is dropped and 
 `stats` - never raised. The engine keeps no per-client state and has no timers.
 
 Reflection: a reply is never larger than about 4x the request and goes only to the request's
-source address; CHANGE-REQUEST moves the source endpoint, never the destination.
+source address (RESPONSE-PORT may change the port, never the address); CHANGE-REQUEST moves
+the reply's source endpoint, never its destination.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class StunResponder:
         try:
             msg = stun.decode(data)
             change_ip, change_port = msg.change_request()
+            response_port = msg.response_port()
         except StunError as e:
             self.stats["error:400"] += 1
             return self._error(method, txid, src, local, STUN_ERROR_BAD_REQUEST, f"Bad Request: {e}"[:120])
@@ -141,7 +145,7 @@ class StunResponder:
         if change_ip or change_port:
             self.stats["binding:changed"] += 1
         out = stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_SUCCESS, txid, tuple(attrs)))
-        return Reply(origin, src, out)
+        return Reply(origin, src if response_port is None else (src[0], response_port), out)
 
     def _error(self, method: int, txid: bytes, src: Address, local: Address, code: int, reason: str,
                unknown: list[int] | None = None) -> Reply:

@@ -30,6 +30,8 @@ Attribute values understood here:
     RESPONSE-ORIGIN      0x802B  RFC 5780: the address and port the response was sent from
     CHANGE-REQUEST       0x0003  RFC 5780: 4 bytes, flags 0x04 "change IP", 0x02 "change port":
                                  answer from the other address and/or the other port
+    RESPONSE-PORT        0x0027  RFC 5780: port (2) | 2 padding bytes: send the response to the
+                                 request's source address but this port
     ERROR-CODE           0x0009  2 zero bytes | 5 zero bits + class (3 bits, the hundreds) |
                                  number (0-99) | UTF-8 reason phrase (at most 763 bytes)
     UNKNOWN-ATTRIBUTES   0x000A  a list of 16-bit attribute types (in a 420 response)
@@ -41,9 +43,8 @@ Attribute values understood here:
 Other attributes are kept raw (`Message.attributes`, in order). A request carrying a
 comprehension-required attribute outside `KNOWN_REQUIRED` is answered with error 420 and an
 UNKNOWN-ATTRIBUTES list (`unknown_required`); optional ones are ignored. USERNAME,
-MESSAGE-INTEGRITY, REALM, NONCE, PADDING and RESPONSE-PORT are recognised but Shoal's STUN
-is unauthenticated and never honours RESPONSE-PORT (it is not in `KNOWN_REQUIRED`, so a
-request with it gets 420, as RFC 5780 section 6.1 asks of servers that do not support it).
+MESSAGE-INTEGRITY, REALM, NONCE and PADDING are recognised and ignored: Shoal's STUN is
+unauthenticated (it only tells a client its own address).
 
 Hard limits checked while decoding: at most STUN_MAX_MESSAGE_SIZE bytes, at most
 MAX_ATTRIBUTES attributes, header length equal to the datagram's remainder and a multiple of 4.
@@ -67,6 +68,7 @@ from shoal.wireguard.constants import (
     STUN_ATTR_PADDING,
     STUN_ATTR_REALM,
     STUN_ATTR_RESPONSE_ORIGIN,
+    STUN_ATTR_RESPONSE_PORT,
     STUN_ATTR_SOFTWARE,
     STUN_ATTR_UNKNOWN_ATTRIBUTES,
     STUN_ATTR_USERNAME,
@@ -116,6 +118,7 @@ KNOWN_REQUIRED: frozenset[int] = frozenset({
     STUN_ATTR_MAPPED_ADDRESS, STUN_ATTR_XOR_MAPPED_ADDRESS, STUN_ATTR_CHANGE_REQUEST,
     STUN_ATTR_ERROR_CODE, STUN_ATTR_UNKNOWN_ATTRIBUTES, STUN_ATTR_USERNAME,
     STUN_ATTR_MESSAGE_INTEGRITY, STUN_ATTR_REALM, STUN_ATTR_NONCE, STUN_ATTR_PADDING,
+    STUN_ATTR_RESPONSE_PORT,
 })
 
 
@@ -181,6 +184,14 @@ class Message:
             raise StunError(f"CHANGE-REQUEST of {len(v)} bytes")
         flags = struct.unpack("!I", v)[0]
         return bool(flags & STUN_CHANGE_IP), bool(flags & STUN_CHANGE_PORT)
+
+    def response_port(self) -> int | None:
+        v = self.get(STUN_ATTR_RESPONSE_PORT)
+        if v is None:
+            return None
+        if len(v) != 4 or v[:2] == b"\x00\x00":
+            raise StunError(f"RESPONSE-PORT {v.hex()}")
+        return struct.unpack_from("!H", v)[0]
 
     def error_code(self) -> tuple[int, str] | None:
         v = self.get(STUN_ATTR_ERROR_CODE)

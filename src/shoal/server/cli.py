@@ -3,6 +3,10 @@
 On start it prints the server key's fingerprint and the line to give clients
 (`shoal login http://ADDR:PORT --server-key <base64>`), one per local address when it
 listens on a wildcard address. Logs go to stderr; SIGINT/SIGTERM stop it cleanly.
+
+STUN (shoal.server.stunlistener): UDP on --stun-port (default 3478) and --stun-alt-port
+(3479) of up to two addresses (--stun-addr, repeatable; default the listen address plus one
+more local address), so nodes can run RFC 5780 NAT discovery; --stun-port 0 turns it off.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ def server(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="where the key and the database live"),
     listen: str = typer.Option("0.0.0.0:8080", "--listen", help="HOST:PORT to listen on"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every session"),
+    stun_port: int = typer.Option(3478, "--stun-port", help="UDP port answering STUN (0: no STUN)"),
+    stun_alt_port: int = typer.Option(3479, "--stun-alt-port", help="second STUN port for RFC 5780 (0: none)"),
+    stun_addr: list[str] = typer.Option([], "--stun-addr", help="address answering STUN (repeat for the second)"),
 ) -> None:
     """Run the coordination server (nodes log in here)."""
     from shoal.server.app import Running, serve
@@ -69,6 +76,18 @@ def server(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     wildcard = ipaddress.ip_address(host).is_unspecified
     addrs = _local_addresses(socket.AF_INET6 if ":" in host else socket.AF_INET) if wildcard else [host]
+    from shoal import __version__
+    from shoal.nat.responder import StunResponder
+    from shoal.server.stunlistener import default_stun_addresses, run_with_stun
+
+    responder = None
+    if stun_port:
+        stun_addrs = stun_addr or default_stun_addresses(host, _local_addresses(socket.AF_INET6 if ":" in host else socket.AF_INET))
+        try:
+            responder = StunResponder(stun_addrs, [p for p in (stun_port, stun_alt_port) if p], software=f"shoal {__version__}")
+        except ValueError as exc:
+            typer.echo(f"shoal server: STUN: {exc}", err=True)
+            raise typer.Exit(2) from None
 
     def ready(r: Running) -> None:
         pub = r.server_key.public_key()
@@ -84,7 +103,7 @@ def server(
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        asyncio.run(serve(data_dir, host, port, ready=ready))
+        asyncio.run(run_with_stun(serve(data_dir, host, port, ready=ready), responder, typer.echo))
     except (PermissionError, OSError) as exc:
         typer.echo(f"shoal server: {exc}", err=True)
         raise typer.Exit(1) from None

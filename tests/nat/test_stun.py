@@ -180,7 +180,7 @@ def test_encode_refuses_misuse() -> None:
     with pytest.raises(ValueError):
         stun.encode_error_code(200, "OK")
     with pytest.raises(ValueError):
-        stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID, ((STUN_ATTR_SOFTWARE, bytes(2000)),)))
+        stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID, ((STUN_ATTR_SOFTWARE, bytes(STUN_MAX_MESSAGE_SIZE)),)))
 
 
 def test_is_stun_demultiplexes_from_wireguard() -> None:

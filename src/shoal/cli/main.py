@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from shoal.cli.netcheck import netcheck
 from shoal.cli.node import app as node_app
 from shoal.server.cli import server
 from shoal.wg.cli import app as wg_app
@@ -11,6 +12,7 @@ from shoal.wg.cli import app as wg_app
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Shoal mesh VPN")
 app.add_typer(wg_app, name="wg")
 app.add_typer(node_app)  # daemon, login, create, join, list, status, ping, ...
+app.command()(netcheck)
 app.command()(server)
 
 

@@ -644,6 +644,7 @@ class Daemon:
             ("POST", "/v1/networks/evict"): self.api_evict,
             ("POST", "/v1/nickname"): self.api_set_nick,
             ("POST", "/v1/ping"): self.api_ping,
+            ("POST", "/v1/netcheck"): self.api_netcheck,  # shoal.daemon.netcheck
         }
 
     async def api_login(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -845,6 +846,11 @@ class Daemon:
             "sent": count, "received": len(got),
             "rtt_ms": [round(r * 1000, 3) if r is not None else None for r in rtts],
         }
+
+    async def api_netcheck(self, body: dict[str, Any]) -> dict[str, Any]:
+        from shoal.daemon.netcheck import api_netcheck
+
+        return await api_netcheck(self, body)
 
     async def api_status(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.status()

@@ -34,7 +34,7 @@ __all__ = ["run_discovery", "parse_server", "netcheck_payload", "api_netcheck", 
 
 RUN_TIMEOUT = 15.0
 PORT_MAPPING_NOTE = "not checked yet: UPnP IGD, NAT-PMP and PCP are not implemented (issue #5, part 2)"
-RELAYS_NOTE = "no relays yet (issue #5, part 4); latency below is to the server's STUN listener"
+RELAYS_NOTE = "no relays yet (issue #5, part 4): the latency shown is to the server's STUN listener"
 
 
 class _Proto(asyncio.DatagramProtocol):

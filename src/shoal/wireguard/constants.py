@@ -136,3 +136,85 @@ STUN_ERROR_UNKNOWN_ATTRIBUTE = 420
 STUN_RTO = 0.25  # first retransmission after this, doubling each time
 STUN_MAX_TRANSMISSIONS = 4  # sends at 0, 0.25, 0.75, 1.75 s
 STUN_FINAL_WAIT = 1.0  # after the last send, wait this long before giving up (2.75 s in all)
+
+
+# --- LAN: broadcast, multicast and layer-2 networks (issue #6; design: docs/lan.md) --------
+# Not WireGuard either. Wire formats: shoal.lan.extension (the extension message carried
+# inside WireGuard transport plaintext), shoal.lan.ethernet, shoal.lan.arp.
+
+# Extension message header (shoal.lan.extension). The first plaintext byte's high nibble is
+# the IP version of an ordinary transport payload (4 or 6); 5 marks a Shoal extension.
+LAN_EXT_MARKER = 0x5  # high nibble of byte 0
+LAN_EXT_VERSION = 1  # low nibble of byte 0
+LAN_EXT_KIND_IP = 1  # payload: one IPv4/IPv6 packet to a broadcast or multicast address
+LAN_EXT_KIND_FRAME = 2  # payload: one Ethernet frame (no preamble, no FCS) of a layer-2 network
+LAN_EXT_MAX_NETWORK_ID = 16  # bytes; the control plane's NetworkId is [a-z0-9]{1,16}
+LAN_EXT_MAX_HEADER = 4 + LAN_EXT_MAX_NETWORK_ID + 2  # 22
+LAN_EXT_MAX_IP_PAYLOAD = 1500  # an IP packet carried as kind IP
+LAN_EXT_MAX_FRAME = 1522  # 14-byte header + two 802.1Q tags + 1500 payload
+LAN_EXT_MAX_PADDING = PADDING_MULTIPLE - 1  # zero bytes a WireGuard sender may append
+
+# Interface MTUs (docs/lan.md "MTU"): an IP network's Ethernet-like interface keeps the
+# WireGuard MTU for unicast; a layer-2 network's interface leaves room for a VLAN tag, the
+# Ethernet header and the extension header inside DEFAULT_MTU.
+LAN_L2_MTU = DEFAULT_MTU - 14 - 4 - LAN_EXT_MAX_HEADER  # 1380
+LAN_BCAST_ROUTE_MTU = DEFAULT_MTU - LAN_EXT_MAX_HEADER  # 1398: mtu of the broadcast/multicast routes
+
+# Storm control (shoal.lan.storm): a token bucket per (sender, network), in packets.
+LAN_STORM_RATE = 1000.0  # packets per second, sustained
+LAN_STORM_BURST = 2000.0  # bucket size
+LAN_STORM_MAX_KEYS = 65536  # buckets kept; idle full ones are forgotten first
+
+# MAC learning (shoal.lan.mactable): like the Linux bridge's default ageing_time.
+LAN_MAC_AGING = 300.0  # seconds without a frame from a MAC before its entry expires
+LAN_MAC_MAX_PER_NETWORK = 4096
+LAN_MAC_MAX_TOTAL = 65536
+
+# Multicast snooping (shoal.lan.broadcast.Memberships): RFC 3376 8.4 group membership
+# interval with the default robustness 2, query interval 125 s, response time 10 s.
+LAN_GROUP_MEMBERSHIP_INTERVAL = 260.0
+LAN_GROUP_MAX_PER_NETWORK = 1024
+
+# Ethernet (IEEE 802.3, 802.1Q, 802.2; EtherTypes from the IEEE registry)
+ETH_HEADER_LEN = 14
+ETH_MIN_ETHERTYPE = 0x0600  # type/length >= this is an EtherType, <= 1500 a length
+ETH_MAX_LENGTH = 1500
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
+ETHERTYPE_VLAN = 0x8100  # 802.1Q C-tag
+ETHERTYPE_QINQ = 0x88A8  # 802.1ad S-tag
+ETHERTYPE_QINQ_OLD = 0x9100  # pre-standard S-tag, still seen
+ETHERTYPE_IPX = 0x8137
+ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_LLDP = 0x88CC
+ETH_MAX_VLAN_TAGS = 2
+LLC_SAP_IPX = 0xE0  # 802.2 LLC DSAP/SSAP of IPX ("Novell 802.2")
+LLC_SAP_SNAP = 0xAA
+LLC_UI = 0x03  # unnumbered information control byte
+IPX_RAW_8023_CHECKSUM = 0xFFFF  # Novell raw 802.3: the IPX checksum field right after the length
+IPX_HEADER_LEN = 30
+
+# ARP (RFC 826) and IPv6 neighbour discovery (RFC 4861), as answered by shoal.lan.arp
+ARP_HTYPE_ETHERNET = 1
+ARP_OP_REQUEST = 1
+ARP_OP_REPLY = 2
+ARP_PACKET_LEN = 28
+IPPROTO_IGMP = 2
+IPPROTO_ICMPV6 = 58
+ICMPV6_MLD_QUERY = 130
+ICMPV6_MLD_REPORT = 131
+ICMPV6_MLD_DONE = 132
+ICMPV6_ROUTER_SOLICITATION = 133
+ICMPV6_ROUTER_ADVERTISEMENT = 134
+ICMPV6_NEIGHBOR_SOLICITATION = 135
+ICMPV6_NEIGHBOR_ADVERTISEMENT = 136
+ICMPV6_REDIRECT = 137
+ICMPV6_MLD2_REPORT = 143
+ND_HOP_LIMIT = 255
+ND_OPT_SOURCE_LINK_ADDR = 1
+ND_OPT_TARGET_LINK_ADDR = 2
+IGMP_V1_REPORT = 0x12
+IGMP_V2_REPORT = 0x16
+IGMP_V2_LEAVE = 0x17
+IGMP_V3_REPORT = 0x22
+IGMP_QUERY = 0x11

@@ -203,9 +203,11 @@ def test_server_killed_120s_traffic_unaffected(mesh):
 def _nft_blackhole(node: NodeProc, server_addr: str, on: bool) -> None:
     table = f"shoal_bh_{os.getpid()}"
     if on:
-        rules = (f"table inet {table} {{ chain out {{ type filter hook output priority 0; ip daddr {server_addr} drop; }}\n"
-                 f"  chain inp {{ type filter hook input priority 0; ip saddr {server_addr} drop; }} }}")
-        node.host.exec(["nft", "-f", "-"], input=rules, text=True, check=True)
+        rules = (f"table inet {table} {{\n"
+                 f"  chain out {{\n    type filter hook output priority 0;\n    ip daddr {server_addr} drop\n  }}\n"
+                 f"  chain inp {{\n    type filter hook input priority 0;\n    ip saddr {server_addr} drop\n  }}\n}}\n")
+        p = node.host.exec(["nft", "-f", "-"], input=rules, text=True, capture_output=True)
+        assert p.returncode == 0, p.stderr
     else:
         node.host.exec(["nft", "delete", "table", "inet", table], capture_output=True)
 
@@ -224,9 +226,9 @@ def test_path_to_server_blackholed_peers_check_and_keep_the_node(mesh):
     removed = {n.nickname: _removals(n) for n in (alice, bob, carol)}
     bob_id = bob.node_id
     run = TrafficRun(alice, bob, seconds)
-    _nft_blackhole(bob, mesh.server.addr, True)
     t0 = time.monotonic()
     try:
+        _nft_blackhole(bob, mesh.server.addr, True)
         asked = wait(lambda: any(p["node_id"] == bob_id and p["server_asked_check"] for p in alice.status()["peers"]), 30)
         assert asked is not None, "the server never asked alice to check bob"
         print(f"server asked alice to check bob {asked - t0:.1f} s after the blackhole")

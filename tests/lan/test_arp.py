@@ -15,7 +15,7 @@ from shoal.lan import arp
 from shoal.lan.arp import NeighborResponder, mac_for, mac_for_ipv4, mac_for_ipv6
 from shoal.lan.ethernet import BROADCAST, MAC, ethernet2, parse_frame
 from shoal.tun.checksum import slow_l4_checksum
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address

@@ -21,7 +21,7 @@ from shoal.lan.broadcast import (
     parse_membership,
     plan,
 )
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 SUBNET_BCAST = ipaddress.IPv4Address("100.127.255.255").packed
 

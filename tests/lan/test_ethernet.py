@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shoal.lan import ethernet as E
 from shoal.lan.ethernet import MAC, FrameError, VlanTag
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 A = MAC("02:00:00:00:00:0a")
 B = MAC("02:00:00:00:00:0b")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from shoal.lan import extension as X
 from shoal.lan.extension import Extension, ExtensionError
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 IP_PACKET = bytes.fromhex("4500001c0000000040110000" "64400001" "ffffffff") + bytes(8)
 

@@ -23,7 +23,7 @@ from shoal.lan.arp import mac_for
 from shoal.lan.broadcast import NetworkState
 from shoal.lan.ethernet import BROADCAST, MAC, ethernet2, ipx_frame, ipx_packet, IPX_FRAMINGS
 from shoal.lan.switch import LanSwitch, PeerAddresses
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 OVERLAY = ipaddress.IPv4Network("100.64.0.0/10")
 NAMES = ("ann", "ben", "cat", "dan")

@@ -13,7 +13,7 @@ from shoal.nat.discovery import Behavior, Discovery, Result, nat_type_name
 from shoal.nat.responder import StunResponder
 from shoal.nat.stun import Message
 from shoal.testing.fakenet import Dependence, FakeNetwork, FakeSocket, Host, LinkProfile, NatBehavior
-from shoal.wireguard.constants import STUN_CLASS_SUCCESS, STUN_METHOD_BINDING
+from shoal.constants import STUN_CLASS_SUCCESS, STUN_METHOD_BINDING
 
 A1, A2, P1, P2 = "192.0.2.1", "192.0.2.2", 3478, 3479
 EI, AD, APD = Dependence.ENDPOINT_INDEPENDENT, Dependence.ADDRESS_DEPENDENT, Dependence.ADDRESS_AND_PORT_DEPENDENT

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from shoal.nat import stun
 from shoal.nat.responder import StunResponder
 from shoal.nat.stun import Message
-from shoal.wireguard.constants import (
+from shoal.constants import (
     STUN_ATTR_CHANGE_REQUEST,
     STUN_CLASS_ERROR,
     STUN_CLASS_INDICATION,

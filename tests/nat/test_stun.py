@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shoal.nat import stun
 from shoal.nat.stun import Message, StunError
-from shoal.wireguard.constants import (
+from shoal.constants import (
     STUN_ATTR_CHANGE_REQUEST,
     STUN_ATTR_ERROR_CODE,
     STUN_ATTR_OTHER_ADDRESS,

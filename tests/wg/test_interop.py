@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shoal.lab import HostSpec, Lab, Topology
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.keys import PresharedKey, PrivateKey
 
 from .wglab import End, ping, stats, uapi, wait_for_ping

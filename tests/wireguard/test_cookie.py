@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.cookie import CookieChecker, CookieGenerator
 from shoal.wireguard.keys import PresharedKey, PrivateKey
 from shoal.wireguard.messages import CookieReply, parse_cookie_reply

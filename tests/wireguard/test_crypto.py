@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.crypto import (
     DH,
     HASH,

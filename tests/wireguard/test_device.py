@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.device import MAX_TIMER_HANDSHAKES, Device
 from shoal.wireguard.keys import PresharedKey, PrivateKey
 from shoal.wireguard.peer import PeerConfig

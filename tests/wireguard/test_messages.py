@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.messages import (
     INITIATION_MAC1_OFFSET,
     INITIATION_MAC2_OFFSET,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.cookie import CookieChecker, CookieGenerator
 from shoal.wireguard.crypto import Aead
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.wireguard.constants import RATELIMIT_BURST, RATELIMIT_PACKETS_PER_SECOND
+from shoal.constants import RATELIMIT_BURST, RATELIMIT_PACKETS_PER_SECOND
 from shoal.wireguard.ratelimit import RateLimiter, source_key
 
 COST = 10**9 // RATELIMIT_PACKETS_PER_SECOND

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.wireguard.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE
+from shoal.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE
 from shoal.wireguard.replay import ReplayFilter
 
 W = REPLAY_WINDOW_SIZE

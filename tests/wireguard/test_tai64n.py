@@ -7,7 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from shoal.wireguard import tai64n
-from shoal.wireguard.constants import TAI64N_WHITENER_MASK
+from shoal.constants import TAI64N_WHITENER_MASK
 
 STEP_NS = TAI64N_WHITENER_MASK + 1  # 2**24 ns
 

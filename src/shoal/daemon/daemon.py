@@ -68,7 +68,7 @@ from shoal.daemon.localapi import ApiServer, Handler, HttpError
 from shoal.daemon.view import Outcome, PeerPlanner, View
 from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
 from shoal.wg.runner import DEFAULT_UAPI_DIR, WgInterface
-from shoal.wireguard.constants import DEFAULT_MTU
+from shoal.constants import DEFAULT_MTU
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.keys import PrivateKey, PublicKey
 from shoal.wireguard.peer import PeerConfig

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from shoal.nat.discovery import Discovery, Result
 from shoal.nat.stun import Address
-from shoal.wireguard.constants import STUN_PORT
+from shoal.constants import STUN_PORT
 
 __all__ = ["run_discovery", "parse_server", "netcheck_payload", "api_netcheck", "RUN_TIMEOUT"]
 

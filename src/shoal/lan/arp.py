@@ -55,7 +55,7 @@ from collections.abc import Container
 
 from shoal.lan.ethernet import MAC, FrameError, ethernet2, multicast_mac_ipv6
 from shoal.tun import checksum
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

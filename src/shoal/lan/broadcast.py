@@ -45,7 +45,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Container, Hashable, Iterable
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 _ND_TYPES = frozenset(range(C.ICMPV6_ROUTER_SOLICITATION, C.ICMPV6_REDIRECT + 1))

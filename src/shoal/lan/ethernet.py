@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 _TAG_TPIDS = frozenset((C.ETHERTYPE_VLAN, C.ETHERTYPE_QINQ, C.ETHERTYPE_QINQ_OLD))
 _U16 = struct.Struct("!H")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 FIRST_BYTE = (C.LAN_EXT_MARKER << 4) | C.LAN_EXT_VERSION
 KINDS = (C.LAN_EXT_KIND_IP, C.LAN_EXT_KIND_FRAME)

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 LOCAL = "<local>"  # the port of frames written by this node's own interface
 

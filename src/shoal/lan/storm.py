@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 
 class _Bucket:

@@ -56,7 +56,7 @@ from shoal.lan.broadcast import Memberships, NetworkState, admit, classify_frame
 from shoal.lan.ethernet import BROADCAST, MAC, multicast_mac_ipv4, multicast_mac_ipv6
 from shoal.lan.mactable import LOCAL, MacTable
 from shoal.lan.storm import StormLimiter
-from shoal.wireguard import constants as C
+from shoal import constants as C
 
 _ETH_IPV4 = C.ETHERTYPE_IPV4.to_bytes(2, "big")
 _ETH_IPV6 = C.ETHERTYPE_IPV6.to_bytes(2, "big")

@@ -26,7 +26,7 @@ and filtering stays `unknown`. Without OTHER-ADDRESS (a plain STUN server) only 
 binding phase runs: reflexive address and RTT, mapping and filtering `unknown`.
 
 Retransmission (per request, same bytes, same transaction id, RFC 5389 section 7.2.1 with
-shorter numbers from `shoal.wireguard.constants`): sends at 0, RTO, 3 RTO, 7 RTO ... up to
+shorter numbers from `shoal.constants`): sends at 0, RTO, 3 RTO, 7 RTO ... up to
 `max_transmissions`, then waits `final_wait` and gives up (no answer = "did not arrive").
 RTT samples are taken only from answers to requests sent once (Karn's rule).
 
@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 
 from shoal.nat import stun
 from shoal.nat.stun import Address, StunError
-from shoal.wireguard.constants import (
+from shoal.constants import (
     STUN_CLASS_ERROR,
     STUN_CLASS_SUCCESS,
     STUN_FINAL_WAIT,

@@ -39,7 +39,7 @@ import ipaddress
 
 from shoal.nat import stun
 from shoal.nat.stun import Address, Message, StunError
-from shoal.wireguard.constants import (
+from shoal.constants import (
     STUN_ATTR_ERROR_CODE,
     STUN_ATTR_MAPPED_ADDRESS,
     STUN_ATTR_OTHER_ADDRESS,

@@ -1,7 +1,7 @@
 """STUN messages (RFC 5389) with the RFC 5780 behaviour-discovery attributes: a sans-IO codec.
 
 Owns: turning STUN bytes into a `Message` and back. No sockets, no clock. Every constant is
-in `shoal.wireguard.constants` (STUN_*). `decode` raises only `StunError` on bad input, of
+in `shoal.constants` (STUN_*). `decode` raises only `StunError` on bad input, of
 whatever shape (`tests/nat/test_stun.py` fuzzes it); `encode` raises `ValueError` when the
 caller misuses it.
 
@@ -57,7 +57,7 @@ import dataclasses
 import ipaddress
 import struct
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     STUN_ATTR_CHANGE_REQUEST,
     STUN_ATTR_ERROR_CODE,
     STUN_ATTR_FINGERPRINT,

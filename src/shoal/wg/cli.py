@@ -247,7 +247,7 @@ def _test_timers():  # noqa: ANN202
     spec = os.environ.get("SHOAL_WG_TEST_TIMERS")
     if not spec:
         return None
-    from shoal.wireguard.constants import Timers
+    from shoal.constants import Timers
 
     values = {}
     for item in spec.split(","):

@@ -36,7 +36,7 @@ from shoal.tun.device import Tun
 from shoal.udp.socket import UdpSocket
 from shoal.wg import uapi
 from shoal.wg.config import IPInterface, WgConfig
-from shoal.wireguard.constants import DEFAULT_TIMERS, Timers
+from shoal.constants import DEFAULT_TIMERS, Timers
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.peer import PeerConfig
 

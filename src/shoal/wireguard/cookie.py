@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     COOKIE_LEN,
     COOKIE_NONCE_LEN,
     COOKIE_REFRESH_TIME,

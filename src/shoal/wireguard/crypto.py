@@ -32,7 +32,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError as _NaclCryptoError
 
-from shoal.wireguard.constants import COOKIE_NONCE_LEN, KEY_LEN, MAC_LEN, TAG_LEN
+from shoal.constants import COOKIE_NONCE_LEN, KEY_LEN, MAC_LEN, TAG_LEN
 from shoal.wireguard.keys import PrivateKey
 
 __all__ = [

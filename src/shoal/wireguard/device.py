@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
 
-from shoal.wireguard import constants as C
+from shoal import constants as C
 from shoal.wireguard.allowedips import AllowedIPs
 from shoal.wireguard.cookie import CookieChecker
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey

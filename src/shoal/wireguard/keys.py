@@ -21,7 +21,7 @@ from typing import Self
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from shoal.wireguard.constants import KEY_LEN
+from shoal.constants import KEY_LEN
 
 __all__ = ["PrivateKey", "PublicKey", "PresharedKey", "clamp"]
 

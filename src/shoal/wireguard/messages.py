@@ -53,7 +53,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     COOKIE_NONCE_LEN,
     COOKIE_LEN,
     KEY_LEN,

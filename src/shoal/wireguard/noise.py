@@ -45,7 +45,7 @@ import functools
 import struct
 from dataclasses import dataclass, field
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     CONSTRUCTION,
     IDENTIFIER,
     MESSAGE_INITIATION,

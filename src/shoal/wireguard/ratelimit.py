@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     RATELIMIT_BURST,
     RATELIMIT_GC_INTERVAL,
     RATELIMIT_MAX_ENTRIES,

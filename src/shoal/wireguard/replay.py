@@ -24,7 +24,7 @@ machine (see tests/wireguard/test_replay.py::test_speed for the measured bound).
 
 from __future__ import annotations
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     REJECT_AFTER_MESSAGES,
     REPLAY_BLOCK_BITS,
     REPLAY_RING_BLOCKS,

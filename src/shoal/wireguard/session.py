@@ -28,7 +28,7 @@ import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from shoal.wireguard.constants import (
+from shoal.constants import (
     MESSAGE_TRANSPORT,
     PADDING_MULTIPLE,
 )

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import struct
 
-from shoal.wireguard.constants import TAI64N_BASE, TAI64N_WHITENER_MASK, TIMESTAMP_LEN
+from shoal.constants import TAI64N_BASE, TAI64N_WHITENER_MASK, TIMESTAMP_LEN
 
 __all__ = ["stamp", "stamp_ns", "after", "decode", "ZERO"]
 

@@ -1,7 +1,10 @@
-"""Every WireGuard wire and timer constant, named as in the whitepaper (section 6) and wireguard-go.
+"""Every wire and timer constant of Shoal's protocols, named as in their specs.
 
-The one place these numbers live; engines import them from here. Tests may shorten timers
-only by building a `Timers` value with other numbers, never by editing these.
+The one place these numbers live; engines import them from here. Sections: WireGuard
+(whitepaper section 5-6, wireguard-go's names), STUN (RFC 5389/5780), LAN extensions
+(docs/lan.md). Control-channel close codes live with their transport
+(`shoal.control.transport`). Tests may shorten timers only by building a `Timers` value with
+other numbers, never by editing these.
 """
 
 from __future__ import annotations
@@ -92,8 +95,7 @@ DEFAULT_TIMERS = Timers()
 
 
 # --- STUN (RFC 5389 session traversal, RFC 5780 NAT behaviour discovery) -----------------
-# Not WireGuard, but every wire constant of the project lives in this module. Wire format:
-# shoal.nat.stun's docstring.
+# Wire format: shoal.nat.stun's docstring.
 STUN_PORT = 3478  # RFC 5389 section 18.4, the default port (the server's primary port)
 STUN_ALT_PORT = 3479  # Shoal's default alternate port for RFC 5780 CHANGE-REQUEST "change port"
 STUN_MAGIC_COOKIE = 0x2112A442
@@ -139,7 +141,7 @@ STUN_FINAL_WAIT = 1.0  # after the last send, wait this long before giving up (2
 
 
 # --- LAN: broadcast, multicast and layer-2 networks (issue #6; design: docs/lan.md) --------
-# Not WireGuard either. Wire formats: shoal.lan.extension (the extension message carried
+# Wire formats: shoal.lan.extension (the extension message carried
 # inside WireGuard transport plaintext), shoal.lan.ethernet, shoal.lan.arp.
 
 # Extension message header (shoal.lan.extension). The first plaintext byte's high nibble is

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pytest
 
 from shoal.daemon.labmesh import Mesh, NodeProc
 from shoal.lab import HostSpec, Lab, Topology
+from shoal.wg import uapi
 
 pytestmark = [
     pytest.mark.lab,
@@ -86,18 +86,9 @@ def peer_keys(n: NodeProc) -> set[str]:
 
 def uapi_handshakes(n: NodeProc) -> dict[str, int]:
     """public key (hex) -> last_handshake_time_sec, from the interface's UAPI."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(n.run_dir / "wireguard" / "shoal0.sock"))
-        s.sendall(b"get=1\n\n")
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = uapi.query(n.run_dir / "wireguard" / "shoal0.sock", "get=1\n\n")
     out, cur = {}, None
-    for line in data.decode().splitlines():
+    for line in data.splitlines():
         k, _, v = line.partition("=")
         if k == "public_key":
             cur = v

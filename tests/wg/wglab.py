@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.lab.lab import Host
+from shoal.wg import uapi as wg_uapi
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 UAPI_DIR = Path("/var/run/wireguard")
@@ -29,18 +29,9 @@ def unique_ifname(tag: str) -> str:
 
 
 def uapi(ifname: str, request: str) -> dict[str, list[str]]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(UAPI_DIR / f"{ifname}.sock"))
-        s.sendall(request.encode())
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = wg_uapi.query(UAPI_DIR / f"{ifname}.sock", request)
     out: dict[str, list[str]] = {}
-    for line in data.decode().splitlines():
+    for line in data.splitlines():
         k, _, v = line.partition("=")
         out.setdefault(k, []).append(v)
     return out

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import typer
 
 from shoal.wg import config as wgconfig
+from shoal.wg import uapi
 from shoal.wg.runner import DEFAULT_UAPI_DIR, SetupError, WgInterface
 from shoal.wireguard.keys import PresharedKey, PublicKey
 
@@ -52,18 +52,7 @@ def _pidfile(name: str) -> Path:
 
 
 def _uapi_request(name: str, request: bytes, uapi_dir: Path = DEFAULT_UAPI_DIR) -> str:
-    path = uapi_dir / f"{name}.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(path))
-        s.sendall(request)
-        data = b""
-        while not data.endswith(b"\n\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode()
+    return uapi.query(uapi_dir / f"{name}.sock", request.decode())
 
 
 def _serve(cfg: wgconfig.WgConfig, timers=None) -> None:  # noqa: ANN001

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import errno as errnos
 import ipaddress
+import socket
+from pathlib import Path
 
 from shoal.wireguard.device import Device
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey
@@ -42,6 +44,23 @@ class UapiError(ValueError):
     def __init__(self, message: str, code: int = errnos.EINVAL) -> None:
         super().__init__(message)
         self.code = code
+
+
+def query(socket_path: str | Path, request: str, timeout: float = 5.0) -> str:
+    """Send one request to a UAPI socket (Shoal's or wireguard-go's); the response text.
+
+    Raises OSError when nothing answers there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(socket_path))
+        s.sendall(request.encode())
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode()
 
 
 def format_endpoint(endpoint: Endpoint) -> str:

@@ -220,3 +220,31 @@ IGMP_V2_REPORT = 0x16
 IGMP_V2_LEAVE = 0x17
 IGMP_V3_REPORT = 0x22
 IGMP_QUERY = 0x11
+
+
+# --- Disco: path discovery and hole punching (issue #5 part 3; wire format: shoal.nat.disco,
+# engine: shoal.nat.paths). DISCO_MAGIC never starts a WireGuard message (type byte 1..4 then
+# three zero bytes), a STUN message (first two bits 00) or a relay frame (b"SR").
+DISCO_MAGIC = b"SHL\xf0\x9f\x90"
+DISCO_VERSION = 1
+DISCO_NONCE_LEN = 24  # XChaCha20-Poly1305 nonce, random per message
+DISCO_TX_ID_LEN = 12
+DISCO_MAX_CANDIDATES = 16  # per CallMeMaybe
+DISCO_MAX_SIZE = 512  # bytes; larger datagrams with the magic are dropped unopened
+DISCO_REPLAY_TTL = 60.0  # seconds a seen (sender, tx id) is remembered
+DISCO_REPLAY_MAX = 8192  # remembered tx ids, all peers together (oldest forgotten first)
+# Path engine timers (seconds)
+PATH_PROBE_INTERVAL = 0.5  # initial probing: every candidate, this often...
+PATH_PROBE_ROUNDS = 10  # ...this many times (5 s), then background re-probing
+PATH_PING_TIMEOUT = 1.0  # a ping unanswered this long is a miss; the path is not usable
+PATH_HEARTBEAT = 1.0  # ping the chosen direct path this often
+PATH_TRUST = 2.5  # a path is alive this long after its last pong
+PATH_REPROBE_INTERVAL = 4.0  # re-probe all candidates while relayed or not on the best path
+PATH_SWITCH_MARGIN = 0.002  # a new path must beat the current RTT by this much (s) to take over
+PATH_LAN_MARGIN = 0.005  # a private-address path wins ties within this RTT margin
+PATH_MAX_LEARNED = 8  # peer-reflexive candidates learnt from pings, per peer
+# Hard NAT (peer's mapping varies by destination, ours does not): predict, then spray.
+PATH_PREDICT_WINDOW = 16  # ports just above each of the peer's observed reflexive ports
+PATH_SPRAY_BUDGET = 512  # probes per spray attempt (predicted + random ports)
+PATH_SPRAY_RATE = 200  # probes per second while spraying
+PATH_SPRAY_BACKOFF = 60.0  # seconds between spray attempts while still relayed

@@ -222,6 +222,30 @@ IGMP_V3_REPORT = 0x22
 IGMP_QUERY = 0x11
 
 
+# --- Relay (issue #5; wire format: shoal.relay.frames, engine: shoal.relay.engine) ----------
+# Frames start with RELAY_MAGIC: 0x53 has the top bits 01 (never STUN, whose first two bits
+# are 00) and is no WireGuard message type (1..4), so a data socket can tell them apart.
+RELAY_MAGIC = b"SR"
+RELAY_VERSION = 1
+RELAY_HEADER_SIZE = 4  # magic (2) + version (1) + kind (1)
+RELAY_MAX_FRAME = 65535  # any relay frame, UDP datagram or WebSocket message
+RELAY_TOKEN_SIZE = 8  # binding token handed out by AUTH_OK, echoed in SEND/KEEPALIVE
+RELAY_NONCE_SIZE = 24  # challenge: 8-byte issue time (ms) + 16-byte MAC
+RELAY_PROOF_SIZE = 16  # BLAKE2s-128 MAC proving the node (or the relay) holds its key
+RELAY_CHALLENGE_TTL = 10.0  # seconds a challenge may be answered
+RELAY_BINDING_TIMEOUT = 60.0  # a binding without any frame from its client for this long expires
+RELAY_KEEPALIVE_INTERVAL = 25.0  # clients send KEEPALIVE at least this often (well inside the timeout)
+RELAY_RATE_BYTES = 4 * 1024 * 1024  # per-node payload bytes per second
+RELAY_BURST_BYTES = 1024 * 1024
+RELAY_RATE_PACKETS = 4000  # per-node frames per second
+RELAY_BURST_PACKETS = 1000
+RELAY_AUTH_RATE = 200  # auth attempts per second, all clients together (each costs one X25519)
+RELAY_AUTH_BURST = 400
+RELAY_MAX_NODES = 65536  # authenticated bindings at once
+RELAY_WS_PATH = "/relay"  # WebSocket endpoint (standalone `shoal relay` and the server's HTTP port)
+RELAY_PORT = 3480  # default UDP and WebSocket port of a standalone `shoal relay`
+
+
 # --- Disco: path discovery and hole punching (issue #5 part 3; wire format: shoal.nat.disco,
 # engine: shoal.nat.paths). DISCO_MAGIC never starts a WireGuard message (type byte 1..4 then
 # three zero bytes), a STUN message (first two bits 00) or a relay frame (b"SR").

@@ -244,6 +244,7 @@ RELAY_AUTH_BURST = 400
 RELAY_MAX_NODES = 65536  # authenticated bindings at once
 RELAY_WS_PATH = "/relay"  # WebSocket endpoint (standalone `shoal relay` and the server's HTTP port)
 RELAY_PORT = 3480  # default UDP and WebSocket port of a standalone `shoal relay`
+RELAY_MEMBERSHIP_REFRESH = 2.0  # standalone `shoal relay`: seconds between reads of the server's memberships
 
 
 # --- Disco: path discovery and hole punching (issue #5 part 3; wire format: shoal.nat.disco,

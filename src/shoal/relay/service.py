@@ -1,0 +1,283 @@
+"""The relay service (asyncio glue): a UDP listener and a WebSocket endpoint around
+`shoal.relay.engine.RelayEngine`, and the standalone `shoal relay` command.
+
+Owns: the sockets, the clock (time.monotonic), one session number per WebSocket, the
+engine's timer, and the standalone membership oracle.
+
+    UDP        HOST:PORT   one relay frame per datagram (`shoal.relay.frames`), read in
+                           batches (`shoal.udp.socket.UdpSocket`, GRO) and answered in batches
+    WebSocket  HOST:PORT   (TCP, same number) path RELAY_WS_PATH ("/relay"): one binary message
+                           per relay frame; text messages, other paths and frames above
+                           RELAY_MAX_FRAME close that session (1003/1008/1009). Each
+                           connection is one `StreamBinding`; its end unbinds the node.
+
+Ordering: every engine call runs on the event loop, to completion, and its outbox is sent
+right after (UDP with one send_batch; WebSocket frames through a bounded per-session queue
+of WS_QUEUE_LIMIT frames: a session that cannot keep up loses frames, counted as
+`ws_queue_full`, like a congested UDP path, instead of buffering without bound).
+
+Standalone membership (`shoal relay`): the relay reads the coordination server's SQLite
+store (DATA_DIR/shoal.db, read-only) every RELAY_MEMBERSHIP_REFRESH seconds and relays
+between two node keys only when both are approved, online members of a common network
+(`StoreMembership`). Inside the server process the core answers instead (not wired yet).
+The relay authenticates nodes against the server's static key (DATA_DIR/server.key), which
+every node pins at login, so no new key is distributed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_PORT, RELAY_WS_PATH
+from shoal.relay.engine import Binding, MayRelay, RelayEngine, RelayLimits, StreamBinding, UdpBinding
+from shoal.udp.socket import UdpSocket
+from shoal.wireguard.keys import PrivateKey
+
+__all__ = ["RelayService", "StoreMembership", "relay", "main", "WS_QUEUE_LIMIT"]
+
+log = logging.getLogger("shoal.relay")
+
+WS_QUEUE_LIMIT = 4096
+_UDP_BATCH = 256
+
+
+def _udp_host(host: str) -> str:
+    """UdpSocket is an AF_INET6 dual-stack socket: IPv4 addresses bind as v4-mapped."""
+    if host in ("0.0.0.0", ""):
+        return "::"
+    if ":" not in host:
+        return "::ffff:" + host
+    return host
+
+
+class RelayService:
+    """UDP + WebSocket around one engine. `start()`, then `close()`; ports in udp_port/ws_port."""
+
+    def __init__(self, engine: RelayEngine, host: str = "127.0.0.1", port: int = RELAY_PORT,
+                 *, udp: bool = True, ws: bool = True, ws_port: int | None = None) -> None:
+        self.engine = engine
+        self.host = host
+        self.port = port
+        self._want_udp = udp
+        self._want_ws = ws
+        self._ws_port_wanted = port if ws_port is None else ws_port
+        self.udp: UdpSocket | None = None
+        self.udp_port: int | None = None
+        self.ws_port: int | None = None
+        self._ws_server: Server | None = None
+        self._sessions: dict[int, asyncio.Queue[bytes]] = {}
+        self._sids = itertools.count(1)
+        self._timer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.stats: dict[str, int] = {"ws_queue_full": 0, "ws_sessions": 0}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._want_udp:
+            self.udp = UdpSocket(self.port, host=_udp_host(self.host))
+            self.udp_port = self.udp.port
+            loop.add_reader(self.udp.fileno(), self._on_udp)
+        if self._want_ws:
+            ws_port = self.udp_port if (self.udp_port and self._ws_port_wanted == 0 and self._want_udp) else self._ws_port_wanted
+            self._ws_server = await serve(self._ws_handler, self.host, ws_port, max_size=RELAY_MAX_FRAME,
+                                          compression=None, ping_interval=20, ping_timeout=20)
+            self.ws_port = self._ws_server.sockets[0].getsockname()[1] if self._ws_server.sockets else None
+        self._timer = asyncio.create_task(self._run_timer())
+        log.info("relay %s listening: udp %s:%s, websocket ws://%s:%s%s", self.engine.public_key.fingerprint(),
+                 self.host, self.udp_port, self.host, self.ws_port, RELAY_WS_PATH)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            try:
+                await self._timer
+            except asyncio.CancelledError:
+                pass
+        if self.udp is not None:
+            asyncio.get_running_loop().remove_reader(self.udp.fileno())
+            self.udp.close()
+            self.udp = None
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+            self._ws_server = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _flush(self) -> None:
+        out = self.engine.take_outbox()
+        if not out:
+            return
+        udp_out = []
+        for data, binding in out:
+            if isinstance(binding, UdpBinding):
+                udp_out.append((data, (binding.ip, binding.port)))
+            else:
+                q = self._sessions.get(binding.session)
+                if q is None:
+                    continue
+                try:
+                    q.put_nowait(data)
+                except asyncio.QueueFull:
+                    self.stats["ws_queue_full"] += 1
+        if udp_out and self.udp is not None:
+            self.udp.send_batch(udp_out)
+        self._wake.set()
+
+    def _on_udp(self) -> None:
+        assert self.udp is not None
+        batch = self.udp.recv_batch(_UDP_BATCH)
+        now = time.monotonic()
+        receive = self.engine.receive
+        for data, (ip, port) in batch:
+            receive(data, UdpBinding(ip, port), now)
+        self._flush()
+
+    async def _run_timer(self) -> None:
+        while True:
+            deadline = self.engine.next_deadline()
+            self._wake.clear()
+            delay = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                continue  # something changed: recompute the deadline
+            except asyncio.TimeoutError:
+                pass
+            self.engine.tick(time.monotonic())
+            self._flush()
+
+    async def _ws_handler(self, conn: ServerConnection) -> None:
+        if conn.request is None or conn.request.path.split("?")[0] != RELAY_WS_PATH:
+            await conn.close(1008, "not a relay endpoint")
+            return
+        sid = next(self._sids)
+        binding: Binding = StreamBinding(sid)
+        q: asyncio.Queue[bytes] = asyncio.Queue(WS_QUEUE_LIMIT)
+        self._sessions[sid] = q
+        self.stats["ws_sessions"] += 1
+        sender = asyncio.create_task(self._ws_sender(conn, q))
+        try:
+            async for msg in conn:
+                if not isinstance(msg, bytes):
+                    await conn.close(1003, "binary relay frames only")
+                    break
+                self.engine.receive(msg, binding, time.monotonic())
+                self._flush()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            self._sessions.pop(sid, None)
+            self.engine.disconnect(binding, time.monotonic())
+            self._flush()
+
+    @staticmethod
+    async def _ws_sender(conn: ServerConnection, q: asyncio.Queue[bytes]) -> None:
+        try:
+            while True:
+                data = await q.get()
+                await conn.send(data)
+        except websockets.ConnectionClosed:
+            pass
+
+
+class StoreMembership:
+    """Membership oracle from the server's SQLite store: (src, dst) share a network where both
+    are approved and online members. Refreshed by `refresh()` (the service calls it every
+    RELAY_MEMBERSHIP_REFRESH seconds); a failed read keeps the last answer and logs."""
+
+    _QUERY = """
+        SELECT a.public_key, b.public_key
+        FROM memberships ma
+        JOIN memberships mb ON ma.network_id = mb.network_id AND ma.node_id != mb.node_id
+        JOIN nodes a ON a.node_id = ma.node_id
+        JOIN nodes b ON b.node_id = mb.node_id
+        WHERE ma.pending = 0 AND mb.pending = 0 AND ma.online = 1 AND mb.online = 1
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._pairs: frozenset[tuple[bytes, bytes]] = frozenset()
+
+    def refresh(self) -> None:
+        try:
+            con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=1.0)
+            try:
+                rows = con.execute(self._QUERY).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            log.warning("relay: cannot read memberships from %s: %s (keeping the last ones)", self.db_path, exc)
+            return
+        self._pairs = frozenset((bytes(a), bytes(b)) for a, b in rows)
+
+    def __call__(self, src: bytes, dst: bytes) -> bool:
+        return (bytes(src), bytes(dst)) in self._pairs
+
+
+async def _refresh_loop(refresh: Callable[[], None], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(refresh)
+
+
+async def run(private_key: PrivateKey, may_relay: MayRelay, host: str, port: int,
+              refresh: Callable[[], None] | None = None, limits: RelayLimits = RelayLimits()) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    service = RelayService(RelayEngine(private_key, may_relay, limits=limits), host, port)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    refresher = asyncio.create_task(_refresh_loop(refresh, RELAY_MEMBERSHIP_REFRESH)) if refresh else None
+    try:
+        await stop.wait()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+        await service.close()
+        log.info("relay stopped; counters: %s", dict(service.engine.stats))
+
+
+def relay(
+    listen: str = typer.Option(f"0.0.0.0:{RELAY_PORT}", "--listen", help="HOST:PORT for UDP and WebSocket (TCP)"),
+    server_key: Path = typer.Option(Path("/var/lib/shoal-server/server.key"), "--server-key",
+                                    help="the coordination server's private key file (nodes pin its public key)"),
+    data_dir: Path | None = typer.Option(None, "--data-dir",
+                                         help="the server's data directory (shoal.db: memberships); default: the key's directory"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every binding"),
+) -> None:
+    """Run a relay alone: forwards ciphertext between nodes that share a network."""
+    from shoal.server.cli import parse_listen
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        host, port = parse_listen(listen)
+        key = PrivateKey.from_base64(server_key.read_text())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"shoal: {exc}", err=True)
+        raise typer.Exit(1) from None
+    db = (data_dir or server_key.parent) / "shoal.db"
+    if not db.exists():
+        typer.echo(f"shoal: no server database at {db} (give --data-dir)", err=True)
+        raise typer.Exit(1)
+    membership = StoreMembership(db)
+    membership.refresh()
+    typer.echo(f"relay {key.public_key().fingerprint()} on udp+ws {host}:{port} (path {RELAY_WS_PATH})")
+    asyncio.run(run(key, membership, host, port, membership.refresh))
+
+
+def main() -> None:
+    typer.run(relay)

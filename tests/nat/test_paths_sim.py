@@ -242,6 +242,8 @@ def test_relayed_pair_upgrades_when_filtering_relaxes() -> None:
     w.connect(a, b)
     w.net.run_until_idle(max_time=20.0)
     assert kind_of(a) == kind_of(b) == "relay"
+    assert a.engine is not None and a.engine.stats.get("spray-out") == 512  # the easy side tried
+    assert b.engine is not None and "spray-out" not in b.engine.stats  # the hard side does not spray
     w.routers["n0"].behavior = NatBehavior.preset("full-cone")  # the easy side's filter opens
     opened = w.net.clock.now()
     t = w.first_time((a, b), lambda n: kind_of(n) == "direct", timeout=10.0)

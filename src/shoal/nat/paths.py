@@ -270,7 +270,7 @@ class PathEngine:
     def handle_timer(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
         for tx, (addr, sent) in list(self._pending.items()):  # misses
-            if now - sent >= PATH_PING_TIMEOUT:
+            if now >= sent + PATH_PING_TIMEOUT:  # the same sum as next_deadline (float-exact)
                 del self._pending[tx]
                 c = self._cands.get(addr)
                 if c is not None and (c.last_pong is None or c.last_pong < sent):

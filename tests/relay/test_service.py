@@ -175,6 +175,69 @@ async def test_wrong_path_and_text_frames_closed() -> None:
         await svc.close()
 
 
+async def test_service_timer_expires_idle_bindings() -> None:
+    from shoal.relay.engine import RelayLimits
+
+    svc = RelayService(RelayEngine(RELAY_KEY, members_ab, limits=RelayLimits(binding_timeout=0.2)),
+                       "127.0.0.1", 0, ws=False)
+    await svc.start()
+    a = UdpPeer(A, svc.udp_port)  # type: ignore[arg-type]
+    try:
+        await a.login()
+        assert svc.engine.binding_of(A.public_key()) is not None
+        await asyncio.sleep(0.4)
+        assert svc.engine.binding_of(A.public_key()) is None and svc.engine.stats["expired"] == 1
+    finally:
+        a.close()
+        await svc.close()
+
+
+def test_relay_command(tmp_path: Path) -> None:
+    """`shoal relay` (the command function) starts on loopback with a server key and store,
+    authenticates a node, and stops on SIGTERM printing nothing alarming."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    key = PrivateKey.generate()
+    (tmp_path / "server.key").write_text(key.to_base64())
+    (tmp_path / "server.key").chmod(0o600)
+    con = sqlite3.connect(tmp_path / "shoal.db")
+    con.executescript("CREATE TABLE nodes (node_id TEXT, public_key BLOB);"
+                      "CREATE TABLE memberships (network_id TEXT, node_id TEXT, pending BOOLEAN, online BOOLEAN);")
+    con.close()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from shoal.relay.service import main; main()",
+         "--listen", f"127.0.0.1:{port}", "--server-key", str(tmp_path / "server.key")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c = RelayClient(_key("node"), key.public_key())
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.2)
+        deadline = time.monotonic() + 10
+        while not c.ready and time.monotonic() < deadline:
+            s.sendto(c.start(0.0), ("127.0.0.1", port))
+            try:
+                for out in c.receive(s.recv(100), 0.0):
+                    s.sendto(out, ("127.0.0.1", port))
+                c.receive(s.recv(100), 0.0)
+            except OSError:
+                continue
+        s.close()
+        assert c.ready
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert f"relay {key.public_key().fingerprint()}" in out
+    assert "Traceback" not in err
+
+
 def test_store_membership(tmp_path: Path) -> None:
     db = tmp_path / "shoal.db"
     con = sqlite3.connect(db)
@@ -201,3 +264,56 @@ def test_store_membership(tmp_path: Path) -> None:
     db.unlink()
     oracle.refresh()  # unreadable: keeps the last answer
     assert oracle(kc, kd)
+
+
+_BLASTER = r"""
+import socket, sys, time
+port, frame, secs, fd = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(fileno=fd)
+s.setblocking(True)
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    for _ in range(256):
+        try:
+            s.sendto(frame, ("127.0.0.1", port))
+        except OSError:
+            pass
+"""
+
+
+@pytest.mark.slow
+async def test_forwarding_rate_one_core() -> None:
+    """UDP->UDP forwarding rate with 1400-byte payloads: a sender process floods the relay
+    (on the other core); the relay process is measured over 2 s. Prints the rate."""
+    import subprocess
+    import sys
+    import time
+
+    from shoal.relay.engine import RelayLimits
+
+    unlimited = RelayLimits(rate_packets=1e9, burst_packets=1e9, rate_bytes=1e12, burst_bytes=1e12)
+    svc = RelayService(RelayEngine(RELAY_KEY, members_ab, limits=unlimited), "127.0.0.1", 0, ws=False)
+    await svc.start()
+    a, b = UdpPeer(A, svc.udp_port), UdpPeer(B, svc.udp_port)  # type: ignore[arg-type]
+    proc = None
+    try:
+        await a.login()
+        await b.login()
+        frame = a.client.wrap(B.public_key(), bytes(1400))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _BLASTER, str(svc.udp_port), frame.hex(), "3.0", str(a.sock.fileno()),
+            pass_fds=(a.sock.fileno(),), stdout=subprocess.DEVNULL)
+        await asyncio.sleep(0.5)
+        f0, t0, c0 = svc.engine.stats["forwarded"], time.perf_counter(), time.process_time()
+        await asyncio.sleep(2.0)
+        f1, t1, c1 = svc.engine.stats["forwarded"], time.perf_counter(), time.process_time()
+        rate = (f1 - f0) / (t1 - t0)
+        print(f"\nrelay UDP->UDP: {rate:,.0f} frames/s, {rate * 1400 * 8 / 1e9:.2f} Gbit/s payload, "
+              f"relay CPU {(c1 - c0) / (t1 - t0) * 100:.0f}% of one core")
+        assert rate > 20_000
+    finally:
+        if proc is not None:
+            await asyncio.wait_for(proc.wait(), 10)
+        a.close()
+        b.close()
+        await svc.close()

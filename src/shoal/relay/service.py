@@ -78,8 +78,9 @@ class RelayService:
         self._ws_server: Server | None = None
         self._sessions: dict[int, asyncio.Queue[bytes]] = {}
         self._sids = itertools.count(1)
-        self._timer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
+        self._closed = False
         self.stats: dict[str, int] = {"ws_queue_full": 0, "ws_sessions": 0}
 
     async def start(self) -> None:
@@ -93,17 +94,14 @@ class RelayService:
             self._ws_server = await serve(self._ws_handler, self.host, ws_port, max_size=RELAY_MAX_FRAME,
                                           compression=None, ping_interval=20, ping_timeout=20)
             self.ws_port = self._ws_server.sockets[0].getsockname()[1] if self._ws_server.sockets else None
-        self._timer = asyncio.create_task(self._run_timer())
         log.info("relay %s listening: udp %s:%s, websocket ws://%s:%s%s", self.engine.public_key.fingerprint(),
                  self.host, self.udp_port, self.host, self.ws_port, RELAY_WS_PATH)
 
     async def close(self) -> None:
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-            try:
-                await self._timer
-            except asyncio.CancelledError:
-                pass
+            self._timer = None
         if self.udp is not None:
             asyncio.get_running_loop().remove_reader(self.udp.fileno())
             self.udp.close()
@@ -116,6 +114,7 @@ class RelayService:
     # ------------------------------------------------------------------ plumbing
 
     def _flush(self) -> None:
+        self._arm()
         out = self.engine.take_outbox()
         if not out:
             return
@@ -133,7 +132,6 @@ class RelayService:
                     self.stats["ws_queue_full"] += 1
         if udp_out and self.udp is not None:
             self.udp.send_batch(udp_out)
-        self._wake.set()
 
     def _on_udp(self) -> None:
         assert self.udp is not None
@@ -144,18 +142,24 @@ class RelayService:
             receive(data, UdpBinding(ip, port), now)
         self._flush()
 
-    async def _run_timer(self) -> None:
-        while True:
-            deadline = self.engine.next_deadline()
-            self._wake.clear()
-            delay = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                continue  # something changed: recompute the deadline
-            except asyncio.TimeoutError:
-                pass
-            self.engine.tick(time.monotonic())
-            self._flush()
+    def _arm(self) -> None:
+        """Keep one loop timer at the engine's next deadline (rescheduled only when it moves)."""
+        deadline = self.engine.next_deadline()
+        if deadline == self._armed_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed_at = deadline
+        if deadline is not None and not self._closed:
+            delay = max(0.0, deadline - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._armed_at = None
+        self.engine.tick(time.monotonic())
+        self._flush()
 
     async def _ws_handler(self, conn: ServerConnection) -> None:
         if conn.request is None or conn.request.path.split("?")[0] != RELAY_WS_PATH:

@@ -72,7 +72,7 @@ def test_rejects(data: bytes) -> None:
         f.parse(data)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=120))
 def test_fuzz_raw(data: bytes) -> None:
     try:
@@ -82,7 +82,7 @@ def test_fuzz_raw(data: bytes) -> None:
     assert frame.encode() == data  # whatever parses re-encodes to the same bytes
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.integers(0, 255), st.integers(0, 255), st.binary(max_size=100))
 def test_fuzz_valid_header(version: int, kind: int, body: bytes) -> None:
     data = RELAY_MAGIC + bytes((version % 3, kind % 12)) + body

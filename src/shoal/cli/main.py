@@ -6,6 +6,7 @@ import typer
 
 from shoal.cli.netcheck import netcheck
 from shoal.cli.node import app as node_app
+from shoal.relay.service import relay
 from shoal.server.cli import server
 from shoal.wg.cli import app as wg_app
 
@@ -14,6 +15,7 @@ app.add_typer(wg_app, name="wg")
 app.add_typer(node_app)  # daemon, login, create, join, list, status, ping, ...
 app.command()(netcheck)
 app.command()(server)
+app.command()(relay)
 
 
 @app.command()

@@ -143,35 +143,26 @@ class Tun:
         read = os.read
         stats = self.stats
         reads = 0
-        if self.offload:
-            while len(out) < max_packets:
-                try:
-                    buf = read(fd, READ_SIZE)
-                except BlockingIOError:
-                    break
-                except InterruptedError:
-                    continue
-                except OSError:
-                    stats["rx_dropped"] += 1
-                    break
-                reads += 1
-                got = split(buf, out)
-                if got == 0:
-                    stats["rx_dropped"] += 1
-                elif got > 1 or buf[1]:
-                    stats["rx_superpackets"] += 1
-        else:
-            while len(out) < max_packets:
-                try:
-                    out.append(read(fd, READ_SIZE))
-                except BlockingIOError:
-                    break
-                except InterruptedError:
-                    continue
-                except OSError:
-                    stats["rx_dropped"] += 1
-                    break
-                reads += 1
+        offload = self.offload
+        while len(out) < max_packets:
+            try:
+                buf = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                stats["rx_dropped"] += 1
+                break
+            reads += 1
+            if not offload:
+                out.append(buf)
+                continue
+            got = split(buf, out)
+            if got == 0:
+                stats["rx_dropped"] += 1
+            elif got > 1 or buf[1]:
+                stats["rx_superpackets"] += 1
         stats["rx_reads"] += reads
         stats["rx_packets"] += len(out)
         return out

@@ -129,6 +129,17 @@ def _addresses(ip: bytes) -> tuple[bytes, bytes, bool]:
     return ip[8:24], ip[24:40], False
 
 
+def _set_ip_header(ip: bytearray, v4: bool, ihl: int, l4len: int, ipid: int) -> None:
+    """One segment's IP header: its length, and for IPv4 its id and header checksum."""
+    if v4:
+        ip[2:4] = _U16.pack(ihl + l4len)
+        ip[4:6] = _U16.pack(ipid & 0xFFFF)
+        ip[10:12] = b"\x00\x00"
+        ip[10:12] = _U16.pack(ip_header_checksum(ip))
+    else:
+        ip[4:6] = _U16.pack(ihl - 40 + l4len)
+
+
 def _split_tcp(pkt: memoryview, gso_size: int, ihl: int, out: list[bytes]) -> int:
     if ihl < 20 or len(pkt) < ihl + 20:
         return 0
@@ -164,13 +175,7 @@ def _split_tcp(pkt: memoryview, gso_size: int, ihl: int, out: list[bytes]) -> in
         tcplen = thl + length
         res = base + tcplen + residue(tcp) + residue(seg)
         tcp[16:18] = _U16.pack(finish(res))
-        if v4:
-            ip[2:4] = _U16.pack(ihl + tcplen)
-            ip[4:6] = _U16.pack((ipid0 + count) & 0xFFFF)
-            ip[10:12] = b"\x00\x00"
-            ip[10:12] = _U16.pack(ip_header_checksum(ip))
-        else:
-            ip[4:6] = _U16.pack(ihl - 40 + tcplen)
+        _set_ip_header(ip, v4, ihl, tcplen, ipid0 + count)
         out.append(b"".join((ip, tcp, seg)))
         count += 1
         off += gso_size
@@ -199,13 +204,7 @@ def _split_udp(pkt: memoryview, gso_size: int, ihl: int, out: list[bytes]) -> in
         udp[6:8] = b"\x00\x00"
         res = base + ulen + residue(udp) + residue(seg)
         udp[6:8] = _U16.pack(finish(res) or 0xFFFF)
-        if v4:
-            ip[2:4] = _U16.pack(ihl + ulen)
-            ip[4:6] = _U16.pack((ipid0 + count) & 0xFFFF)
-            ip[10:12] = b"\x00\x00"
-            ip[10:12] = _U16.pack(ip_header_checksum(ip))
-        else:
-            ip[4:6] = _U16.pack(ihl - 40 + ulen)
+        _set_ip_header(ip, v4, ihl, ulen, ipid0 + count)
         out.append(b"".join((ip, udp, seg)))
         count += 1
         off += gso_size

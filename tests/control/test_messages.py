@@ -28,6 +28,9 @@ CLIENT_EXAMPLES: list[m._Msg] = [
     m.Ping(nonce=2**63 - 1),
     m.ResyncRequest(have_version=0),
     m.PeerReport(node_id="b7c8d9", reachable=True),
+    m.Candidates(candidates=[m.Candidate("reflexive", "203.0.113.7:41641"), m.Candidate("mapped", "[2001:db8::1]:9")],
+                 nat_hard=True),
+    m.Candidates(),
     m.Login(features=[m.FEATURE_CHECK_PEER, "future-thing"]),
     m.CreateNetwork(req_id=2, name="lan party", password="hunter2", approval="manual"),
     m.JoinNetwork(req_id=3, name="lan party", password=""),
@@ -55,6 +58,7 @@ SERVER_EXAMPLES: list[m._Msg] = [
     m.CheckPeer(node_id="b7c8d9"),
     m.CheckPeer(node_id="b7c8d9", active=False),
     m.LoginOk(node=SELF, server_time=1.0, features=[m.FEATURE_CHECK_PEER]),
+    m.LoginOk(node=SELF, server_time=1.0, features=[m.FEATURE_DISCO, m.FEATURE_RELAY], relay_port=3480),
     m.Error(code="banned", message="this node is banned"),
 ]
 
@@ -70,6 +74,22 @@ def test_check_peer_is_default_compatible() -> None:
     for bad in (["x"] * (m.MAX_FEATURES + 1), ["x" * 33]):
         with pytest.raises(m.ProtocolError):
             m.decode_client(b"\x01" + msgspec.msgpack.encode({"type": "login", "features": bad}))
+
+
+def test_candidates_are_optional_and_bounded() -> None:
+    """A PeerInfo from an older server has no candidates; kinds and counts are checked."""
+    old_peer = msgspec.msgpack.decode(msgspec.msgpack.encode(PEER))
+    old_peer.pop("candidates", None)
+    old_peer.pop("nat_hard", None)
+    view = b"\x01" + msgspec.msgpack.encode({"type": "full_view", "version": 1, "node": msgspec.to_builtins(SELF),
+                                             "networks": [], "peers": [old_peer]})
+    peer = m.decode_server(view).peers[0]
+    assert peer.candidates == [] and peer.nat_hard is False
+    for bad in ([{"kind": "teleport", "addr": "1.2.3.4:5"}],
+                [{"kind": "reflexive", "addr": "1.2.3.4:5"}] * (m.MAX_CANDIDATES + 1),
+                [{"kind": "mapped", "addr": "x" * 65}]):
+        with pytest.raises(m.ProtocolError):
+            m.decode_client(b"\x01" + msgspec.msgpack.encode({"type": "candidates", "candidates": bad}))
 
 
 def test_examples_cover_every_message_type() -> None:

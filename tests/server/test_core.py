@@ -676,3 +676,44 @@ def test_core_never_raises_on_any_message_sequence(ops: list[tuple[int, m.Client
         if hasattr(msg, "req_id") and core.session_node(sessions[who]) is not None and not isinstance(msg, m.Logout):
             results = [o.message for o in fx.sends() if isinstance(o.message, m.Result)]
             assert [r.req_id for r in results] == [msg.req_id]  # exactly one answer per request
+
+
+# ---------------------------------------------------------------- NAT traversal (issue #5)
+
+
+def test_candidates_reach_peers_and_relay_needs_a_shared_network() -> None:
+    h = Harness()
+    for name in ("a", "b", "c"):
+        h.login(name)
+    nid = h.create("a", "lan")
+    assert h.join("b", "lan").ok
+    h.create("c", "other")
+    for c in h.clients.values():
+        c.inbox.clear()
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "203.0.113.9:4000"),
+                                         m.Candidate("mapped", "not an address"),
+                                         m.Candidate("reflexive", "203.0.113.9:4000")], nat_hard=True))
+    pa = h.clients["b"].mirror.peers[h.nid("a")]
+    assert pa.candidates == [m.Candidate("reflexive", "203.0.113.9:4000")] and pa.nat_hard
+    assert not h.clients["c"].inbox  # c shares nothing with a
+    assert not h.clients["a"].inbox  # nothing about itself
+    h.clients["b"].inbox.clear()
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "203.0.113.9:4000")], nat_hard=True))
+    assert not h.clients["b"].inbox  # the same set again changes nothing
+    ka, kb, kc = (bytes(key_of(x)) for x in ("a", "b", "c"))
+    assert h.core.may_relay(ka, kb) and h.core.may_relay(kb, ka)
+    assert not h.core.may_relay(ka, kc) and not h.core.may_relay(ka, b"\x00" * 31)
+    assert not h.core.may_relay(ka, bytes(32))
+    h.req("b", m.SetOnline, network_id=nid, online=False)
+    assert not h.core.may_relay(ka, kb)
+
+
+def test_login_ok_names_disco_and_relay() -> None:
+    h = Harness(Core(ULA, now=1000.0, hasher=FAST_HASHER, relay=True, relay_port=3480))
+    h.login("a")
+    ok = [x for x in h.clients["a"].inbox if isinstance(x, m.LoginOk)][0]
+    assert {m.FEATURE_DISCO, m.FEATURE_RELAY} <= set(ok.features) and ok.relay_port == 3480
+    h2 = Harness()
+    h2.login("a")
+    ok = [x for x in h2.clients["a"].inbox if isinstance(x, m.LoginOk)][0]
+    assert m.FEATURE_RELAY not in ok.features and ok.relay_port == 0

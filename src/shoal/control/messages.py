@@ -29,6 +29,7 @@ Conversation:
           <--------------------------------------- Pong
           <--------------------------------------- CheckPeer (node_id, active)
     PeerReport (node_id, reachable) ------------->
+    Candidates ---------------------------------->  (our NAT-traversal candidates changed)
     Logout -------------------------------------->  (offline in every network at once) + close
 
 Peer checks (optional; both sides list "check_peer" in Login.features / LoginOk.features, and
@@ -44,6 +45,16 @@ dropped node extends that node's presence grace (the server marks it offline onl
 peer has reached it for a whole grace period). When the node logs in again, or goes offline
 for good, the server sends CheckPeer(node_id, active=False) (or removes the peer from the
 view): the check ends. A node that logs in is told about its peers that are still in grace.
+
+NAT traversal (optional; the server lists "disco" in LoginOk.features, and a node sends
+Candidates only to such a server). A node learns its reflexive address on its WireGuard data
+socket (STUN to the server), maps a port on its gateway if it can (UPnP IGD, NAT-PMP, PCP),
+and sends Candidates whenever that set changes; the server keeps them while the node is
+connected (not stored) and hands them to the node's peers in PeerInfo.candidates, next to the
+host endpoints of the Login. `nat_hard` says the node's NAT maps per destination (symmetric):
+a peer then sprays ports (shoal.nat.paths). LoginOk.relay_port names the UDP port of the
+relay inside the server (on the server's host; 0: none); a server listing "relay" also
+accepts relay WebSocket sessions at RELAY_WS_PATH on its HTTP port (for UDP-blocked nodes).
 
 View semantics. A node's *view* is the networks it is a member of (incl. pending ones), their
 members, and its *peers*: the nodes with which it shares at least one network where both are
@@ -81,6 +92,9 @@ Text = Annotated[str, msgspec.Meta(max_length=512)]
 MAX_ENDPOINTS = 16
 MAX_FEATURES = 32
 FEATURE_CHECK_PEER = "check_peer"
+FEATURE_DISCO = "disco"  # server: accepts Candidates and sends PeerInfo.candidates
+FEATURE_RELAY = "relay"  # server: relays (LoginOk.relay_port over UDP; WebSocket on its HTTP port)
+MAX_CANDIDATES = 16
 KEEPALIVE_INTERVAL = 5.0  # a "check_peer" node sends Ping at least this often
 SILENCE_TIMEOUT = 15.0  # either side drops a "check_peer" session silent for this long
 MAX_MEMBERS = 4096
@@ -118,6 +132,17 @@ class NetworkInfo(msgspec.Struct, frozen=True):
     members: Annotated[list[MemberInfo], msgspec.Meta(max_length=MAX_MEMBERS)]
 
 
+CandidateKind = Literal["reflexive", "mapped"]  # as a STUN server saw us / a port mapping
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    kind: CandidateKind
+    addr: Address  # "ip:port" / "[ip6]:port"
+
+
+CandidateList = Annotated[list[Candidate], msgspec.Meta(max_length=MAX_CANDIDATES)]
+
+
 class PeerInfo(msgspec.Struct, frozen=True):
     node_id: NodeId
     nickname: Nickname
@@ -125,6 +150,8 @@ class PeerInfo(msgspec.Struct, frozen=True):
     ipv4: Address
     ipv6: Address
     endpoints: Annotated[list[Address], msgspec.Meta(max_length=MAX_ENDPOINTS)]  # "ip:port"
+    candidates: CandidateList = []  # NAT-traversal candidates (a "disco" server; none while away)
+    nat_hard: bool = False  # its NAT maps per destination (symmetric)
 
 
 class SelfInfo(msgspec.Struct, frozen=True):
@@ -144,6 +171,13 @@ class Login(_Msg, tag="login"):
     have_version: Version | None = None  # the view version the node still holds, if any
     software: Text = ""
     features: Features = []  # optional messages this node understands, e.g. "check_peer"
+
+
+class Candidates(_Msg, tag="candidates"):
+    """Our reflexive / port-mapped addresses (the whole set, replacing the previous one)."""
+
+    candidates: CandidateList = []
+    nat_hard: bool = False
 
 
 class Logout(_Msg, tag="logout"):
@@ -239,6 +273,7 @@ class LoginOk(_Msg, tag="login_ok"):
     node: SelfInfo
     server_time: float  # unix seconds
     features: Features = []  # optional messages this server understands, e.g. "check_peer"
+    relay_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0  # UDP relay on the server's host (0: none)
 
 
 class FullView(_Msg, tag="full_view"):
@@ -285,7 +320,7 @@ class Error(_Msg, tag="error"):
 
 
 ClientMessage = Union[
-    Login, Logout, Ping, ResyncRequest, PeerReport, CreateNetwork, JoinNetwork, LeaveNetwork, DeleteNetwork,
+    Login, Logout, Ping, ResyncRequest, PeerReport, Candidates, CreateNetwork, JoinNetwork, LeaveNetwork, DeleteNetwork,
     SetOnline, SetNickname, SetPassword, SetAccess, Approve, Reject, Evict,
 ]
 ServerMessage = Union[LoginOk, FullView, ViewUpdate, Result, Pong, CheckPeer, Error]

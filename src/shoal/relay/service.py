@@ -19,7 +19,9 @@ of WS_QUEUE_LIMIT frames: a session that cannot keep up loses frames, counted as
 Standalone membership (`shoal relay`): the relay reads the coordination server's SQLite
 store (DATA_DIR/shoal.db, read-only) every RELAY_MEMBERSHIP_REFRESH seconds and relays
 between two node keys only when both are approved, online members of a common network
-(`StoreMembership`). Inside the server process the core answers instead (not wired yet).
+(`StoreMembership`). Inside the server process (`shoal.server.app`) the core answers
+(`Core.may_relay`), and the server's HTTP port also takes relay WebSocket sessions
+(`serve_stream`).
 The relay authenticates nodes against the server's static key (DATA_DIR/server.key), which
 every node pins at login, so no new key is distributed.
 """
@@ -27,12 +29,13 @@ every node pins at login, so no new key is distributed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import typer
@@ -162,39 +165,46 @@ class RelayService:
         self.engine.tick(time.monotonic())
         self._flush()
 
-    async def _ws_handler(self, conn: ServerConnection) -> None:
-        if conn.request is None or conn.request.path.split("?")[0] != RELAY_WS_PATH:
-            await conn.close(1008, "not a relay endpoint")
-            return
+    async def serve_stream(self, frames: AsyncIterator[bytes], send: Callable[[bytes], Awaitable[None]]) -> None:
+        """One stream session (a WebSocket of this service or of the server's HTTP port):
+        `frames` yields the client's binary messages, `send` delivers ours. Returns when the
+        client's side ends; the node's binding ends with it."""
         sid = next(self._sids)
         binding: Binding = StreamBinding(sid)
         q: asyncio.Queue[bytes] = asyncio.Queue(WS_QUEUE_LIMIT)
         self._sessions[sid] = q
         self.stats["ws_sessions"] += 1
-        sender = asyncio.create_task(self._ws_sender(conn, q))
+        sender = asyncio.create_task(self._stream_sender(send, q))
         try:
-            async for msg in conn:
-                if not isinstance(msg, bytes):
-                    await conn.close(1003, "binary relay frames only")
-                    break
+            async for msg in frames:
                 self.engine.receive(msg, binding, time.monotonic())
                 self._flush()
-        except websockets.ConnectionClosed:
-            pass
         finally:
             sender.cancel()
             self._sessions.pop(sid, None)
             self.engine.disconnect(binding, time.monotonic())
             self._flush()
 
+    async def _ws_handler(self, conn: ServerConnection) -> None:
+        if conn.request is None or conn.request.path.split("?")[0] != RELAY_WS_PATH:
+            await conn.close(1008, "not a relay endpoint")
+            return
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for msg in conn:
+                if not isinstance(msg, bytes):
+                    await conn.close(1003, "binary relay frames only")
+                    return
+                yield msg
+
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self.serve_stream(frames(), conn.send)
+
     @staticmethod
-    async def _ws_sender(conn: ServerConnection, q: asyncio.Queue[bytes]) -> None:
-        try:
+    async def _stream_sender(send: Callable[[bytes], Awaitable[None]], q: asyncio.Queue[bytes]) -> None:
+        with contextlib.suppress(Exception):  # the session's end is noticed by its reader
             while True:
-                data = await q.get()
-                await conn.send(data)
-        except websockets.ConnectionClosed:
-            pass
+                await send(await q.get())
 
 
 class StoreMembership:

@@ -5,6 +5,12 @@ Owns: the HTTP surface and the order in which things happen.
 
     GET  /v1/server-key   {"public_key": base64, "fingerprint": fp} (trust on first use)
     WS   /control         Noise IK control channel (`shoal.control.transport.accept`)
+    WS   /relay           relay sessions (`shoal.relay.service.RelayService.serve_stream`),
+                          for nodes that reach the server only over TCP (UDP blocked)
+
+Relay. Unless turned off, the server process runs one `RelayEngine` under the server's key
+(which every node pins) with `Core.may_relay` as its membership oracle: UDP on the relay
+port (default RELAY_PORT) of the listen address and WebSocket at /relay on the HTTP port.
 
 Ordering rule: every core call runs to completion on the event loop (the core is never
 entered concurrently). Its `Effects` go to the writer in call order: the writer commits the
@@ -29,12 +35,13 @@ Attribute owners: `_sessions` is mutated by the session handlers; `core` only th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +60,9 @@ from shoal.control.transport import (
     accept,
     server_key_document,
 )
+from shoal.constants import RELAY_PORT, RELAY_WS_PATH
+from shoal.relay.engine import RelayEngine
+from shoal.relay.service import RelayService
 from shoal.server.core import PRESENCE_GRACE, Close, Core, Effects, Send
 from shoal.server.passwords import PasswordHasher
 from shoal.server.store import Store, load_or_create_server_key
@@ -233,7 +243,7 @@ class ControlServer:
             await conn.close(1000, "")
 
 
-def build_app(server: ControlServer) -> Litestar:
+def build_app(server: ControlServer, relay: RelayService | None = None) -> Litestar:
     document = server_key_document(server.server_key.public_key())
 
     @get("/v1/server-key", sync_to_thread=False)
@@ -245,7 +255,28 @@ def build_app(server: ControlServer) -> Litestar:
         await socket.accept()
         await server.handle(socket, socket.client.host if socket.client else None)
 
-    return Litestar(route_handlers=[server_key, control], on_startup=[server.start],
+    @websocket(RELAY_WS_PATH)
+    async def relay_ws(socket: WebSocket) -> None:
+        if relay is None:
+            await socket.close(1008, "this server does not relay")
+            return
+        await socket.accept()
+
+        async def frames() -> AsyncIterator[bytes]:
+            while True:
+                try:
+                    data = await socket.receive_data("binary")
+                except Exception:  # noqa: BLE001 - the framework's "disconnected", whatever it is
+                    return
+                if not isinstance(data, bytes):
+                    return
+                yield data
+
+        await relay.serve_stream(frames(), socket.send_bytes)
+        with contextlib.suppress(Exception):
+            await socket.close()
+
+    return Litestar(route_handlers=[server_key, control, relay_ws], on_startup=[server.start],
                     on_shutdown=[server.stop], openapi_config=None, logging_config=None)
 
 
@@ -268,6 +299,7 @@ async def serve(
     ready: Callable[[Running], Awaitable[None] | None] | None = None,
     grace: float = PRESENCE_GRACE,
     hasher: PasswordHasher | None = None,
+    relay_port: int | None = RELAY_PORT,
 ) -> None:
     """Run the server until uvicorn is told to exit (SIGINT/SIGTERM, or `Running.uvicorn.should_exit`)."""
     key = load_or_create_server_key(data_dir)
@@ -278,10 +310,20 @@ async def serve(
         core = Core.from_state(
             loaded.ula_prefix, loaded.nodes, loaded.networks, loaded.members, loaded.bans,
             now=now, wall_offset=time.time() - now, grace=grace, hasher=hasher,
+            relay=relay_port is not None, relay_port=relay_port or 0,
         )
         control = ControlServer(core, store, key)
+        relay: RelayService | None = None
+        if relay_port is not None:
+            relay = RelayService(RelayEngine(key, core.may_relay), host, relay_port, udp=bool(relay_port), ws=False)
+            try:
+                await relay.start()
+            except OSError as e:
+                log.warning("the UDP relay is off (%s: %s); relaying over WebSocket only", relay_port, e.strerror)
+                relay = RelayService(relay.engine, host, 0, udp=False, ws=False)
+                core.relay_port = 0
         config = uvicorn.Config(
-            build_app(control), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
+            build_app(control, relay), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
             ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0,
             lifespan="on", log_level="warning", timeout_graceful_shutdown=3, access_log=False,
         )
@@ -301,4 +343,7 @@ async def serve(
                 await r
         await userver.serve(sockets=[sock])
     finally:
+        if relay is not None:
+            await relay.close()
+            log.info("relay counters: %s", dict(relay.engine.stats))
         await store.close()

@@ -7,6 +7,10 @@ listens on a wildcard address. Logs go to stderr; SIGINT/SIGTERM stop it cleanly
 STUN (shoal.server.stunlistener): UDP on --stun-port (default 3478) and --stun-alt-port
 (3479) of up to two addresses (--stun-addr, repeatable; default the listen address plus one
 more local address), so nodes can run RFC 5780 NAT discovery; --stun-port 0 turns it off.
+
+Relay (shoal.relay, inside the server process): UDP on --relay-port (default 3480) of the
+listen address, and WebSocket at /relay on the HTTP port; --relay-port 0 keeps only the
+WebSocket relay, --no-relay turns relaying off.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import socket
 from pathlib import Path
 
 import typer
+
+from shoal.constants import RELAY_PORT
 
 DEFAULT_DATA_DIR = Path("/var/lib/shoal/server")
 
@@ -61,6 +67,8 @@ def server(
     stun_port: int = typer.Option(3478, "--stun-port", help="UDP port answering STUN (0: no STUN)"),
     stun_alt_port: int = typer.Option(3479, "--stun-alt-port", help="second STUN port for RFC 5780 (0: none)"),
     stun_addr: list[str] = typer.Option([], "--stun-addr", help="address answering STUN (repeat for the second)"),
+    relay_port: int = typer.Option(RELAY_PORT, "--relay-port", help="UDP port of the built-in relay (0: WebSocket relay only)"),
+    no_relay: bool = typer.Option(False, "--no-relay", help="do not relay at all (nodes that cannot punch through stay apart)"),
 ) -> None:
     """Run the coordination server (nodes log in here)."""
     from shoal.server.app import Running, serve
@@ -74,6 +82,9 @@ def server(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("shoal.server").setLevel(logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not 0 <= relay_port <= 65535:
+        typer.echo(f"shoal server: --relay-port {relay_port} is not a port number", err=True)
+        raise typer.Exit(2)
     wildcard = ipaddress.ip_address(host).is_unspecified
     addrs = _local_addresses(socket.AF_INET6 if ":" in host else socket.AF_INET) if wildcard else [host]
     from shoal import __version__
@@ -103,7 +114,8 @@ def server(
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        asyncio.run(run_with_stun(serve(data_dir, host, port, ready=ready), responder, typer.echo))
+        asyncio.run(run_with_stun(serve(data_dir, host, port, ready=ready, relay_port=None if no_relay else relay_port),
+                                  responder, typer.echo))
     except (PermissionError, OSError) as exc:
         typer.echo(f"shoal server: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -253,6 +253,8 @@ class _Runtime:
     sent_networks: dict[str, m.NetworkInfo] = field(default_factory=dict)
     sent_peers: dict[str, m.PeerInfo] = field(default_factory=dict)
     pw_failures: collections.deque[float] = field(default_factory=collections.deque)
+    candidates: tuple[m.Candidate, ...] = ()  # NAT-traversal candidates (runtime only, kept through grace)
+    nat_hard: bool = False
 
 
 @dataclass(slots=True)
@@ -311,6 +313,8 @@ class Core:
         hasher: PasswordHasher | None = None,
         wall_offset: float = 0.0,
         grace: float = PRESENCE_GRACE,
+        relay: bool = False,
+        relay_port: int = 0,
     ) -> None:
         if ula_prefix.prefixlen != 48 or not ula_prefix.subnet_of(ipaddress.IPv6Network("fc00::/7")):
             raise ValueError(f"{ula_prefix} is not a ULA /48")
@@ -319,6 +323,8 @@ class Core:
         self._hasher = hasher or PasswordHasher()
         self._wall_offset = wall_offset  # unix time = now + wall_offset (for LoginOk.server_time)
         self.grace = grace
+        self.relay = relay  # the server process relays (FEATURE_RELAY)
+        self.relay_port = relay_port  # its UDP relay port (0: WebSocket only)
         self._fast_secret = rng(32)
         self.started_at = now
         # stored state
@@ -448,10 +454,22 @@ class Core:
 
     def peer_info(self, node_id: str) -> m.PeerInfo:
         n = self.nodes[node_id]
+        rt = self._rt.get(node_id)
         return m.PeerInfo(
             node_id=n.node_id, nickname=n.nickname, public_key=bytes(n.public_key),
             ipv4=n.ipv4, ipv6=n.ipv6, endpoints=list(n.endpoints),
+            candidates=list(rt.candidates) if rt is not None else [],
+            nat_hard=rt.nat_hard if rt is not None else False,
         )
+
+    def may_relay(self, src_key: bytes, dst_key: bytes) -> bool:
+        """The relay's membership oracle: both nodes present and peers (a shared online network)."""
+        try:
+            a = self._by_key.get(PublicKey(bytes(src_key)))
+            b = self._by_key.get(PublicKey(bytes(dst_key)))
+        except (TypeError, ValueError):
+            return False
+        return a is not None and b is not None and self.is_peer(a, b)
 
     def _member_info(self, mem: MemberRec) -> m.MemberInfo:
         return m.MemberInfo(
@@ -702,6 +720,8 @@ class Core:
             self._send_full_view(s.node_id, fx)
         elif isinstance(msg, m.PeerReport):
             self._peer_report(s, msg, now)
+        elif isinstance(msg, m.Candidates):
+            self._candidates(s.node_id, msg)
         elif isinstance(msg, m.Logout):
             fx.out.append(Send(session, s.key, m.Result(req_id=msg.req_id, ok=True)))
             self._detach(s, now, clean=True, fx=fx)
@@ -719,6 +739,23 @@ class Core:
                 fx.out.append(Send(session, s.key, result))
         self._flush(fx)
         return fx
+
+    def _features(self) -> list[str]:
+        return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO] + ([m.FEATURE_RELAY] if self.relay else [])
+
+    def _candidates(self, node_id: str, msg: m.Candidates) -> None:
+        """A node's NAT-traversal candidates: kept while it is known, sent to its peers."""
+        cands: list[m.Candidate] = []
+        for c in msg.candidates:
+            if _valid_endpoint(c.addr) and c not in cands:
+                cands.append(c)
+        rt = self._rt_of(node_id)
+        new = tuple(cands)
+        if (new, msg.nat_hard) == (rt.candidates, rt.nat_hard):
+            return
+        rt.candidates, rt.nat_hard = new, msg.nat_hard
+        for p in self.peers_of(node_id):
+            self._d(p).peers.add(node_id)
 
     def _protocol_error(self, s: _Session, reason: str, now: float, fx: Effects) -> None:
         log.warning("session %s (%s): protocol error: %s", s.session, s.key.fingerprint(), reason)
@@ -798,7 +835,7 @@ class Core:
         rt.grace_until = None
         self._set_present(node_id, True, fx)
         fx.out.append(Send(s.session, s.key, m.LoginOk(node=self.self_info(node_id), server_time=now + self._wall_offset,
-                                                      features=[m.FEATURE_CHECK_PEER])))
+                                                      features=self._features(), relay_port=self.relay_port)))
         rt.version += 1
         self._send_full_view(node_id, fx)
         if was_away:

@@ -273,3 +273,11 @@ PATH_PREDICT_WINDOW = 16  # ports just above each of the peer's observed reflexi
 PATH_SPRAY_BUDGET = 512  # probes per spray attempt (predicted + random ports)
 PATH_SPRAY_RATE = 200  # probes per second while spraying
 PATH_SPRAY_BACKOFF = 60.0  # seconds between spray attempts while still relayed
+
+# --- The daemon's NAT traversal glue (shoal.daemon.traversal, shoal.nat.reflexive)
+REFLEXIVE_REFRESH = 20.0  # seconds between STUN rounds on the data socket (keeps the mapping, notices changes)
+HOST_ADDRESS_CHECK = 2.0  # seconds between looks at the host's own addresses (roaming)
+RELAY_UDP_WAIT = 2.0  # seconds to wait for the UDP relay to accept us before trying its WebSocket
+RELAY_SILENCE = 60.0  # a relay connection with no frame from the relay this long is redone
+RELAY_RETRY = 5.0  # seconds between attempts to reach a relay that did not answer
+VIRTUAL_ENDPOINT_PREFIX = "100::"  # RFC 6666 discard-only: relayed peers' endpoints inside the engine

@@ -132,7 +132,7 @@ class NetworkInfo(msgspec.Struct, frozen=True):
     members: Annotated[list[MemberInfo], msgspec.Meta(max_length=MAX_MEMBERS)]
 
 
-CandidateKind = Literal["reflexive", "mapped"]  # as a STUN server saw us / a port mapping
+CandidateKind = Literal["local", "reflexive", "mapped"]  # host address / as STUN saw us / a port mapping
 
 
 class Candidate(msgspec.Struct, frozen=True):

@@ -21,6 +21,11 @@ Tasks and what each one owns (everything runs on one event loop; nothing is thre
                  authenticated packet and keeps probing it. It logs every state change with
                  its reason and answers the server's CheckPeer with PeerReport (at once,
                  then every REPORT_INTERVAL while the peer answers). It owns `_reported`.
+    traversal    `shoal.daemon.traversal.Traversal` (when the plane is a real `WgInterface`): disco,
+                 path engines, reflexive probe and relay on the data socket. It alone sets
+                 peers' endpoints in the engine (the view's endpoints are candidates, not
+                 endpoints); the daemon feeds it the view's peers after every reconcile and the
+                 server's STUN/relay after every login, and sends its Candidates to the server.
     local API    `ApiServer` handlers (`routes`): requests to the server are correlated by
                  req_id (`pending`), answered with the server's Result.
 
@@ -65,6 +70,7 @@ from shoal.daemon.icmp import Pinger
 from shoal.daemon.identity import ServerPin, ViewRefused
 from shoal.daemon.liveness import LIVENESS_TICK, PROBE_INTERVAL, Liveness
 from shoal.daemon.localapi import ApiServer, Handler, HttpError
+from shoal.daemon.traversal import Traversal, relay_ws_url
 from shoal.daemon.view import Outcome, PeerPlanner, View
 from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
 from shoal.wg.runner import DEFAULT_UAPI_DIR, WgInterface
@@ -254,6 +260,8 @@ class Daemon:
         self._login_waiter: asyncio.Future[M.SelfInfo] | None = None
         self._view_changed: asyncio.Condition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.traversal: Traversal | None = None
+        self.server_disco = False  # the server takes Candidates (LoginOk.features)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -277,6 +285,13 @@ class Daemon:
             raise RuntimeError("the data plane stopped during start")
         try:
             self.endpoints = list(self.opts.endpoints) or await host_endpoints(self.plane.listen_port or 0, self.opts.iface)
+            if hasattr(self.plane, "side_channel"):
+                port, iface = self.plane.listen_port or 0, self.opts.iface
+                self.traversal = Traversal(
+                    self.key, self.plane, on_candidates=self._on_candidates,
+                    host_endpoints=None if self.opts.endpoints else (lambda: host_endpoints(port, iface)))
+                self.traversal.start(self.endpoints)
+                self.traversal.set_peers(list(self.view.peers.values()))
             self.api = ApiServer(self.socket_path, self.routes(), group=self.opts.socket_group)
             await self.api.start()
             log.info("node %s (key %s) on %s, UDP port %s, endpoints %s; local API on %s",
@@ -294,6 +309,8 @@ class Daemon:
                 await live_task
         finally:
             await self._stop_control()
+            if self.traversal is not None:
+                await self.traversal.close()
             for t in list(self._probes):
                 t.cancel()
             if self.api is not None:
@@ -399,6 +416,9 @@ class Daemon:
         self.connects += 1
         backoff.reset()
         self.server_checks = M.FEATURE_CHECK_PEER in first.features
+        self.server_disco = M.FEATURE_DISCO in first.features
+        if self.traversal is not None and self.server_disco:
+            await self._traversal_server(pin, first)
         now = self._now()
         for key in list(self.liveness.peers):  # the server re-sends CheckPeer for peers still away
             self.liveness.set_requested(key, False, now)
@@ -414,6 +434,31 @@ class Daemon:
             await self._read_session(conn)
         finally:
             pinger.cancel()
+
+    async def _traversal_server(self, pin: ServerPin, ok: M.LoginOk) -> None:
+        """Tell traversal where the server's STUN and relay are, and report our candidates."""
+        assert self.traversal is not None
+        url = identity.control_url(pin.url)
+        host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=2)  # SOCK_DGRAM
+            server_ip = infos[0][4][0]
+        except (OSError, IndexError) as e:
+            log.warning("cannot resolve the server %s for STUN/relay: %s", host, e)
+            return
+        relay = M.FEATURE_RELAY in ok.features
+        self.traversal.set_server(server_ip, pin.public_key, relay_port=ok.relay_port if relay else 0,
+                                  relay_ws_url=relay_ws_url(url) if relay else None)
+        cands, hard = self.traversal.report()
+        self._on_candidates(cands, hard)
+
+    def _on_candidates(self, cands: list[M.Candidate], hard: bool) -> None:
+        conn = self.conn
+        if conn is None or not self.server_disco:
+            return  # sent after the next login
+        task = asyncio.create_task(self._send_quiet(conn, M.Candidates(candidates=cands, nat_hard=hard)))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
     async def _keepalive(self, conn: Any) -> None:
         """Ping every KEEPALIVE_INTERVAL: the server (and we) notice a dead path by silence."""
@@ -462,8 +507,14 @@ class Daemon:
         """Make the engine match the view (idempotent; untouched peers keep their sessions)."""
         if self.plane is not None:
             before = set(self.plane.device.peers)
-            self.plane.set_peers(self.planner.configs(self.view))
+            configs = self.planner.configs(self.view)
+            if self.traversal is not None:
+                for c in configs:
+                    c.endpoint = None  # traversal chooses endpoints
+            self.plane.set_peers(configs)
             after = set(self.plane.device.peers)
+            if self.traversal is not None:
+                self.traversal.set_peers(list(self.view.peers.values()))
             for key in before - after:
                 self.rtt.pop(key, None)
             if before != after:
@@ -838,11 +889,10 @@ class Daemon:
         got = [r for r in rtts if r is not None]
         if got:
             self.rtt[key] = (got[-1], "ping")
-        engine_peer = self.plane.device.peers.get(key) if self.plane is not None else None
-        endpoint = engine_peer.endpoint if engine_peer is not None else None
+        path = self._path(key)
         return {
             "peer": {"node_id": peer.node_id, "nickname": peer.nickname, "ipv4": peer.ipv4},
-            "path": "direct", "endpoint": _fmt_endpoint(endpoint),
+            "path": path["path"], "endpoint": path["endpoint"],
             "sent": count, "received": len(got),
             "rtt_ms": [round(r * 1000, 3) if r is not None else None for r in rtts],
         }
@@ -874,7 +924,7 @@ class Daemon:
                 members.append({
                     "node_id": m.node_id, "nickname": m.nickname, "role": m.role, "online": m.online,
                     "pending": m.pending, "self": m.node_id == me,
-                    "tunnel": None if row is None else {k: row[k] for k in ("path", "endpoint", "rtt_ms", "ipv4")},
+                    "tunnel": None if row is None else {k: row[k] for k in ("path", "endpoint", "rtt_ms", "ipv4", "lan")},
                 })
             networks.append({
                 "network_id": net.network_id, "name": net.name, "owner_id": net.owner_id, "locked": net.locked,
@@ -893,15 +943,28 @@ class Daemon:
             "interface": {"name": self.opts.iface,
                           "listen_port": self.plane.listen_port if self.plane is not None else None,
                           "endpoints": self.endpoints},
+            "traversal": self.traversal.info() if self.traversal is not None else None,
             "view_version": self.view.version,
             "networks": networks,
             "peers": sorted(peer_rows.values(), key=lambda r: r["nickname"]),
         }
 
+    def _path(self, key: PublicKey) -> dict[str, Any]:
+        """How we reach a peer: traversal's path, or (no traversal) the engine's endpoint."""
+        path = self.traversal.path_of(key) if self.traversal is not None else None
+        if path is not None:
+            return path
+        ep = self.plane.device.peers.get(key) if self.plane is not None else None
+        endpoint = _fmt_endpoint(ep.endpoint if ep is not None else None)
+        return {"path": "direct" if endpoint else None, "endpoint": endpoint, "rtt_ms": None, "lan": False}
+
     def _peer_row(self, p: M.PeerInfo) -> dict[str, Any]:
         key = PublicKey(p.public_key)
         ep = self.plane.device.peers.get(key) if self.plane is not None else None
+        path = self._path(key)
         rtt = self.rtt.get(key)
+        if rtt is None and path["rtt_ms"] is not None:
+            rtt = (path["rtt_ms"] / 1000, "disco")
         last_hs = ep.stats.last_handshake_wall if ep is not None else 0.0
         live = self.liveness.peers.get(key)
         seen = self.liveness.last_seen_ago(key, self._now())
@@ -909,8 +972,8 @@ class Daemon:
                   if any(m.node_id == p.node_id for m in n.members)]
         return {
             "node_id": p.node_id, "nickname": p.nickname, "ipv4": p.ipv4, "ipv6": p.ipv6,
-            "public_key": key.to_base64(), "state": "online", "path": "direct",
-            "endpoint": _fmt_endpoint(ep.endpoint if ep is not None else None),
+            "public_key": key.to_base64(), "state": "online", "path": path["path"],
+            "endpoint": path["endpoint"], "lan": path["lan"],
             "rtt_ms": round(rtt[0] * 1000, 3) if rtt else None, "rtt_source": rtt[1] if rtt else None,
             "last_handshake_s_ago": round(time.time() - last_hs, 1) if last_hs else None,
             "rx_bytes": ep.stats.rx_bytes if ep is not None else 0,

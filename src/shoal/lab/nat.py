@@ -25,7 +25,12 @@ bridge holding the LAN ports), table `ip shoal`, RFC 4787 terms:
                      sender's external mapping (RFC 4787 REQ-9); without it such packets hit
                      the router itself and are dropped
 
-New inbound connections from the WAN are dropped (forward policy drop) unless DNATed.
+New inbound connections from the WAN are dropped (forward policy drop) unless DNATed, and
+new UDP flows to the router itself from the WAN are dropped silently in its input chain, as a
+home router's WAN firewall does. (Without that, an unsolicited datagram to WAN:port is
+answered with ICMP port-unreachable and leaves a confirmed conntrack entry behind; a later
+outbound flow from the LAN host owning that port then collides with it and is masqueraded to
+another port, which no real consumer NAT does and which defeats hole punching.)
 
 Internet namespace: table `bridge shoal_faults` drops a share of the frames crossing a port
 (`numgen random mod 10000 < N` -> N/100 percent), in both directions.
@@ -41,6 +46,11 @@ HAIRPIN_TIMEOUT_S = 180  # RFC 4787 REQ-5: UDP mapping timer >= 2 min
 
 def _replace(family: str, table: str, body: str) -> str:
     return f"add table {family} {table}\ndelete table {family} {table}\ntable {family} {table} {{\n{body}}}\n"
+
+
+_WAN_INPUT = ("  chain input {\n    type filter hook input priority 0; policy accept;\n"
+              f'    iifname "{WAN}" meta l4proto udp ct state new drop\n'
+              "  }\n")
 
 
 def router_ruleset(r: RouterPlan) -> str:
@@ -60,6 +70,7 @@ def router_ruleset(r: RouterPlan) -> str:
         f'    ct status dnat iifname "{WAN}" oifname "{LAN}" accept\n'
         f'    ct status dnat iifname "{LAN}" oifname "{LAN}" accept\n'
         "  }\n")
+    lines.append(_WAN_INPUT)
     masq = "masquerade random,fully-random" if r.nat == "symmetric" else "masquerade"
     post = f'    oifname "{WAN}" {masq}\n'
     if r.hairpin:
@@ -88,6 +99,7 @@ def carrier_ruleset() -> str:
         "    ct state established,related accept\n"
         f'    iifname "cin0" oifname "{WAN}" accept\n'
         "  }\n"
+        f"{_WAN_INPUT}"
         f'  chain postrouting {{\n    type nat hook postrouting priority 100;\n    oifname "{WAN}" masquerade\n  }}\n')
     return _replace("ip", "shoal", body)
 

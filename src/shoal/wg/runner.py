@@ -17,6 +17,15 @@ daemon's interface prefixes cover its peers) and `await set_addresses(cidrs)` ma
 link's addresses exactly `cidrs`. Both may be called before `run()` (they then shape the
 initial configuration) or once `ready` is set, from the loop's thread. `on_event(event, now)` is
 called for every engine event (handshakes, endpoint changes) after it is logged.
+
+Sharing the data socket (the node daemon's NAT traversal, `shoal.daemon.traversal`):
+`side_channel(datagrams, now)`, when set, receives every datagram that is not a WireGuard
+message (disco, STUN, relay frames: WireGuard messages start with a type byte 1..4 and three
+zero bytes); `send_raw(datagrams)` sends on the data socket. Relayed peers get a *virtual
+endpoint* (an address in the discard-only prefix 100::/64, RFC 6666, which never leaves the
+host): what the engine sends to one of `virtual_endpoints` goes to `relay_out(datagrams)`
+instead of the socket, and `inject(datagrams, now)` hands the engine what a relay delivered,
+as if it had arrived from that virtual endpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from shoal.wg import uapi
 from shoal.wg.config import IPInterface, WgConfig
 from shoal.constants import DEFAULT_TIMERS, Timers
 from shoal.wireguard.device import Device, DeviceEvent
+from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import PeerConfig
 
 log = logging.getLogger("shoal.wg")
@@ -104,13 +114,25 @@ class WgInterface:
         self._timer_at: float | None = None
         self._uapi_server: asyncio.AbstractServer | None = None
         self.ready = asyncio.Event()
+        self.side_channel: Callable[[list[tuple[bytes, tuple[str, int]]], float], None] | None = None
+        self.relay_out: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
+        self.virtual_endpoints: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------ hot path
 
     def _flush(self) -> None:
         device = self.device
         if device.outbox:
-            self.udp.send_batch(device.take_outbox())  # type: ignore[union-attr]
+            out = device.take_outbox()
+            if self.virtual_endpoints:
+                virtual = self.virtual_endpoints
+                relayed = [d for d in out if d[1] in virtual]
+                if relayed:
+                    out = [d for d in out if d[1] not in virtual]
+                    if self.relay_out is not None:
+                        self.relay_out(relayed)
+            if out:
+                self.udp.send_batch(out)  # type: ignore[union-attr]
         if device.to_tun:
             self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
         if device.events:
@@ -146,9 +168,34 @@ class WgInterface:
             datagrams = udp.recv_batch(BATCH)  # type: ignore[union-attr]
             if not datagrams:
                 break
+            n = len(datagrams)
+            if self.side_channel is not None:
+                other = [d for d in datagrams if d[0][1:4] != b"\0\0\0" or not 0 < d[0][0] < 5]
+                if other:
+                    datagrams = [d for d in datagrams if d[0][1:4] == b"\0\0\0" and 0 < d[0][0] < 5]
+                    try:
+                        self.side_channel(other, now)
+                    except Exception:  # noqa: BLE001 - a side channel's bug must not stop the data plane
+                        log.exception("%s: side channel failed", self.config.name)
             device.receive(datagrams, now)
-            if len(datagrams) < BATCH:
+            if n < BATCH:
                 break
+        self._after_receive(now)
+
+    def inject(self, datagrams: list[tuple[bytes, tuple[str, int]]], now: float) -> None:
+        """Datagrams that arrived another way (a relay), as if read from the socket."""
+        if self.udp is None:
+            return
+        self.device.receive(datagrams, now)
+        self._after_receive(now)
+
+    def send_raw(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        """Send non-WireGuard datagrams (disco, STUN, relay frames) from the data socket."""
+        if self.udp is not None and datagrams:
+            self.udp.send_batch(datagrams)
+
+    def _after_receive(self, now: float) -> None:
+        device = self.device
         wrote = bool(device.to_tun)
         self._flush()
         if wrote:
@@ -211,6 +258,12 @@ class WgInterface:
         for p in peers:
             self.device.add_peer(p, now)
         self._flush()
+
+    def set_endpoint(self, public_key: PublicKey, endpoint: tuple[str, int], now: float) -> None:
+        """Point a peer at an endpoint chosen by NAT traversal (see `Device.set_endpoint`)."""
+        if self.running:
+            self.device.set_endpoint(public_key, endpoint, now)
+            self._flush()
 
     async def set_addresses(self, addresses: list[IPInterface]) -> None:
         """Make the link's addresses exactly `addresses` (added with NODAD for IPv6)."""

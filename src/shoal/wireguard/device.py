@@ -338,6 +338,22 @@ class Device:
         peer.retransmit_at = now + self.timers.rekey_timeout + self._jitter()
         self._arm(peer, peer.retransmit_at)
 
+    def set_endpoint(self, public_key: PublicKey, endpoint: Endpoint, now: float) -> None:
+        """Point the peer at `endpoint` (a path chosen by NAT traversal). When the endpoint
+        changes and there is no usable session, a handshake starts at once on the new path
+        (the last initiation most likely went where nobody answers)."""
+        peer = self.peers.get(public_key)
+        if peer is None:
+            return
+        changed = peer.endpoint != endpoint
+        self._set_endpoint(peer, endpoint)
+        if self._usable(peer.keypairs.current, now):
+            if peer.staged:
+                self._flush_staged(peer, now)
+        elif changed:
+            peer.last_initiation_sent = -math.inf
+            self._initiate(peer, now, retry=False)
+
     def initiate_handshake(self, peer: PublicKey, now: float) -> None:
         """Start a handshake now (as `wg` does when a peer is added with an endpoint)."""
         p = self.peers.get(peer)

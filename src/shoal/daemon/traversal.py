@@ -1,0 +1,612 @@
+"""NAT traversal in the node daemon: candidates, hole punching and the relay, on the data socket.
+
+Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event loop):
+  - the disco codec (`shoal.nat.disco`) and one `PathEngine` (`shoal.nat.paths`) per peer:
+    which path reaches that peer, direct (an address) or through the relay;
+  - the reflexive probe (`shoal.nat.reflexive`) on the WireGuard data socket: our public
+    address as the server's STUN sees it, and whether our NAT maps per destination;
+  - the relay connection (`shoal.relay.client`): UDP from the data socket to the server's
+    relay port, or, when no answer comes within RELAY_UDP_WAIT (UDP blocked), a WebSocket to
+    the server's HTTP port at RELAY_WS_PATH;
+  - our candidate set (host addresses, reflexive, port-mapped), reported to the server
+    (`on_candidates`) and to relayed peers (CallMeMaybe);
+  - the *endpoint* of every peer inside the WireGuard engine: the chosen direct address, or
+    the peer's virtual endpoint (an address in 100::/64, see `shoal.wg.runner`) when relayed.
+
+Data socket demultiplexing (the runner hands over every non-WireGuard datagram): disco magic
+-> codec -> that peer's path engine; relay magic from the relay's address -> relay client;
+STUN -> reflexive probe; anything else is counted (`stats["unknown"]`) and dropped.
+
+What a relay delivers: a disco message goes to the path engine (via_relay), anything else to
+the WireGuard engine as if it came from the sender's virtual endpoint (the engine then checks
+it like any datagram: only a peer's authenticated packets get through). A relay never sees
+plaintext: it carries WireGuard ciphertext and sealed disco messages.
+
+Timers: one loop timer at the earliest deadline of the engines, the probe and the relay
+(keepalive, answer wait, silence). Everything runs on the loop; nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import websockets
+
+from shoal.constants import (
+    DISCO_MAGIC,
+    HOST_ADDRESS_CHECK,
+    RELAY_KEEPALIVE_INTERVAL,
+    RELAY_MAGIC,
+    RELAY_MAX_FRAME,
+    RELAY_RETRY,
+    RELAY_SILENCE,
+    RELAY_UDP_WAIT,
+    RELAY_WS_PATH,
+    STUN_PORT,
+    VIRTUAL_ENDPOINT_PREFIX,
+)
+from shoal.control import messages as M
+from shoal.nat import stun
+from shoal.nat.disco import CandidateKind, DiscoCodec
+from shoal.nat.paths import Path, PathEngine, PathKind, Transmit
+from shoal.nat.reflexive import ReflexiveProbe
+from shoal.relay.client import RelayClient
+from shoal.wg.config import parse_endpoint
+from shoal.wireguard.keys import PrivateKey, PublicKey
+
+log = logging.getLogger("shoal.traversal")
+
+Address = tuple[str, int]
+
+__all__ = ["Traversal", "candidates_of"]
+
+
+def _addr_text(a: Address) -> str:
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+def _parse(text: str) -> Address | None:
+    try:
+        host, port = parse_endpoint(text)
+    except ValueError:
+        return None
+    return (host, port)
+
+
+_DOCUMENTATION = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+
+
+def _is_lan(host: str) -> bool:
+    """A private (LAN) address. Documentation ranges (RFC 5737/3849) count as public: they
+    stand for the internet in examples and in the lab."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_private and not ip.is_loopback and not any(ip in n for n in _DOCUMENTATION)
+
+
+def candidates_of(peer: M.PeerInfo) -> list[tuple[CandidateKind, Address]]:
+    """A peer's candidates as the path engine takes them: what it reported (port-mapped,
+    reflexive, its host addresses) and its endpoints from the login. A private address is a
+    LAN candidate (LOCAL), any other one is reachable across the internet (REFLEXIVE)."""
+    out: list[tuple[CandidateKind, Address]] = []
+    seen: set[Address] = set()
+    entries = [c.addr for c in peer.candidates if c.kind == "mapped"]
+    mapped = set(entries)
+    entries += [c.addr for c in peer.candidates if c.kind != "mapped"] + list(peer.endpoints)
+    for text in entries:
+        a = _parse(text)
+        if a is None or a in seen or a[1] == 0:
+            continue
+        seen.add(a)
+        kind = CandidateKind.MAPPED if text in mapped else CandidateKind.LOCAL if _is_lan(a[0]) else CandidateKind.REFLEXIVE
+        out.append((kind, a))
+    return out
+
+
+class Traversal:
+    """See the module docstring. `plane` is the daemon's `WgInterface` (already running)."""
+
+    def __init__(
+        self,
+        key: PrivateKey,
+        plane: Any,
+        *,
+        on_candidates: Callable[[list[M.Candidate], bool], None],
+        host_endpoints: Callable[[], Awaitable[list[str]]] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.key = key
+        self.public_key = key.public_key()
+        self.plane = plane
+        self.on_candidates = on_candidates
+        self._host_endpoints = host_endpoints
+        self._loop = asyncio.get_running_loop()
+        self._clock = clock or self._loop.time
+        self.codec = DiscoCodec(key)
+        self.engines: dict[PublicKey, PathEngine] = {}
+        self._cands: dict[PublicKey, list[tuple[CandidateKind, Address]]] = {}
+        self._vep: dict[PublicKey, Address] = {}
+        self._vep_key: dict[Address, PublicKey] = {}
+        self._vep_next = 1
+        self.stats: Counter[str] = Counter()
+        self.host: list[str] = []  # our host endpoints ("ip:port")
+        self.mapped: Address | None = None  # a port mapping on our gateway, if any
+        self.probe: ReflexiveProbe | None = None
+        self._reported: tuple[tuple[M.Candidate, ...], bool] | None = None
+        # relay
+        self.relay_key: PublicKey | None = None
+        self.relay_udp: Address | None = None
+        self.relay_ws_url: str | None = None
+        self.relay: RelayClient | None = None
+        self.relay_mode: str | None = None  # "udp" | "ws" | None
+        self._relay_started = 0.0
+        self._relay_last_rx = 0.0
+        self._relay_last_tx = 0.0
+        self._relay_retry_at: float | None = None
+        self._ws_task: asyncio.Task[None] | None = None
+        self._ws_queue: asyncio.Queue[bytes] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._host_task: asyncio.Task[None] | None = None
+        self._closed = False
+        plane.side_channel = self._on_side
+        plane.relay_out = self._relay_out
+
+    # ------------------------------------------------------------------ inputs from the daemon
+
+    def start(self, host: list[str]) -> None:
+        self.host = list(host)
+        if self._host_endpoints is not None:
+            self._host_task = asyncio.create_task(self._watch_host(), name="host-addresses")
+
+    def set_server(self, server_ip: str, server_key: PublicKey, *, stun_port: int = STUN_PORT,
+                   relay_port: int = 0, relay_ws_url: str | None = None) -> None:
+        """After each login: where STUN and the relay are. Restarts what changed."""
+        now = self._clock()
+        stun_addr = (server_ip, stun_port)
+        if stun_port and (self.probe is None or self.probe.server != stun_addr):
+            self.probe = ReflexiveProbe(stun_addr)
+            self.probe.start(now)
+        relay_udp = (server_ip, relay_port) if relay_port else None
+        if (server_key, relay_udp, relay_ws_url) != (self.relay_key, self.relay_udp, self.relay_ws_url) or self.relay is None:
+            self.relay_key, self.relay_udp, self.relay_ws_url = server_key, relay_udp, relay_ws_url
+            self._relay_connect(now)
+        self._after(now)
+
+    def set_peers(self, peers: list[M.PeerInfo]) -> None:
+        """The view's peers (exactly): engines are created, updated or dropped."""
+        now = self._clock()
+        wanted: dict[PublicKey, M.PeerInfo] = {}
+        for p in peers:
+            try:
+                wanted[PublicKey(p.public_key)] = p
+            except (TypeError, ValueError):
+                continue
+        for key in [k for k in self.engines if k not in wanted]:
+            del self.engines[key]
+            self._cands.pop(key, None)
+            self.codec.remove_peer(bytes(key))
+            vep = self._vep.pop(key, None)
+            if vep is not None:
+                self._vep_key.pop(vep, None)
+                self.plane.virtual_endpoints.discard(vep)
+        relay_ok = self.relay is not None and self.relay.ready
+        for key, p in wanted.items():
+            cands = candidates_of(p)
+            eng = self.engines.get(key)
+            if eng is None:
+                self.codec.add_peer(bytes(key))
+                eng = self.engines[key] = PathEngine(self.codec, bytes(key), local_hard=self._hard(), peer_hard=p.nat_hard)
+                self._cands[key] = cands
+                self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok))
+                eng.start(now)
+                self._emit(key, eng.set_local_candidates(self._local_candidates(), now))
+                self._emit(key, eng.handle_timer(now))
+            else:
+                eng.peer_hard = p.nat_hard
+                if cands != self._cands.get(key):
+                    self._cands[key] = cands
+                    self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok))
+        self._after(now)
+
+    def set_mapped(self, addr: Address | None) -> None:
+        """A port mapping on our gateway appeared, changed or went away."""
+        if addr != self.mapped:
+            self.mapped = addr
+            self._candidates_changed(self._clock())
+
+    def path_of(self, key: PublicKey) -> dict[str, Any] | None:
+        eng = self.engines.get(key)
+        if eng is None:
+            return None
+        p: Path | None = eng.path
+        if p is None:
+            return {"path": None, "endpoint": None, "rtt_ms": None, "lan": False}
+        return {
+            "path": p.kind.value,
+            "endpoint": _addr_text(p.addr) if p.addr is not None else (
+                f"relay {self.relay_mode} {_addr_text(self.relay_udp) if self.relay_mode == 'udp' and self.relay_udp else self.relay_ws_url}"),
+            "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
+            "lan": p.lan,
+        }
+
+    def info(self) -> dict[str, Any]:
+        refl, hard = self.probe.result if self.probe is not None else (None, False)
+        return {
+            "host": self.host,
+            "reflexive": _addr_text(refl) if refl else None,
+            "nat_hard": hard,
+            "mapped": _addr_text(self.mapped) if self.mapped else None,
+            "relay": {"mode": self.relay_mode, "ready": bool(self.relay and self.relay.ready),
+                      "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url},
+            "stats": dict(self.stats) | {f"disco_{k}": v for k, v in self.codec.stats.items()},
+            "peers": {key.fingerprint(): dict(eng.stats) for key, eng in self.engines.items()},
+        }
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in (self._ws_task, self._host_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.plane.side_channel = None
+        self.plane.relay_out = None
+
+    # ------------------------------------------------------------------ candidates
+
+    def _hard(self) -> bool:
+        return self.probe.result[1] if self.probe is not None else False
+
+    def _local_candidates(self) -> list[tuple[CandidateKind, Address]]:
+        out: list[tuple[CandidateKind, Address]] = []
+        for e in self.host:
+            a = _parse(e)
+            if a is not None:
+                out.append((CandidateKind.LOCAL if _is_lan(a[0]) else CandidateKind.REFLEXIVE, a))
+        refl = self.probe.result[0] if self.probe is not None else None
+        if refl is not None and all(refl != a for _, a in out):
+            out.append((CandidateKind.REFLEXIVE, refl))
+        if self.mapped is not None and all(self.mapped != a for _, a in out):
+            out.append((CandidateKind.MAPPED, self.mapped))
+        return out[:M.MAX_CANDIDATES]
+
+    def report(self) -> tuple[list[M.Candidate], bool]:
+        """What the server should hand our peers (sent after every login and every change)."""
+        refl = self.probe.result[0] if self.probe is not None else None
+        cands = []
+        for k, a in self._local_candidates():
+            name = "mapped" if k is CandidateKind.MAPPED else "reflexive" if a == refl else "local"
+            cands.append(M.Candidate(name, _addr_text(a)))  # type: ignore[arg-type]
+        return cands, self._hard()
+
+    def _candidates_changed(self, now: float) -> None:
+        local = self._local_candidates()
+        hard = self._hard()
+        for key, eng in self.engines.items():
+            eng.local_hard = hard
+            self._emit(key, eng.set_local_candidates(local, now))
+        cands, hard = self.report()
+        if (tuple(cands), hard) != self._reported:
+            self._reported = (tuple(cands), hard)
+            try:
+                self.on_candidates(cands, hard)
+            except Exception:  # noqa: BLE001 - the daemon's bug must not stop traversal
+                log.exception("candidate callback failed")
+        self._after(now)
+
+    async def _watch_host(self) -> None:
+        """Roaming: our own addresses changed -> new candidates, a new STUN round."""
+        assert self._host_endpoints is not None
+        while True:
+            await asyncio.sleep(HOST_ADDRESS_CHECK)
+            try:
+                host = await self._host_endpoints()
+            except Exception as e:  # noqa: BLE001 - netlink trouble: try again later
+                log.debug("cannot read host addresses: %s", e)
+                continue
+            if host != self.host:
+                log.info("host addresses changed: %s -> %s", ", ".join(self.host) or "-", ", ".join(host) or "-")
+                self.host = host
+                now = self._clock()
+                if self.probe is not None:
+                    self.probe.restart(now)
+                if self.relay_mode == "udp":
+                    self._relay_connect(now)  # our source address changed: authenticate again
+                self._candidates_changed(now)
+
+    # ------------------------------------------------------------------ data socket
+
+    def _on_side(self, datagrams: list[tuple[bytes, Address]], now: float) -> None:
+        for data, src in datagrams:
+            if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
+                self._on_disco(data, src, now, via_relay=False)
+            elif data[:2] == RELAY_MAGIC and self.relay_mode == "udp" and src == self.relay_udp:
+                self._relay_rx(data, now)
+            elif stun.is_stun(data):
+                if self.probe is None or not self.probe.receive(data, src, now):
+                    self.stats["stun_unexpected"] += 1
+            else:
+                self.stats["unknown"] += 1
+        self._after(now)
+
+    def _on_disco(self, data: bytes, src: Address, now: float, *, via_relay: bool) -> None:
+        opened = self.codec.open(data, now)
+        if opened is None:
+            return  # counted by the codec (forged, replayed, unknown peer, malformed ...)
+        sender, msg = opened
+        key = PublicKey(sender)
+        eng = self.engines.get(key)
+        if eng is None:
+            self.stats["disco_no_engine"] += 1
+            return
+        self._emit(key, eng.handle_message(msg, src, now, via_relay=via_relay))
+
+    def _emit(self, key: PublicKey, out: list[Transmit]) -> None:
+        direct = []
+        for t in out:
+            if t.via_relay:
+                self._relay_send(bytes(key), t.data)
+            elif t.dst is not None:
+                direct.append((t.data, t.dst))
+        if direct:
+            self.plane.send_raw(direct)
+
+    def _vep_of(self, key: PublicKey) -> Address:
+        vep = self._vep.get(key)
+        if vep is None:
+            vep = (f"{VIRTUAL_ENDPOINT_PREFIX}{self._vep_next:x}", 1)
+            self._vep_next += 1
+            self._vep[key] = vep
+            self._vep_key[vep] = key
+            self.plane.virtual_endpoints.add(vep)
+        return vep
+
+    def _apply_paths(self, now: float) -> None:
+        for key, eng in self.engines.items():
+            events = eng.pop_events()
+            if not events:
+                continue
+            path = eng.path
+            for e in events:
+                what = "none" if e.path is None else (
+                    f"direct {_addr_text(e.path.addr)}" if e.path.kind is PathKind.DIRECT and e.path.addr else "relay")
+                rtt = f" (rtt {e.path.rtt * 1000:.2f} ms)" if e.path is not None and e.path.rtt is not None else ""
+                log.info("path to %s: %s %s%s", key.short(), e.kind, what + (" (LAN)" if e.path and e.path.lan else ""), rtt)
+            if path is None:
+                continue
+            ep = path.addr if path.kind is PathKind.DIRECT and path.addr is not None else self._vep_of(key)
+            self.plane.set_endpoint(key, ep, now)
+
+    # ------------------------------------------------------------------ relay
+
+    def _relay_connect(self, now: float) -> None:
+        """(Re)start the relay connection: UDP first, WebSocket if UDP stays silent."""
+        self._stop_ws()
+        self.relay = None
+        self.relay_mode = None
+        self._relay_retry_at = None
+        if self.relay_key is None:
+            return
+        if self.relay_udp is not None:
+            self.relay = RelayClient(self.key, self.relay_key)
+            self.relay_mode = "udp"
+            self._relay_started = self._relay_last_rx = now
+            self.plane.send_raw([(self.relay.start(now), self.relay_udp)])
+            self._relay_last_tx = now
+        elif self.relay_ws_url is not None:
+            self._start_ws(now)
+
+    def _start_ws(self, now: float) -> None:
+        if self.relay_ws_url is None or self.relay_key is None:
+            self._relay_retry_at = now + RELAY_RETRY
+            return
+        self.relay = RelayClient(self.key, self.relay_key)
+        self.relay_mode = "ws"
+        self._relay_started = self._relay_last_rx = now
+        self._ws_queue = asyncio.Queue(4096)
+        self._ws_queue.put_nowait(self.relay.start(now))
+        self._ws_task = asyncio.create_task(self._ws_run(self.relay_ws_url, self.relay, self._ws_queue), name="relay-ws")
+
+    def _stop_ws(self) -> None:
+        if self._ws_task is not None:
+            self._ws_task.cancel()
+            self._ws_task = None
+        self._ws_queue = None
+
+    async def _ws_run(self, url: str, client: RelayClient, queue: asyncio.Queue[bytes]) -> None:
+        try:
+            async with websockets.connect(url, max_size=RELAY_MAX_FRAME, compression=None, open_timeout=10,
+                                          close_timeout=2) as ws:
+                log.info("relay: WebSocket %s open", url)
+
+                async def sender() -> None:
+                    while True:
+                        await ws.send(await queue.get())
+
+                send_task = asyncio.create_task(sender())
+                try:
+                    async for msg in ws:
+                        if isinstance(msg, bytes) and self.relay is client:
+                            self._relay_rx(msg, self._clock())
+                            self._after(self._clock())
+                finally:
+                    send_task.cancel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure: retry later
+            log.info("relay: WebSocket %s: %s", url, e or type(e).__name__)
+        if self.relay is client and not self._closed:
+            self.relay = None
+            self.relay_mode = None
+            self._relay_retry_at = self._clock() + RELAY_RETRY
+            self._relay_state_changed(self._clock())
+            self._after(self._clock())
+
+    def _relay_tx(self, frame: bytes, now: float) -> None:
+        if self.relay_mode == "udp" and self.relay_udp is not None:
+            self.plane.send_raw([(frame, self.relay_udp)])
+        elif self.relay_mode == "ws" and self._ws_queue is not None:
+            try:
+                self._ws_queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                self.stats["relay_ws_queue_full"] += 1
+                return
+        else:
+            return
+        self._relay_last_tx = now
+
+    def _relay_send(self, dst: bytes, payload: bytes) -> None:
+        client = self.relay
+        if client is None or not client.ready:
+            self.stats["relay_not_ready"] += 1
+            return
+        self._relay_tx(client.wrap(dst, payload), self._clock())
+
+    def _relay_out(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        """WireGuard packets the engine sent to a virtual endpoint."""
+        for data, ep in datagrams:
+            key = self._vep_key.get(ep)
+            if key is not None:
+                self._relay_send(bytes(key), data)
+
+    def _relay_rx(self, frame: bytes, now: float) -> None:
+        client = self.relay
+        if client is None:
+            return
+        was_ready = client.ready
+        self._relay_last_rx = now
+        for reply in client.receive(frame, now):
+            self._relay_tx(reply, now)
+        inbox, client.inbox = client.inbox, []
+        wg: list[tuple[bytes, Address]] = []
+        for src, payload in inbox:
+            try:
+                key = PublicKey(src)
+            except (TypeError, ValueError):
+                continue
+            if key not in self.engines:
+                self.stats["relay_from_stranger"] += 1
+                continue
+            if payload[:len(DISCO_MAGIC)] == DISCO_MAGIC:
+                self._on_disco(payload, self._vep_of(key), now, via_relay=True)
+            else:
+                wg.append((payload, self._vep_of(key)))
+        if wg:
+            self.plane.inject(wg, now)
+        for code, key in client.errors:
+            self.stats[f"relay_error_{code}"] += 1
+        client.errors.clear()
+        if client.ready != was_ready:
+            log.info("relay: %s via %s", "accepted us" if client.ready else "lost us", self.relay_mode)
+            self._relay_state_changed(now)
+
+    def _relay_state_changed(self, now: float) -> None:
+        ready = self.relay is not None and self.relay.ready
+        for key, eng in self.engines.items():
+            if eng.relay != ready:
+                self._emit(key, eng.set_remote_candidates(self._cands.get(key, []), now, relay=ready))
+
+    def _relay_timer(self, now: float) -> None:
+        client = self.relay
+        if client is None:
+            if self._relay_retry_at is not None and now >= self._relay_retry_at:
+                self._relay_connect(now)
+            return
+        if not client.ready:
+            if self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
+                if self.relay_ws_url is not None:
+                    log.info("relay: no answer over UDP from %s in %.0f s, trying WebSocket", _addr_text(self.relay_udp), RELAY_UDP_WAIT)  # type: ignore[arg-type]
+                    self._start_ws(now)
+                else:
+                    self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
+            return
+        if now - self._relay_last_rx >= RELAY_SILENCE:
+            log.info("relay: silent for %.0f s, reconnecting", RELAY_SILENCE)
+            self._relay_connect(now)
+            self._relay_state_changed(now)
+            return
+        if now - self._relay_last_tx >= RELAY_KEEPALIVE_INTERVAL:
+            self._relay_tx(client.keepalive(), now)
+
+    def _relay_deadline(self) -> float | None:
+        client = self.relay
+        if client is None:
+            return self._relay_retry_at
+        if not client.ready:
+            return self._relay_started + RELAY_UDP_WAIT if self.relay_mode == "udp" else None
+        return min(self._relay_last_rx + RELAY_SILENCE, self._relay_last_tx + RELAY_KEEPALIVE_INTERVAL)
+
+    # ------------------------------------------------------------------ timers
+
+    def _after(self, now: float) -> None:
+        """After any input: probe output, path changes, candidate changes, the next timer."""
+        if self._closed:
+            return
+        probe = self.probe
+        if probe is not None:
+            out = probe.take_outbox()
+            if out:
+                self.plane.send_raw(out)
+            if probe.changed:
+                probe.changed = False
+                refl, hard = probe.result
+                log.info("reflexive address %s, NAT mapping %s", _addr_text(refl) if refl else "unknown",
+                         "varies by destination (hard)" if hard else "endpoint-independent")
+                self._candidates_changed(now)
+        self._apply_paths(now)
+        self._arm()
+
+    def _arm(self) -> None:
+        ds = [d for d in (eng.next_deadline() for eng in self.engines.values()) if d is not None]
+        if self.probe is not None:
+            d = self.probe.next_deadline()
+            if d is not None:
+                ds.append(d)
+        d = self._relay_deadline()
+        if d is not None:
+            ds.append(d)
+        deadline = min(ds) if ds else None
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(max(deadline, self._loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._clock()
+        try:
+            if self.probe is not None:
+                d = self.probe.next_deadline()
+                if d is not None and now >= d:
+                    self.probe.handle_timer(now)
+            for key, eng in list(self.engines.items()):
+                d = eng.next_deadline()
+                if d is not None and now >= d:
+                    self._emit(key, eng.handle_timer(now))
+            self._relay_timer(now)
+        except Exception:  # noqa: BLE001 - keep the loop alive; the bug is logged
+            log.exception("traversal timer failed")
+        self._after(now)
+
+
+def relay_ws_url(control_url: str) -> str:
+    """ws://h:p/control -> ws://h:p/relay (the server's relay WebSocket)."""
+    base = control_url.rsplit("/", 1)[0]
+    return base + RELAY_WS_PATH
+

@@ -152,3 +152,43 @@ def test_two_labs_in_one_process_do_not_collide() -> None:
             assert _ping(lab.host("b"), lab.server.addr).returncode == 0
         one.link_down("b")
         assert _ping(two.host("b"), two.server.addr).returncode == 0
+
+
+def test_set_nat_switches_a_router_in_place_and_keeps_open_flows() -> None:
+    from shoal.lab.selftest import Responder, measure_host
+
+    with Lab(Topology(clients=[HostSpec("b", nat="udp-blocked"), HostSpec("d", nat="double-nat")])) as lab, \
+            Responder(lab.server):
+        b = lab.host("b")
+        assert measure_host(lab, "b")[0]["udp"] == "blocked"
+        # a TCP connection to 443 opened while UDP is blocked survives the switch
+        srv = lab.server.popen(["python3", "-c", "import socket,sys\ns=socket.create_server(('192.0.2.2',443))\n"
+                                "print('ready',flush=True)\nc,_=s.accept()\nc.sendall(c.recv(100))"],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+            cli = b.popen(["python3", "-c", "import socket,sys\nc=socket.create_connection(('192.0.2.2',443),timeout=5)\n"
+                                            "print('connected',flush=True)\nsys.stdin.readline()\nc.sendall(b'still')\n"
+                                            "print(c.recv(100).decode(),flush=True)"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert cli.stdout is not None and cli.stdin is not None
+            assert cli.stdout.readline().strip() == "connected"
+            lab.set_nat("b", "port-restricted")
+            assert b.nat == "port-restricted"
+            assert measure_host(lab, "b")[0] == {"udp": "ok", "mapping": "EIM", "filtering": "APDF"}
+            cli.stdin.write("go\n")
+            cli.stdin.flush()
+            assert cli.stdout.readline().strip() == "still"
+            cli.wait(5)
+        finally:
+            srv.kill()
+            srv.wait(5)
+        lab.set_nat("b", "full-cone")
+        assert measure_host(lab, "b")[0] == {"udp": "ok", "mapping": "EIM", "filtering": "EIF"}
+        lab.set_nat("b", "udp-blocked")
+        assert measure_host(lab, "b")[0]["udp"] == "blocked"
+        for bad_host, bad_nat in (("b", "double-nat"), ("b", "public"), ("d", "full-cone")):
+            with pytest.raises(ValueError):
+                lab.set_nat(bad_host, bad_nat)
+        with pytest.raises(KeyError):
+            lab.set_nat("nobody", "full-cone")

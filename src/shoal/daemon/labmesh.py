@@ -174,10 +174,11 @@ class NodeProc:
 class Mesh:
     """Server + nodes in one lab; `close()` stops everything and removes the files."""
 
-    def __init__(self, lab: Any) -> None:
+    def __init__(self, lab: Any, server_port: int = SERVER_PORT) -> None:
+        """`server_port`: the server's HTTP port (443 when a udp-blocked host must reach it)."""
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix=f"shoal-mesh-{os.getpid()}-"))
-        self.server = ServerProc(lab.server, self.dir / "server", lab.server.addrs[0])
+        self.server = ServerProc(lab.server, self.dir / "server", lab.server.addrs[0], server_port)
         self.nodes: dict[str, NodeProc] = {}
 
     def add_node(self, host_name: str, nickname: str | None = None) -> NodeProc:

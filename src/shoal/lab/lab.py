@@ -2,7 +2,8 @@
 
 Owns the life cycle of one run's namespaces (naming and sweeping rules live in
 `shoal.lab.runs`), the Host handles given to users, and the faults applied to a host's link to
-the internet (loss, link down/up, roaming, delay; see docs/lab.md).
+the internet (loss, link down/up, roaming, delay; see docs/lab.md), and switching a router's NAT
+type in place (`set_nat`).
 
 Layout of one run (netns names are `<run id>-<role>`):
 
@@ -39,6 +40,8 @@ from typing import Any, Sequence
 from . import nat as natrules
 from . import runs
 from .topology import INTERNET_PREFIXES, ROAM_BASE, Plan, Topology
+
+SWITCHABLE_NATS: tuple[str, ...] = ("full-cone", "port-restricted", "symmetric", "udp-blocked")
 
 _live: set[Lab] = set()
 _live_lock = threading.Lock()
@@ -385,6 +388,32 @@ class Lab:
                 subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-F"],
                                capture_output=True, check=False)
             return new_addr
+
+    def set_nat(self, name: str, nat: str) -> None:
+        """Switch the NAT router in front of `name` to another type in place, like a changed
+        firewall or CPE setting: its ruleset is replaced atomically and conntrack is kept, so
+        open flows (a TCP connection, existing UDP mappings) survive; new flows get the new
+        behaviour. For a single-level router (not double-nat); `nat` one of full-cone,
+        port-restricted, symmetric, udp-blocked. Affects every client behind that router."""
+        if nat not in SWITCHABLE_NATS:
+            raise ValueError(f"set_nat: {nat!r} is not one of {', '.join(SWITCHABLE_NATS)}")
+        with self._lock:
+            self._check_open()
+            h = self.plan.hosts.get(name)
+            if h is None:
+                raise KeyError(f"no host {name!r} in this lab")
+            if h.router is None:
+                raise ValueError(f"set_nat: {name!r} is public (no NAT router to switch)")
+            r = self.plan.routers[h.router]
+            if r.carrier_role:
+                raise ValueError(f"set_nat: {name!r} sits behind a double NAT (not switchable)")
+            if r.hairpin and nat not in ("port-restricted", "full-cone", "symmetric"):
+                raise ValueError(f"set_nat: hairpin is not supported with NAT type {nat!r}")
+            r.nat = nat
+            self._nft(self.ns[r.role], natrules.router_ruleset(r))
+            for c in r.clients:
+                self.plan.hosts[c].nat = nat
+                self.hosts[c].nat = nat
 
     def set_delay(self, name: str, ms: float) -> None:
         """Delay every frame on `name`'s internet link by `ms` milliseconds in each direction

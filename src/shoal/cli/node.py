@@ -291,9 +291,16 @@ def render_list(status: dict[str, Any], console: Console) -> None:
             name = m["nickname"] + (" (you)" if m["self"] else "")
             addr = tun["ipv4"] if tun else (status["node"]["ipv4"] if m["self"] else "")
             t.add_row(name, m["node_id"], addr, m["role"], state,
-                      tun["path"] if tun else "", (tun["endpoint"] or "-") if tun else "",
+                      _path(tun) if tun else "", (tun["endpoint"] or "-") if tun else "",
                       _rtt(tun["rtt_ms"]) if tun else "")
         console.print(t)
+
+
+def _path(row: dict[str, Any]) -> str:
+    """direct / direct (LAN) / relay / - (no path yet)."""
+    if not row.get("path"):
+        return "-"
+    return row["path"] + (" (LAN)" if row.get("lan") else "")
 
 
 def render_status(status: dict[str, Any], console: Console) -> None:
@@ -311,6 +318,14 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         console.print(f"node       {node['nickname']} ({node['node_id']}) {node['ipv4']} {node['ipv6']}")
     iface = status["interface"]
     console.print(f"interface  {iface['name']}, UDP port {iface['listen_port']}, endpoints {', '.join(iface['endpoints']) or '-'}")
+    tr = status.get("traversal")
+    if tr:
+        nat = "unknown" if tr["reflexive"] is None else (
+            "maps per destination (hard)" if tr["nat_hard"] else "endpoint-independent mapping")
+        relay = tr["relay"]
+        via = relay["udp"] if relay["mode"] == "udp" else relay["ws"] if relay["mode"] == "ws" else "-"
+        console.print(f"traversal  reflexive {tr['reflexive'] or '-'} ({nat}), port mapping {tr['mapped'] or 'none'}, "
+                      f"relay {'ready' if relay['ready'] else 'not connected'} via {relay['mode'] or '-'} {via}")
     peers = status["peers"]
     if not peers:
         console.print("no peers online")
@@ -321,7 +336,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     for p in peers:
         hs = "-" if p["last_handshake_s_ago"] is None else f"{p['last_handshake_s_ago']:.0f} s ago"
         seen = "-" if p.get("last_seen_s_ago") is None else f"{p['last_seen_s_ago']:.0f} s ago"
-        t.add_row(p["nickname"], p["node_id"], p["ipv4"], p.get("liveness") or "-", seen, p["path"], p["endpoint"] or "-",
+        t.add_row(p["nickname"], p["node_id"], p["ipv4"], p.get("liveness") or "-", seen, _path(p), p["endpoint"] or "-",
                   _rtt(p["rtt_ms"]), hs, ", ".join(p["networks"]))
     console.print(t)
 

@@ -1,0 +1,133 @@
+"""Traversal glue: candidate translation, and two daemons' traversal over an in-memory
+network (direct path found, WireGuard endpoint set; relay through a real RelayEngine when the
+direct path is cut; garbage on the data socket counted, never raised)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shoal.control import messages as M
+from shoal.daemon.traversal import Traversal, candidates_of
+from shoal.nat.disco import CandidateKind
+from shoal.relay.engine import RelayEngine, UdpBinding
+from shoal.wireguard.keys import PrivateKey, PublicKey
+
+
+def peer(key: PublicKey, endpoints: list[str], cands: list[M.Candidate] = (), hard: bool = False) -> M.PeerInfo:
+    return M.PeerInfo(node_id="n" + key.to_base64()[:4].lower().replace("+", "a").replace("/", "b"), nickname="x",
+                      public_key=bytes(key), ipv4="100.64.0.2", ipv6="fd00::2", endpoints=endpoints,
+                      candidates=list(cands), nat_hard=hard)
+
+
+def test_candidates_of_kinds_and_dedup() -> None:
+    k = PrivateKey.generate().public_key()
+    p = peer(k, ["192.168.1.5:4000", "203.0.113.7:4000", "bogus", "10.0.0.1:0"],
+             [M.Candidate("mapped", "198.51.100.3:5000"), M.Candidate("reflexive", "203.0.113.7:4000"),
+              M.Candidate("local", "[fd12::5]:4000")])
+    got = candidates_of(p)
+    assert got == [
+        (CandidateKind.MAPPED, ("198.51.100.3", 5000)),
+        (CandidateKind.REFLEXIVE, ("203.0.113.7", 4000)),  # documentation range = the internet
+        (CandidateKind.LOCAL, ("fd12::5", 4000)),
+        (CandidateKind.LOCAL, ("192.168.1.5", 4000)),
+    ]
+
+
+class FakeDevice:
+    def __init__(self) -> None:
+        self.endpoints: dict[PublicKey, tuple[str, int]] = {}
+
+
+class FakePlane:
+    """The part of WgInterface traversal uses; datagrams go through `net`."""
+
+    def __init__(self, addr: tuple[str, int], net: "Net") -> None:
+        self.addr, self.net = addr, net
+        self.side_channel = None
+        self.relay_out = None
+        self.virtual_endpoints: set[tuple[str, int]] = set()
+        self.endpoints: dict[PublicKey, tuple[str, int]] = {}
+        self.injected: list[tuple[bytes, tuple[str, int]]] = []
+        net.planes[addr] = self
+
+    def send_raw(self, datagrams):  # noqa: ANN001
+        for data, dst in datagrams:
+            self.net.deliver(data, self.addr, dst)
+
+    def set_endpoint(self, key, ep, now):  # noqa: ANN001
+        self.endpoints[key] = ep
+
+    def inject(self, datagrams, now):  # noqa: ANN001
+        self.injected += datagrams
+
+
+class Net:
+    def __init__(self) -> None:
+        self.planes: dict[tuple[str, int], FakePlane] = {}
+        self.cut: set[frozenset[tuple[str, int]]] = set()
+        self.relay: RelayEngine | None = None
+        self.relay_addr = ("192.0.2.1", 3480)
+
+    def deliver(self, data: bytes, src, dst) -> None:  # noqa: ANN001
+        if frozenset((src, dst)) in self.cut:
+            return
+        loop = asyncio.get_running_loop()
+        if dst == self.relay_addr and self.relay is not None:
+            self.relay.receive(data, UdpBinding(*src), loop.time())
+            for frame, b in self.relay.take_outbox():
+                loop.call_soon(self.deliver, frame, self.relay_addr, (b.ip, b.port))
+            return
+        plane = self.planes.get(dst)
+        if plane is not None and plane.side_channel is not None:
+            loop.call_soon(plane.side_channel, [(data, src)], loop.time())
+
+
+async def wait_for(pred, timeout: float = 5.0) -> None:  # noqa: ANN001
+    end = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.sim
+async def test_two_nodes_find_the_direct_path_and_fall_back_to_the_relay() -> None:
+    net = Net()
+    ka, kb, ks = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    a_addr, b_addr = ("203.0.113.1", 1000), ("203.0.113.2", 2000)
+    pa, pb = FakePlane(a_addr, net), FakePlane(b_addr, net)
+    net.relay = RelayEngine(ks, lambda s, d: True)
+    reported: list[tuple[list[M.Candidate], bool]] = []
+    ta = Traversal(ka, pa, on_candidates=lambda c, h: reported.append((c, h)))
+    tb = Traversal(kb, pb, on_candidates=lambda c, h: None)
+    try:
+        ta.start(["203.0.113.1:1000"])
+        tb.start(["203.0.113.2:2000"])
+        for t in (ta, tb):
+            t.set_server("192.0.2.1", ks.public_key(), stun_port=0, relay_port=3480)
+        await wait_for(lambda: ta.relay is not None and ta.relay.ready and tb.relay is not None and tb.relay.ready)
+        ta.set_peers([peer(kb.public_key(), ["203.0.113.2:2000"])])
+        tb.set_peers([peer(ka.public_key(), ["203.0.113.1:1000"])])
+        await wait_for(lambda: pa.endpoints.get(kb.public_key()) == b_addr and pb.endpoints.get(ka.public_key()) == a_addr)
+        row = ta.path_of(kb.public_key())
+        assert row is not None and row["path"] == "direct" and row["endpoint"] == "203.0.113.2:2000"
+        # cut the direct path: both sides fall back to the relay (virtual endpoints)
+        net.cut.add(frozenset((a_addr, b_addr)))
+        await wait_for(lambda: ta.path_of(kb.public_key())["path"] == "relay", timeout=6.0)
+        vep = pa.endpoints[kb.public_key()]
+        assert vep in pa.virtual_endpoints and vep[0].startswith("100::")
+        # WireGuard packets to the virtual endpoint cross the relay and are injected at b
+        await wait_for(lambda: tb.relay is not None and tb.relay.ready)
+        pa.relay_out([(b"\x04\x00\x00\x00wireguard ciphertext", vep)])
+        await wait_for(lambda: any(d.startswith(b"\x04\x00\x00\x00wireguard") for d, _ in pb.injected))
+        # garbage on the data socket is counted and dropped
+        pa.side_channel([(b"\x99garbage", ("198.51.100.66", 9)), (b"SHL\xf0\x9f\x90" + bytes(100), ("198.51.100.66", 9))], 0.0)
+        assert ta.stats["unknown"] == 1 and ta.codec.stats["unknown-peer"] + ta.codec.stats["forged"] >= 1
+        cands, hard = ta.report()
+        assert [c.addr for c in cands] == ["203.0.113.1:1000"] and not hard
+        ta.set_mapped(("198.51.100.7", 7000))  # a port mapping appears: reported at once
+        assert reported[-1][0][-1] == M.Candidate("mapped", "198.51.100.7:7000")
+    finally:
+        await ta.close()
+        await tb.close()

@@ -48,6 +48,7 @@ pytestmark = [
 HTTP_PORT = 443          # a udp-blocked host reaches only TCP 80/443 (docs/lab.md)
 UPGRADE_LIMIT = 10.0     # issue #5: relayed -> direct once a direct path opens
 ROAM_LIMIT = 3.0         # issue #5: traffic resumes after an address change
+ROAM_WATCH = 30.0        # how long a roaming test keeps watching (to measure a slow recovery)
 MATRIX_BUDGET = 240.0    # target < 180 s for the whole matrix on 2 shared cores; bound generously
 
 # Expected path per unordered pair of lab NAT types, justified in docs/nat.md ("Connectivity
@@ -101,7 +102,7 @@ def _params() -> list:  # noqa: ANN401
 
 
 @pytest.fixture(scope="module")
-def matrix() -> Iterator[MatrixRun]:
+def matrix_mesh() -> Iterator[tuple[MatrixRun, Mesh]]:
     t0 = time.monotonic()
     with Lab(PLAN.topology) as lab:
         mesh = Mesh(lab, server_port=HTTP_PORT)
@@ -118,9 +119,14 @@ def matrix() -> Iterator[MatrixRun]:
             print(format_table(run, expected))
             if not all(r.both_ways and r.path_settled_s is not None for r in run.results):
                 print(mesh.logs())
-            yield run
+            yield run, mesh
         finally:
             mesh.close()
+
+
+@pytest.fixture(scope="module")
+def matrix(matrix_mesh: tuple[MatrixRun, Mesh]) -> MatrixRun:
+    return matrix_mesh[0]
 
 
 def _result(run: MatrixRun, pair: Pair):  # noqa: ANN202
@@ -153,6 +159,25 @@ def test_matrix_pair_path_matches_expected_table(matrix: MatrixRun, pair: Pair) 
 
 
 @pytest.mark.timeout(400)
+def test_shoal_list_shows_each_peers_path_and_endpoint(matrix_mesh: tuple[MatrixRun, Mesh]) -> None:
+    """`shoal list` as a user runs it, on the node peering with one host of every type (and
+    hp1's, for a LAN peer): each peer's line says direct/relay as its status does, and its endpoint."""
+    run, mesh = matrix_mesh
+    for viewer in ("pub1", "sym1", "hp1"):
+        out = mesh.nodes[viewer].cli("list").stdout
+        print(out)
+        peers = [(r.pair.b, r.tunnel_a) if r.pair.a == viewer else (r.pair.a, r.tunnel_b)
+                 for r in run.results if viewer in (r.pair.a, r.pair.b)]
+        assert peers
+        for peer, t in peers:
+            line = next((ln for ln in out.splitlines() if re.search(rf"\b{peer}\b", ln)), None)
+            assert line is not None, f"{peer} missing from {viewer}'s list"
+            assert t is not None and t["path"] in line, (t, line)
+            if t["path"] == D:
+                assert t["endpoint"] in line and ("(LAN)" in line) == bool(t.get("lan")), (t, line)
+
+
+@pytest.mark.timeout(400)
 def test_matrix_runs_within_budget(matrix: MatrixRun) -> None:
     total = matrix.setup_s + matrix.connect_s + matrix.settle_s
     print(f"matrix: {total:.1f} s in all")
@@ -179,6 +204,10 @@ def pair_mesh(specs: list[HostSpec], network: str = "n") -> Iterator[tuple[Lab, 
             raise
         finally:
             mesh.close()
+
+
+def _brief(t: dict | None) -> str:
+    return "no peer" if t is None else f"{t.get('path')} via {t.get('endpoint')}"
 
 
 def wait_paths(mesh: Mesh, a: str, b: str, want: str, timeout: float) -> float | None:
@@ -211,23 +240,29 @@ def both_ping(mesh: Mesh, a: str, b: str, timeout: float = 20) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_relayed_pair_upgrades_to_direct_within_10s_once_udp_opens() -> None:
-    with pair_mesh([HostSpec("pub", nat="public"), HostSpec("blk", nat="udp-blocked")]) as (lab, mesh):
-        both_ping(mesh, "pub", "blk")
-        assert wait_paths(mesh, "pub", "blk", "relay", 15) is not None, (
-            tunnel(mesh.nodes["pub"].status(), "blk"), tunnel(mesh.nodes["blk"].status(), "pub"))
+@pytest.mark.parametrize(("easy", "hard", "switch"), [
+    ("public", "udp-blocked", "port-restricted"),     # the firewall starts letting UDP out
+    ("symmetric", "port-restricted", "full-cone"),    # the port-restricted NAT relaxes its filter
+])
+def test_relayed_pair_upgrades_to_direct_within_10s_once_a_direct_path_opens(easy: str, hard: str, switch: str) -> None:
+    """A pair that must be relayed (docs/nat.md) becomes direct within 10 s once `hard`'s NAT
+    is switched to `switch` (lab.set_nat), with traffic both ways afterwards."""
+    with pair_mesh([HostSpec("a", nat=easy), HostSpec("b", nat=hard)]) as (lab, mesh):
+        both_ping(mesh, "a", "b")
+        assert wait_paths(mesh, "a", "b", "relay", 15) is not None, (
+            _brief(tunnel(mesh.nodes["a"].status(), "b")), _brief(tunnel(mesh.nodes["b"].status(), "a")))
         t0 = time.monotonic()
-        lab.set_nat("blk", "port-restricted")     # the firewall now lets UDP out
-        t = wait_paths(mesh, "pub", "blk", "direct", UPGRADE_LIMIT + 10)
+        lab.set_nat("b", switch)
+        t = wait_paths(mesh, "a", "b", "direct", UPGRADE_LIMIT + 10)
         took = None if t is None else t - t0
-        print(f"relay -> direct {took if took is None else round(took, 2)} s after UDP opened "
-              f"(limit {UPGRADE_LIMIT:.0f} s)")
-        assert took is not None, ("still not direct after 20 s", tunnel(mesh.nodes["pub"].status(), "blk"),
-                                  tunnel(mesh.nodes["blk"].status(), "pub"))
+        print(f"{easy} x {hard}: relay -> direct {'never' if took is None else f'{took:.2f} s'} after "
+              f"{hard} became {switch} (limit {UPGRADE_LIMIT:.0f} s)")
+        assert took is not None, ("still not direct after 20 s", _brief(tunnel(mesh.nodes["a"].status(), "b")),
+                                  _brief(tunnel(mesh.nodes["b"].status(), "a")))
         assert took < UPGRADE_LIMIT
-        ep = tunnel(mesh.nodes["pub"].status(), "blk")["endpoint"]
-        assert ep and ep.startswith(lab.host("blk").wan_addr + ":"), ep
-        both_ping(mesh, "pub", "blk", timeout=5)
+        ep = tunnel(mesh.nodes["a"].status(), "b")["endpoint"]
+        assert ep and ep.startswith(lab.host("b").wan_addr + ":"), ep
+        both_ping(mesh, "a", "b", timeout=5)
 
 
 def _pcap_count(pcap: Path, bpf: str) -> int:
@@ -279,45 +314,64 @@ def test_relay_handles_only_ciphertext() -> None:
         assert marker not in data and marker[:16] not in data
 
 
-def _brief(t: dict | None) -> str:
-    return "no peer" if t is None else f"{t.get('path')} via {t.get('endpoint')}"
-
-
 def _replies_after(pinger: FirstReply, t_wall: float) -> float | None:
     return next((t for t in pinger.replies() if t > t_wall), None)
 
 
+ROAM_CASES = [
+    # (a's NAT, b's NAT, who roams, who pings, path before)
+    pytest.param("public", "port-restricted", "b", "both", D, id="direct-natted-roams-both"),
+    pytest.param("public", "port-restricted", "b", "peer-only", D, id="direct-natted-roams-peer-pings"),
+    pytest.param("public", "port-restricted", "a", "both", D, id="direct-public-roams-both"),
+    pytest.param("public", "port-restricted", "a", "peer-only", D, id="direct-public-roams-peer-pings"),
+    pytest.param("public", "udp-blocked", "b", "both", R, id="relay-ws-side-roams-both", marks=pytest.mark.xfail(
+        strict=False, reason="observed 4.4-4.5 s (limit 3 s): after the NAT's address change (conntrack flushed) the "
+        "udp-blocked node's relay WebSocket is dead but not noticed until later; traffic resumes over a new WebSocket")),
+    pytest.param("public", "udp-blocked", "b", "peer-only", R, id="relay-ws-side-roams-peer-pings", marks=pytest.mark.xfail(
+        strict=False, reason="observed 4.4 s (limit 3 s): same as relay-ws-side-roams-both; the roamer sends nothing itself")),
+    pytest.param("port-restricted", "symmetric", "b", "both", R, id="relay-udp-side-roams-both"),
+    pytest.param("port-restricted", "symmetric", "b", "peer-only", R, id="relay-udp-side-roams-peer-pings", marks=pytest.mark.xfail(
+        strict=False, reason="observed 15 s (limit 3 s): the roamer's UDP relay binding keeps the old address while "
+        "it sends nothing (relay keepalive 25 s); it recovers only when its relay client gives up on UDP and "
+        "reconnects (then over WebSocket)")),
+]
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("traffic", ["both", "peer-only"])
-@pytest.mark.parametrize("roamer", ["prc", "pub"])
-def test_roaming_traffic_resumes_within_3s(roamer: str, traffic: str) -> None:
-    """A direct pair (public x port-restricted); `roamer`'s internet address changes (for prc:
-    its NAT's WAN address, conntrack flushed, as on a CPE reconnect). Pings every 50 ms from
-    both sides ("both"), or only from the peer that stays put ("peer-only": the roamer sends
-    nothing of its own, so its daemon must make the new address known); the first reply after
-    the change must come within 3 s, in each pinging direction."""
-    with pair_mesh([HostSpec("pub", nat="public"), HostSpec("prc", nat="port-restricted")]) as (lab, mesh):
-        both_ping(mesh, "pub", "prc")
-        wait_paths(mesh, "pub", "prc", "direct", 15)
-        other = "pub" if roamer == "prc" else "prc"
-        senders = ["pub", "prc"] if traffic == "both" else [other]
-        peer_of = {"pub": "prc", "prc": "pub"}
+@pytest.mark.parametrize(("nat_a", "nat_b", "roamer", "traffic", "path"), ROAM_CASES)
+def test_roaming_traffic_resumes_within_3s(nat_a: str, nat_b: str, roamer: str, traffic: str, path: str) -> None:
+    """`roamer`'s internet address changes (lab.roam: a public host's own address, or its NAT's
+    WAN address with conntrack flushed, as on a CPE reconnect), on a direct or a relayed pair.
+    Pings every 50 ms from both sides ("both"), or only from the peer that stays put
+    ("peer-only": the roamer sends nothing of its own, so its daemon must notice and make the
+    new address known, or reconnect to the relay). The first reply after the change must
+    come within 3 s of it, in each pinging direction."""
+    with pair_mesh([HostSpec("a", nat=nat_a), HostSpec("b", nat=nat_b)]) as (lab, mesh):
+        both_ping(mesh, "a", "b")
+        assert wait_paths(mesh, "a", "b", path, 15) is not None, (
+            _brief(tunnel(mesh.nodes["a"].status(), "b")), _brief(tunnel(mesh.nodes["b"].status(), "a")))
+        other = "a" if roamer == "b" else "b"
+        senders = ["a", "b"] if traffic == "both" else [other]
+        peer_of = {"a": "b", "b": "a"}
         pingers = {name: FirstReply(mesh.nodes[name], mesh.nodes[peer_of[name]].ipv4, mesh.dir / f"roam-{name}",
-                                    deadline_s=30, interval=0.05) for name in senders}
+                                    deadline_s=ROAM_WATCH + 5, interval=0.05) for name in senders}
         try:
             time.sleep(1.0)
             assert all(p.first() is not None for p in pingers.values()), "no traffic before the roam"
             t0 = time.time()
             new = lab.roam(roamer)
             t1 = time.time()   # replies after this answer pings sent after the change
-            time.sleep(ROAM_LIMIT + 2)
+            # watch beyond the limit (up to ROAM_WATCH) so a slow recovery is measured, not just failed
+            while time.time() - t0 < ROAM_WATCH and not all(_replies_after(p, t1) for p in pingers.values()):
+                time.sleep(0.1)
         finally:
             for p in pingers.values():
                 p.stop()
         back = {name: _replies_after(p, t1) for name, p in pingers.items()}
         took = {name: None if t is None else round(t - t0, 2) for name, t in back.items()}
-        pub, prc = mesh.nodes["pub"], mesh.nodes["prc"]
-        print(f"{roamer} roamed to {new}, pings from {'+'.join(senders)}: first reply after the change (s): {took}; "
-              f"now pub->prc {_brief(tunnel(pub.status(), 'prc'))}, prc->pub {_brief(tunnel(prc.status(), 'pub'))}")
+        na, nb = mesh.nodes["a"], mesh.nodes["b"]
+        print(f"{nat_a} x {nat_b} ({path}): {roamer} ({nat_a if roamer == 'a' else nat_b}) roamed to {new}, "
+              f"pings from {'+'.join(senders)}: first reply after the change (s): {took}; "
+              f"now a->b {_brief(tunnel(na.status(), 'b'))}, b->a {_brief(tunnel(nb.status(), 'a'))}")
         for name, t in took.items():
             assert t is not None and t < ROAM_LIMIT, f"{name}'s pings: no reply within {ROAM_LIMIT} s after the roam ({took})"

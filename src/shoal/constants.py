@@ -280,4 +280,9 @@ HOST_ADDRESS_CHECK = 2.0  # seconds between looks at the host's own addresses (r
 RELAY_UDP_WAIT = 2.0  # seconds to wait for the UDP relay to accept us before trying its WebSocket
 RELAY_SILENCE = 60.0  # a relay connection with no frame from the relay this long is redone
 RELAY_RETRY = 5.0  # seconds between attempts to reach a relay that did not answer
+RELAY_ACTIVE_KEEPALIVE = 0.5  # keepalive period while a peer is reached through the relay...
+RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticate again on the
+#                           same transport (the relay does not answer a KEEPALIVE from an address
+#                           it does not know: our NAT mapping changed, we roamed)
+RELAY_PONG_TIMEOUT = 3.0  # a keepalive unanswered this long: the relay connection is redone
 VIRTUAL_ENDPOINT_PREFIX = "100::"  # RFC 6666 discard-only: relayed peers' endpoints inside the engine

@@ -41,8 +41,11 @@ import websockets
 from shoal.constants import (
     DISCO_MAGIC,
     HOST_ADDRESS_CHECK,
+    RELAY_ACTIVE_KEEPALIVE,
     RELAY_KEEPALIVE_INTERVAL,
     RELAY_MAGIC,
+    RELAY_PONG_TIMEOUT,
+    RELAY_REAUTH_AFTER,
     RELAY_MAX_FRAME,
     RELAY_RETRY,
     RELAY_SILENCE,
@@ -149,8 +152,12 @@ class Traversal:
         self.relay_mode: str | None = None  # "udp" | "ws" | None
         self._relay_started = 0.0
         self._relay_last_rx = 0.0
-        self._relay_last_tx = 0.0
+        self._relay_last_ka = 0.0  # last keepalive (sent whatever the traffic: it checks the path)
         self._relay_retry_at: float | None = None
+        self._relay_ping_at: float | None = None  # when the unanswered keepalive went out
+        self._udp_failed = False  # the UDP relay never answered here: go straight to WebSocket
+        self._reauth_sent = False  # re-authentication after an unanswered keepalive is under way
+        self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -246,6 +253,7 @@ class Traversal:
             "nat_hard": hard,
             "mapped": _addr_text(self.mapped) if self.mapped else None,
             "relay": {"mode": self.relay_mode, "ready": bool(self.relay and self.relay.ready),
+                      "rtt_ms": round(self.relay_rtt * 1000, 3) if self.relay_rtt is not None else None,
                       "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url},
             "stats": dict(self.stats) | {f"disco_{k}": v for k, v in self.codec.stats.items()},
             "peers": {key.fingerprint(): dict(eng.stats) for key, eng in self.engines.items()},
@@ -321,8 +329,8 @@ class Traversal:
                 now = self._clock()
                 if self.probe is not None:
                     self.probe.restart(now)
-                if self.relay_mode == "udp":
-                    self._relay_connect(now)  # our source address changed: authenticate again
+                if self.relay is not None:
+                    self._relay_connect(now, network_changed=True)  # new source address: bind again
                 self._candidates_changed(now)
 
     # ------------------------------------------------------------------ data socket
@@ -390,20 +398,24 @@ class Traversal:
 
     # ------------------------------------------------------------------ relay
 
-    def _relay_connect(self, now: float) -> None:
-        """(Re)start the relay connection: UDP first, WebSocket if UDP stays silent."""
+    def _relay_connect(self, now: float, *, network_changed: bool = False) -> None:
+        """(Re)start the relay connection: UDP first (unless it never answered on this
+        network), WebSocket if UDP stays silent."""
         self._stop_ws()
         self.relay = None
         self.relay_mode = None
         self._relay_retry_at = None
+        self._relay_ping_at = None
+        self._reauth_sent = False
+        if network_changed:
+            self._udp_failed = False
         if self.relay_key is None:
             return
-        if self.relay_udp is not None:
+        if self.relay_udp is not None and not (self._udp_failed and self.relay_ws_url is not None):
             self.relay = RelayClient(self.key, self.relay_key)
             self.relay_mode = "udp"
             self._relay_started = self._relay_last_rx = now
             self.plane.send_raw([(self.relay.start(now), self.relay_udp)])
-            self._relay_last_tx = now
         elif self.relay_ws_url is not None:
             self._start_ws(now)
 
@@ -449,11 +461,12 @@ class Traversal:
         if self.relay is client and not self._closed:
             self.relay = None
             self.relay_mode = None
-            self._relay_retry_at = self._clock() + RELAY_RETRY
+            # a connection that worked and dropped is redone at once; a failing one later
+            self._relay_retry_at = self._clock() + (0.0 if client.ready else RELAY_RETRY)
             self._relay_state_changed(self._clock())
             self._after(self._clock())
 
-    def _relay_tx(self, frame: bytes, now: float) -> None:
+    def _relay_tx(self, frame: bytes, now: float) -> None:  # noqa: ARG002 - now: symmetry with the other senders
         if self.relay_mode == "udp" and self.relay_udp is not None:
             self.plane.send_raw([(frame, self.relay_udp)])
         elif self.relay_mode == "ws" and self._ws_queue is not None:
@@ -461,10 +474,6 @@ class Traversal:
                 self._ws_queue.put_nowait(frame)
             except asyncio.QueueFull:
                 self.stats["relay_ws_queue_full"] += 1
-                return
-        else:
-            return
-        self._relay_last_tx = now
 
     def _relay_send(self, dst: bytes, payload: bytes) -> None:
         client = self.relay
@@ -485,6 +494,7 @@ class Traversal:
         if client is None:
             return
         was_ready = client.ready
+        pongs = client.stats["pong"]
         self._relay_last_rx = now
         for reply in client.receive(frame, now):
             self._relay_tx(reply, now)
@@ -507,6 +517,17 @@ class Traversal:
         for code, key in client.errors:
             self.stats[f"relay_error_{code}"] += 1
         client.errors.clear()
+        if client.stats["pong"] != pongs and self._relay_ping_at is not None:
+            self.relay_rtt, self._relay_ping_at = now - self._relay_ping_at, None
+            self._reauth_sent = False
+        if client.ready and not was_ready:
+            self.relay_rtt = (now - self._relay_started) / 2
+            self._relay_last_ka = now
+            self._relay_ping_at, self._reauth_sent = None, False
+            if self.relay_mode == "udp":
+                self._udp_failed = False
+        if was_ready and not client.ready:  # the relay forgot us (our address changed): re-authenticating
+            self._relay_started = now
         if client.ready != was_ready:
             log.info("relay: %s via %s", "accepted us" if client.ready else "lost us", self.relay_mode)
             self._relay_state_changed(now)
@@ -525,19 +546,37 @@ class Traversal:
             return
         if not client.ready:
             if self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
+                self._udp_failed = True
                 if self.relay_ws_url is not None:
                     log.info("relay: no answer over UDP from %s in %.0f s, trying WebSocket", _addr_text(self.relay_udp), RELAY_UDP_WAIT)  # type: ignore[arg-type]
                     self._start_ws(now)
                 else:
                     self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
             return
-        if now - self._relay_last_rx >= RELAY_SILENCE:
-            log.info("relay: silent for %.0f s, reconnecting", RELAY_SILENCE)
+        silent = now - self._relay_last_rx >= RELAY_SILENCE
+        unanswered = self._relay_ping_at is not None and now - self._relay_ping_at >= RELAY_PONG_TIMEOUT
+        if silent or unanswered:
+            log.info("relay: %s, reconnecting", f"silent for {RELAY_SILENCE:.0f} s" if silent else
+                     f"keepalive unanswered for {RELAY_PONG_TIMEOUT:.0f} s")
             self._relay_connect(now)
             self._relay_state_changed(now)
             return
-        if now - self._relay_last_tx >= RELAY_KEEPALIVE_INTERVAL:
+        if self._relay_ping_at is not None and now - self._relay_ping_at >= RELAY_REAUTH_AFTER and not self._reauth_sent:
+            log.info("relay: keepalive unanswered for %.1f s (our address changed?), authenticating again", RELAY_REAUTH_AFTER)
+            self._reauth_sent = True
+            self._relay_tx(client.start(now), now)
+            self._relay_started = now
+            self._relay_state_changed(now)
+            return
+        if now - self._relay_last_ka >= self._keepalive_interval():
             self._relay_tx(client.keepalive(), now)
+            self._relay_last_ka = now
+            if self._relay_ping_at is None:
+                self._relay_ping_at = now
+
+    def _keepalive_interval(self) -> float:
+        relayed = any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
+        return RELAY_ACTIVE_KEEPALIVE if relayed else RELAY_KEEPALIVE_INTERVAL
 
     def _relay_deadline(self) -> float | None:
         client = self.relay
@@ -545,7 +584,10 @@ class Traversal:
             return self._relay_retry_at
         if not client.ready:
             return self._relay_started + RELAY_UDP_WAIT if self.relay_mode == "udp" else None
-        return min(self._relay_last_rx + RELAY_SILENCE, self._relay_last_tx + RELAY_KEEPALIVE_INTERVAL)
+        ds = [self._relay_last_rx + RELAY_SILENCE, self._relay_last_ka + self._keepalive_interval()]
+        if self._relay_ping_at is not None:
+            ds.append(self._relay_ping_at + (RELAY_PONG_TIMEOUT if self._reauth_sent else RELAY_REAUTH_AFTER))
+        return min(ds)
 
     # ------------------------------------------------------------------ timers
 

@@ -270,8 +270,11 @@ PATH_LAN_MARGIN = 0.005  # a private-address path wins ties within this RTT marg
 PATH_MAX_LEARNED = 8  # peer-reflexive candidates learnt from pings, per peer
 # Hard NAT (peer's mapping varies by destination, ours does not): predict, then spray.
 PATH_PREDICT_WINDOW = 16  # ports just above each of the peer's observed reflexive ports
-PATH_SPRAY_BUDGET = 512  # probes per spray attempt (predicted + random ports)
-PATH_SPRAY_RATE = 200  # probes per second while spraying
+PATH_SPRAY_BUDGET = 1024  # probes per spray attempt (predicted + random ports)
+PATH_SPRAY_RATE = 400  # probes per second while spraying (about 50 kB/s for 2.6 s)
+PATH_SPRAY_START = 1.0  # the easy side starts spraying this long after the start moment...
+PATH_BIRTHDAY_START = 0.5  # ...the hard side opens its birthday mappings before that
+PATH_BIRTHDAY_SOCKETS = 256  # extra sockets on the hard side (ports its NAT opens toward the peer)
 PATH_SPRAY_BACKOFF = 60.0  # seconds between spray attempts while still relayed
 
 # --- The daemon's NAT traversal glue (shoal.daemon.traversal, shoal.nat.reflexive)
@@ -285,4 +288,5 @@ RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticat
 #                           same transport (the relay does not answer a KEEPALIVE from an address
 #                           it does not know: our NAT mapping changed, we roamed)
 RELAY_PONG_TIMEOUT = 3.0  # a keepalive unanswered this long: the relay connection is redone
+BIRTHDAY_HOLD = 10.0  # birthday sockets no chosen path uses close this long after their last send
 VIRTUAL_ENDPOINT_PREFIX = "100::"  # RFC 6666 discard-only: relayed peers' endpoints inside the engine

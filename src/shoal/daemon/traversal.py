@@ -11,7 +11,13 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
   - our candidate set (host addresses, reflexive, port-mapped), reported to the server
     (`on_candidates`) and to relayed peers (CallMeMaybe);
   - the *endpoint* of every peer inside the WireGuard engine: the chosen direct address, or
-    the peer's virtual endpoint (an address in 100::/64, see `shoal.wg.runner`) when relayed.
+    a virtual endpoint (an address in 100::/64, see `shoal.wg.runner`) when the path is the
+    relay or a birthday socket;
+  - birthday sockets (hard NAT on our side, `shoal.nat.paths`): up to PATH_BIRTHDAY_SOCKETS
+    extra UDP sockets, opened when an engine first sends from one and closed
+    BIRTHDAY_HOLD seconds after the last such send unless a chosen path runs over them. A
+    path over socket k gets its own virtual endpoint; the engine's packets to it leave from
+    socket k, and what arrives on k is handed to the engine as coming from it.
 
 Data socket demultiplexing (the runner hands over every non-WireGuard datagram): disco magic
 -> codec -> that peer's path engine; relay magic from the relay's address -> relay client;
@@ -32,6 +38,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +46,7 @@ from typing import Any
 import websockets
 
 from shoal.constants import (
+    BIRTHDAY_HOLD,
     DISCO_MAGIC,
     HOST_ADDRESS_CHECK,
     RELAY_ACTIVE_KEEPALIVE,
@@ -139,6 +147,13 @@ class Traversal:
         self._vep: dict[PublicKey, Address] = {}
         self._vep_key: dict[Address, PublicKey] = {}
         self._vep_next = 1
+        self._peer_hard: dict[PublicKey, bool] = {}
+        # birthday sockets: k -> socket; paths over them: virtual endpoint <-> (k, peer address)
+        self._bsocks: dict[int, socket.socket] = {}
+        self._bsock_until = 0.0  # unused birthday sockets close then
+        self._route: dict[Address, tuple[int, Address]] = {}
+        self._route_vep: dict[tuple[int, Address], Address] = {}
+        self._route_owner: dict[Address, PublicKey] = {}
         self.stats: Counter[str] = Counter()
         self.host: list[str] = []  # our host endpoints ("ip:port")
         self.mapped: Address | None = None  # a port mapping on our gateway, if any
@@ -200,15 +215,22 @@ class Traversal:
         for key in [k for k in self.engines if k not in wanted]:
             del self.engines[key]
             self._cands.pop(key, None)
+            self._peer_hard.pop(key, None)
             self.codec.remove_peer(bytes(key))
             vep = self._vep.pop(key, None)
             if vep is not None:
                 self._vep_key.pop(vep, None)
                 self.plane.virtual_endpoints.discard(vep)
+            for rvep, owner in list(self._route_owner.items()):
+                if owner == key:
+                    self._route_vep.pop(self._route.pop(rvep), None)
+                    del self._route_owner[rvep]
+                    self.plane.virtual_endpoints.discard(rvep)
         relay_ok = self.relay is not None and self.relay.ready
         for key, p in wanted.items():
             cands = candidates_of(p)
             eng = self.engines.get(key)
+            self._peer_hard[key] = p.nat_hard
             if eng is None:
                 self.codec.add_peer(bytes(key))
                 eng = self.engines[key] = PathEngine(self.codec, bytes(key), local_hard=self._hard(), peer_hard=p.nat_hard)
@@ -218,7 +240,7 @@ class Traversal:
                 self._emit(key, eng.set_local_candidates(self._local_candidates(), now))
                 self._emit(key, eng.handle_timer(now))
             else:
-                eng.peer_hard = p.nat_hard
+                eng.set_hardness(local_hard=self._hard(), peer_hard=p.nat_hard, now=now)
                 if cands != self._cands.get(key):
                     self._cands[key] = cands
                     self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok))
@@ -270,6 +292,8 @@ class Traversal:
                     await task
         self.plane.side_channel = None
         self.plane.relay_out = None
+        for k in list(self._bsocks):
+            self._close_bsock(k)
 
     # ------------------------------------------------------------------ candidates
 
@@ -302,7 +326,7 @@ class Traversal:
         local = self._local_candidates()
         hard = self._hard()
         for key, eng in self.engines.items():
-            eng.local_hard = hard
+            eng.set_hardness(local_hard=hard, peer_hard=self._peer_hard.get(key, False), now=now)
             self._emit(key, eng.set_local_candidates(local, now))
         cands, hard = self.report()
         if (tuple(cands), hard) != self._reported:
@@ -348,7 +372,7 @@ class Traversal:
                 self.stats["unknown"] += 1
         self._after(now)
 
-    def _on_disco(self, data: bytes, src: Address, now: float, *, via_relay: bool) -> None:
+    def _on_disco(self, data: bytes, src: Address, now: float, *, via_relay: bool, sock: int = 0) -> None:
         opened = self.codec.open(data, now)
         if opened is None:
             return  # counted by the codec (forged, replayed, unknown peer, malformed ...)
@@ -358,7 +382,7 @@ class Traversal:
         if eng is None:
             self.stats["disco_no_engine"] += 1
             return
-        self._emit(key, eng.handle_message(msg, src, now, via_relay=via_relay))
+        self._emit(key, eng.handle_message(msg, src, now, via_relay=via_relay, sock=sock))
 
     def _emit(self, key: PublicKey, out: list[Transmit]) -> None:
         direct = []
@@ -366,9 +390,82 @@ class Traversal:
             if t.via_relay:
                 self._relay_send(bytes(key), t.data)
             elif t.dst is not None:
-                direct.append((t.data, t.dst))
+                if t.sock:
+                    self._bsend(t.sock, t.data, t.dst)
+                else:
+                    direct.append((t.data, t.dst))
         if direct:
             self.plane.send_raw(direct)
+
+    # ------------------------------------------------------------------ birthday sockets
+
+    def _bsock(self, k: int) -> socket.socket | None:
+        s = self._bsocks.get(k)
+        if s is None:
+            try:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                s.bind(("0.0.0.0", 0))
+            except OSError as e:
+                self.stats["birthday_socket_error"] += 1
+                log.debug("birthday socket %d: %s", k, e)
+                return None
+            self._bsocks[k] = s
+            self._loop.add_reader(s.fileno(), self._on_bsock, k)
+        return s
+
+    def _close_bsock(self, k: int) -> None:
+        s = self._bsocks.pop(k, None)
+        if s is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(s.fileno())
+            s.close()
+
+    def _bsend(self, k: int, data: bytes, dst: Address) -> None:
+        if ":" in dst[0]:
+            return  # hard NATs are an IPv4 affair; birthday sockets are IPv4
+        s = self._bsock(k)
+        if s is None:
+            return
+        self._bsock_until = self._clock() + BIRTHDAY_HOLD
+        try:
+            s.sendto(data, dst)
+        except OSError:
+            self.stats["birthday_send_error"] += 1
+
+    def _on_bsock(self, k: int) -> None:
+        s = self._bsocks.get(k)
+        if s is None:
+            return
+        now = self._clock()
+        wg: list[tuple[bytes, Address]] = []
+        for _ in range(64):
+            try:
+                data, src = s.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.stats["birthday_recv_error"] += 1
+                break
+            src = (src[0], src[1])
+            if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
+                self._on_disco(data, src, now, via_relay=False, sock=k)
+            else:
+                vep = self._route_vep.get((k, src))
+                if vep is not None:
+                    wg.append((data, vep))
+                else:
+                    self.stats["birthday_unknown"] += 1
+        if wg:
+            self.plane.inject(wg, now)
+        self._after(now)
+
+    def _expire_bsocks(self, now: float) -> None:
+        if not self._bsocks or now < self._bsock_until:
+            return
+        used = {k for (k, _a) in self._route_vep}
+        for k in [k for k in self._bsocks if k not in used]:
+            self._close_bsock(k)
 
     def _vep_of(self, key: PublicKey) -> Address:
         vep = self._vep.get(key)
@@ -393,8 +490,29 @@ class Traversal:
                 log.info("path to %s: %s %s%s", key.short(), e.kind, what + (" (LAN)" if e.path and e.path.lan else ""), rtt)
             if path is None:
                 continue
-            ep = path.addr if path.kind is PathKind.DIRECT and path.addr is not None else self._vep_of(key)
+            if path.kind is PathKind.DIRECT and path.addr is not None:
+                ep = self._routed_vep(key, path.sock, path.addr) if path.sock else path.addr
+            else:
+                ep = self._vep_of(key)
             self.plane.set_endpoint(key, ep, now)
+
+    def _routed_vep(self, key: PublicKey, k: int, addr: Address) -> Address:
+        """The virtual endpoint of a path over birthday socket k (one per peer at a time)."""
+        vep = self._route_vep.get((k, addr))
+        if vep is None:
+            for old_vep, route in list(self._route.items()):  # the peer's previous one goes
+                if self._route_owner.get(old_vep) == key:
+                    del self._route[old_vep]
+                    self._route_vep.pop(route, None)
+                    self._route_owner.pop(old_vep, None)
+                    self.plane.virtual_endpoints.discard(old_vep)
+            vep = (f"{VIRTUAL_ENDPOINT_PREFIX}{self._vep_next:x}", 2)
+            self._vep_next += 1
+            self._route[vep] = (k, addr)
+            self._route_vep[(k, addr)] = vep
+            self._route_owner[vep] = key
+            self.plane.virtual_endpoints.add(vep)
+        return vep
 
     # ------------------------------------------------------------------ relay
 
@@ -485,6 +603,10 @@ class Traversal:
     def _relay_out(self, datagrams: list[tuple[bytes, Address]]) -> None:
         """WireGuard packets the engine sent to a virtual endpoint."""
         for data, ep in datagrams:
+            route = self._route.get(ep)
+            if route is not None:
+                self._bsend(route[0], data, route[1])
+                continue
             key = self._vep_key.get(ep)
             if key is not None:
                 self._relay_send(bytes(key), data)
@@ -618,6 +740,8 @@ class Traversal:
         d = self._relay_deadline()
         if d is not None:
             ds.append(d)
+        if self._bsocks and len(self._bsocks) > len({k for (k, _a) in self._route_vep}):
+            ds.append(self._bsock_until)
         deadline = min(ds) if ds else None
         if deadline == self._timer_at:
             return
@@ -642,6 +766,7 @@ class Traversal:
                 if d is not None and now >= d:
                     self._emit(key, eng.handle_timer(now))
             self._relay_timer(now)
+            self._expire_bsocks(now)
         except Exception:  # noqa: BLE001 - keep the loop alive; the bug is logged
             log.exception("traversal timer failed")
         self._after(now)

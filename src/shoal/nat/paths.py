@@ -29,15 +29,23 @@ Rules
     the new one is better by PATH_SWITCH_MARGIN (no flapping); the relay only when no direct
     path is alive. A pong counts only if its tx id is outstanding and it comes from the
     address pinged.
-  - Hard NAT (`peer_hard`: the peer's mapping varies by destination; `local_hard` false):
-    if a burst has found nothing direct after PATH_PROBE_INTERVAL x 2, the easy side sprays
-    pings at the peer's reflexive IP: first the PATH_PREDICT_WINDOW ports above each reflexive
-    port the peer reported (sequential allocators), then distinct random ports, at most
-    PATH_SPRAY_BUDGET probes at PATH_SPRAY_RATE per second, again every PATH_SPRAY_BACKOFF s
-    while still not direct. The hard side keeps pinging our reflexive address (ordinary
-    probing), holding its mapping toward us open; a spray ping that hits that mapping's port
-    passes its filter, and the pong comes back through ours. Both hard: no spray (two random
-    ports would have to coincide), the relay is used.
+  - Hard NAT, one side only (birthday probing). The hard side H (its NAT maps every
+    destination to a new random port) cannot be reached at its data socket's mapping toward
+    the easy side E: that port is random, and E's filter admits only address:ports E has sent
+    to. So both sides multiply their chances:
+      * H, at start + PATH_BIRTHDAY_START, sends one ping from each of PATH_BIRTHDAY_SOCKETS
+        extra sockets ("birthday sockets", `Transmit.sock` 1..N; the caller opens them) to E's
+        reflexive address: H's NAT now holds N random ports open toward E;
+      * E, at start + PATH_SPRAY_START, sprays pings at H's reflexive IP: first the
+        PATH_PREDICT_WINDOW ports above each reflexive port H reported (sequential
+        allocators), then distinct random ports, PATH_SPRAY_BUDGET probes at PATH_SPRAY_RATE/s.
+    A spray ping that hits one of H's N ports passes H's NAT (that socket sent to E's address)
+    and reaches birthday socket k: H answers from k and pings back from k (a learned
+    candidate on socket k), which passes E's filter (E sent to that port). With N = 256 and
+    1024 random probes a hit is ~98% likely (1 - (1 - N/64512)^1024). Both repeat every
+    PATH_SPRAY_BACKOFF s while not direct. The chosen path then names its socket
+    (`Path.sock`); the caller sends that peer's traffic from it. Both hard: no spray (two
+    random ports would have to coincide), the relay is used.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ import random
 from collections.abc import Iterable
 
 from shoal.constants import (
+    PATH_BIRTHDAY_SOCKETS,
+    PATH_BIRTHDAY_START,
     PATH_HEARTBEAT,
     PATH_LAN_MARGIN,
     PATH_MAX_LEARNED,
@@ -59,6 +69,7 @@ from shoal.constants import (
     PATH_SPRAY_BACKOFF,
     PATH_SPRAY_BUDGET,
     PATH_SPRAY_RATE,
+    PATH_SPRAY_START,
     PATH_SWITCH_MARGIN,
     PATH_TRUST,
 )
@@ -80,6 +91,7 @@ class Path:
     addr: Address | None  # the peer's endpoint (direct) or None (relay)
     rtt: float | None = None
     lan: bool = False
+    sock: int = 0  # 0: the data socket; k > 0: birthday socket k (hard NAT, see the rules)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,13 +107,18 @@ class Transmit:
     data: bytes
     dst: Address | None  # None with via_relay: the relay knows the peer by its node key
     via_relay: bool = False
+    sock: int = 0  # send from the data socket (0) or from birthday socket k (1..PATH_BIRTHDAY_SOCKETS)
+
+
+Key = tuple[Address, int]  # a candidate: the peer's address, and which of our sockets reaches it
 
 
 class _Cand:
-    __slots__ = ("addr", "kind", "source", "last_pong", "rtt", "missed", "last_ping")
+    __slots__ = ("addr", "sock", "kind", "source", "last_pong", "rtt", "missed", "last_ping")
 
-    def __init__(self, addr: Address, kind: CandidateKind, source: str) -> None:
+    def __init__(self, addr: Address, kind: CandidateKind, source: str, sock: int = 0) -> None:
         self.addr = addr
+        self.sock = sock
         self.kind = kind
         self.source = source
         self.last_pong: float | None = None
@@ -129,8 +146,9 @@ class PathEngine:
         self.local_hard = local_hard
         self.peer_hard = peer_hard
         self._rng = rng if rng is not None else random.Random()
-        self._cands: dict[Address, _Cand] = {}
-        self._pending: dict[bytes, tuple[Address, float]] = {}  # tx id -> (pinged, sent at)
+        self._cands: dict[Key, _Cand] = {}
+        self._pending: dict[bytes, tuple[Key, float]] = {}  # tx id -> (pinged, sent at)
+        self._birthday_at: float | None = None
         self.relay = False
         self.path: Path | None = None
         self.events: list[PathEvent] = []
@@ -149,14 +167,14 @@ class PathEngine:
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
-    def _add(self, addr: Address, kind: CandidateKind, source: str) -> _Cand | None:
+    def _add(self, addr: Address, kind: CandidateKind, source: str, sock: int = 0) -> _Cand | None:
         addr = (str(addr[0]), int(addr[1]))
-        c = self._cands.get(addr)
+        c = self._cands.get((addr, sock))
         if c is None:
             if source == LEARNED and sum(1 for x in self._cands.values() if x.source == LEARNED) >= PATH_MAX_LEARNED:
                 self._count("learned-limit")
                 return None
-            c = self._cands[addr] = _Cand(addr, kind, source)
+            c = self._cands[(addr, sock)] = _Cand(addr, kind, source, sock)
         elif kind == CandidateKind.LOCAL:
             c.kind = kind
         return c
@@ -169,10 +187,10 @@ class PathEngine:
         for kind, addr in candidates:
             c = self._add(addr, CandidateKind(kind), "control")
             if c is not None:
-                keep[c.addr] = c
-        for a, c in list(self._cands.items()):
-            if c.source == "control" and a not in keep and (self.path is None or self.path.addr != a):
-                del self._cands[a]
+                keep[(c.addr, c.sock)] = c
+        for k, c in list(self._cands.items()):
+            if c.source == "control" and k not in keep and (self.path is None or (self.path.addr, self.path.sock) != k):
+                del self._cands[k]
         self.relay = relay
         out: list[Transmit] = []
         if self._started_at is not None:
@@ -185,7 +203,24 @@ class PathEngine:
         self._started_at = at
         self._burst(at)
         if self.peer_hard and not self.local_hard:
-            self._spray_at = at + 2 * PATH_PROBE_INTERVAL
+            self._spray_at = at + PATH_SPRAY_START
+        if self.local_hard and not self.peer_hard:
+            self._birthday_at = at + PATH_BIRTHDAY_START
+
+    def set_hardness(self, *, local_hard: bool, peer_hard: bool, now: float) -> None:
+        """Our NAT's or the peer's NAT's mapping behaviour became known or changed: spray or
+        open birthday mappings soon if that now applies (see the rules)."""
+        if (local_hard, peer_hard) == (self.local_hard, self.peer_hard):
+            return
+        self.local_hard, self.peer_hard = local_hard, peer_hard
+        if self._started_at is None:
+            return
+        if peer_hard and not local_hard:
+            at = now + PATH_SPRAY_START
+            self._spray_at = at if self._spray_at is None else min(self._spray_at, at)
+        if local_hard and not peer_hard:
+            at = now + PATH_BIRTHDAY_START
+            self._birthday_at = at if self._birthday_at is None else min(self._birthday_at, at)
 
     def set_local_candidates(self, candidates: Iterable[tuple[CandidateKind, Address]], now: float) -> list[Transmit]:
         """Our own candidates changed: tell the peer (CallMeMaybe via the relay) and re-probe."""
@@ -200,16 +235,18 @@ class PathEngine:
             self._burst(now)
         return out
 
-    def handle_message(self, msg: DiscoMessage, src: Address, now: float, *, via_relay: bool = False) -> list[Transmit]:
-        """A disco message from this peer (opened by the codec); returns what to send."""
+    def handle_message(self, msg: DiscoMessage, src: Address, now: float, *, via_relay: bool = False,
+                       sock: int = 0) -> list[Transmit]:
+        """A disco message from this peer (opened by the codec), received on our socket
+        `sock` (0: the data socket); returns what to send."""
         src = (str(src[0]), int(src[1]))
         out: list[Transmit] = []
         if isinstance(msg, Ping):
             self._count("ping-in")
             reply = self.codec.seal(self.peer, Pong(msg.tx_id, src))
-            out.append(Transmit(reply, None if via_relay else src, via_relay))
+            out.append(Transmit(reply, None if via_relay else src, via_relay, sock=0 if via_relay else sock))
             if not via_relay and self._started_at is not None:
-                c = self._cands.get(src) or self._add(src, CandidateKind.REFLEXIVE, LEARNED)
+                c = self._cands.get((src, sock)) or self._add(src, CandidateKind.REFLEXIVE, LEARNED, sock)
                 if c is not None and not self._alive(c, now) and now - c.last_ping >= PATH_PING_TIMEOUT / 4:
                     out.append(self._ping(c, now))  # triggered check: their NAT just opened toward us
         elif isinstance(msg, Pong):
@@ -217,12 +254,12 @@ class PathEngine:
             if pend is None or via_relay:
                 self._count("pong-unexpected")
                 return out
-            addr, sent = pend
-            if addr != src:
+            key, sent = pend
+            if key != (src, sock):
                 self._count("pong-wrong-source")
                 return out
             del self._pending[msg.tx_id]
-            c = self._cands.get(addr) or self._add(addr, CandidateKind.PREDICTED, "spray")
+            c = self._cands.get(key) or self._add(src, CandidateKind.PREDICTED, "spray", sock)
             if c is None:
                 return out
             self._count("pong-in")
@@ -247,32 +284,31 @@ class PathEngine:
 
     def _ping(self, c: _Cand, now: float) -> Transmit:
         tx, data = self.codec.ping(self.peer)
-        self._pending[tx] = (c.addr, now)
+        self._pending[tx] = ((c.addr, c.sock), now)
         c.last_ping = now
         self._count("ping-out")
-        return Transmit(data, c.addr)
+        return Transmit(data, c.addr, sock=c.sock)
 
     def _alive(self, c: _Cand, now: float) -> bool:
         return c.last_pong is not None and now - c.last_pong <= PATH_TRUST and not c.missed
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self._next_probe, self._next_heartbeat, self._spray_next) if d is not None]
-        if self._spray_at is not None:
-            ds.append(self._spray_at)
+        ds = [d for d in (self._next_probe, self._next_heartbeat, self._spray_next, self._spray_at, self._birthday_at)
+              if d is not None]
         if self._pending:
             ds.append(min(s for _, s in self._pending.values()) + PATH_PING_TIMEOUT)
-        if self.path is not None and self.path.kind is PathKind.DIRECT and self.path.addr in self._cands:
-            lp = self._cands[self.path.addr].last_pong
+        if self.path is not None and self.path.kind is PathKind.DIRECT and (self.path.addr, self.path.sock) in self._cands:
+            lp = self._cands[(self.path.addr, self.path.sock)].last_pong  # type: ignore[index]
             if lp is not None:
                 ds.append(lp + PATH_TRUST + 1e-9)
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
-        for tx, (addr, sent) in list(self._pending.items()):  # misses
+        for tx, (key, sent) in list(self._pending.items()):  # misses
             if now >= sent + PATH_PING_TIMEOUT:  # the same sum as next_deadline (float-exact)
                 del self._pending[tx]
-                c = self._cands.get(addr)
+                c = self._cands.get(key)
                 if c is not None and (c.last_pong is None or c.last_pong < sent):
                     c.missed = True
         if self._next_probe is not None and now >= self._next_probe:
@@ -284,11 +320,12 @@ class PathEngine:
             self._next_probe = now + (PATH_PROBE_INTERVAL if self._burst_left > 0 else PATH_REPROBE_INTERVAL)
         cur = self.path
         if cur is not None and cur.kind is PathKind.DIRECT and self._next_heartbeat is not None and now >= self._next_heartbeat:
-            c = self._cands.get(cur.addr)  # type: ignore[arg-type]
+            c = self._cands.get((cur.addr, cur.sock))  # type: ignore[arg-type]
             if c is not None and now - c.last_ping >= PATH_HEARTBEAT / 2:
                 out.append(self._ping(c, now))
             self._next_heartbeat = now + PATH_HEARTBEAT
         out += self._spray(now)
+        out += self._birthday(now)
         out += self._select(now)
         return out
 
@@ -317,14 +354,40 @@ class PathEngine:
                     break
                 addr = self._spray_queue.pop(0)
                 tx, data = self.codec.ping(self.peer)
-                self._pending[tx] = (addr, now)
+                self._pending[tx] = ((addr, 0), now)
                 self._count("spray-out")
                 out.append(Transmit(data, addr))
             self._spray_next = now + 10 / PATH_SPRAY_RATE if self._spray_queue else None
         return out
 
+    def _birthday(self, now: float) -> list[Transmit]:
+        """Hard side: one ping from each birthday socket to the peer's reflexive address, so
+        our NAT holds PATH_BIRTHDAY_SOCKETS mappings toward it while the easy peer sprays."""
+        if self._birthday_at is None or now < self._birthday_at:
+            return []
+        if not (self.local_hard and not self.peer_hard):
+            self._birthday_at = None
+            return []
+        self._birthday_at = now + PATH_SPRAY_BACKOFF
+        if self._direct_alive(now):
+            return []
+        targets = self._spray_targets_base()
+        if not targets:
+            return []
+        self._count("birthday-started")
+        out: list[Transmit] = []
+        for k in range(1, PATH_BIRTHDAY_SOCKETS + 1):
+            tx, data = self.codec.ping(self.peer)
+            self._pending[tx] = ((targets[0], k), now)
+            out.append(Transmit(data, targets[0], sock=k))
+        return out
+
+    def _spray_targets_base(self) -> list[Address]:
+        return [c.addr for c in self._cands.values()
+                if c.kind in (CandidateKind.REFLEXIVE, CandidateKind.MAPPED) and c.source != LEARNED and c.sock == 0]
+
     def _spray_targets(self) -> list[Address]:
-        refl = [c.addr for c in self._cands.values() if c.kind in (CandidateKind.REFLEXIVE, CandidateKind.MAPPED) and c.source != LEARNED]
+        refl = self._spray_targets_base()
         if not refl:
             return []
         ip = refl[0][0]
@@ -347,7 +410,7 @@ class PathEngine:
     # --- choice -----------------------------------------------------------------------------
 
     def _as_path(self, c: _Cand) -> Path:
-        return Path(PathKind.DIRECT, c.addr, c.rtt, c.kind == CandidateKind.LOCAL)
+        return Path(PathKind.DIRECT, c.addr, c.rtt, c.kind == CandidateKind.LOCAL, c.sock)
 
     def _select(self, now: float) -> list[Transmit]:
         alive = [c for c in self._cands.values() if self._alive(c, now)]
@@ -357,8 +420,8 @@ class PathEngine:
             lan = [c for c in alive if c.kind == CandidateKind.LOCAL and (c.rtt or 0.0) <= (best.rtt or 0.0) + PATH_LAN_MARGIN]
             chosen = min(lan, key=lambda c: c.rtt or 0.0) if lan else best
             cur = self.path
-            if cur is not None and cur.kind is PathKind.DIRECT and cur.addr != chosen.addr:
-                cc = self._cands.get(cur.addr)  # type: ignore[arg-type]
+            if cur is not None and cur.kind is PathKind.DIRECT and (cur.addr, cur.sock) != (chosen.addr, chosen.sock):
+                cc = self._cands.get((cur.addr, cur.sock))  # type: ignore[arg-type]
                 if cc is not None and cc in alive:
                     same_class = (cc.kind == CandidateKind.LOCAL) == (chosen.kind == CandidateKind.LOCAL)
                     if (same_class or cc.kind == CandidateKind.LOCAL) and (chosen.rtt or 0.0) > (cc.rtt or 0.0) - PATH_SWITCH_MARGIN:
@@ -371,9 +434,10 @@ class PathEngine:
         else:
             new = None
         old = self.path
-        if (old is None) != (new is None) or (old is not None and new is not None and (old.kind, old.addr) != (new.kind, new.addr)):
+        if (old is None) != (new is None) or (
+                old is not None and new is not None and (old.kind, old.addr, old.sock) != (new.kind, new.addr, new.sock)):
             if old is not None and old.kind is PathKind.DIRECT:
-                oc = self._cands.get(old.addr)  # type: ignore[arg-type]
+                oc = self._cands.get((old.addr, old.sock))  # type: ignore[arg-type]
                 if oc is None or not self._alive(oc, now):
                     self.events.append(PathEvent("lost", now, new, old))
             if new is not None:

@@ -18,6 +18,10 @@ How it fits the lab's router (`shoal.lab.nat`, table `ip shoal`, forward policy 
     A mapping is a DNAT rule in prerouting_miniupnpd plus an accept in `miniupnpd`; the lab's
     forward chain already accepts `ct status dnat` from wan0 to lan0. Deleting the namespace
     removes the table.
+  - The router's own packets (miniupnpd's STUN check) get an identity SNAT to the WAN address
+    before the lab's masquerade: behind a `symmetric` router that masquerade would give them
+    random ports, and miniupnpd would conclude that "a restrictive NAT upstream" makes port
+    forwarding impossible. Forwarded LAN traffic keeps the router's NAT type.
   - The lab's WAN addresses are TEST-NET (203.0.113.0/24), which miniupnpd treats as
     reserved and would refuse to map for ("port forwarding is impossible"). With
     `ext_perform_stun=yes` it asks a STUN server for its public address instead and enables
@@ -49,11 +53,14 @@ STUN_PORTS = (3478, 3479)
 START_TIMEOUT = 10.0
 TABLE = "miniupnpd"
 
-_NFT = f"""table inet {TABLE} {{
+_NFT = """table inet {table} {{
   chain forward {{ type filter hook forward priority -1; policy accept; jump miniupnpd; }}
   chain miniupnpd {{ }}
   chain prerouting {{ type nat hook prerouting priority -101; policy accept; jump prerouting_miniupnpd; }}
-  chain postrouting {{ type nat hook postrouting priority 99; policy accept; jump postrouting_miniupnpd; }}
+  chain postrouting {{
+    type nat hook postrouting priority 99; policy accept; jump postrouting_miniupnpd;
+    ip saddr {wan} snat ip to {wan}
+  }}
   chain prerouting_miniupnpd {{ }}
   chain postrouting_miniupnpd {{ }}
 }}
@@ -130,7 +137,8 @@ class MiniUpnpd:
         assert self.stun.stdout is not None
         if self.stun.stdout.readline().strip() != "ready":
             raise LabError("the lab STUN responder did not start")
-        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=_NFT, text=True, check=True)
+        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=_NFT.format(table=TABLE, wan=self.plan.wan_addr),
+                       text=True, check=True)
         self._dir = tempfile.mkdtemp(prefix=f"shoal-miniupnpd-{self.lab.run_id}-")
         conf = Path(self._dir, "miniupnpd.conf")
         conf.write_text(self.config())

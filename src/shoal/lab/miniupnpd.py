@@ -26,7 +26,8 @@ How it fits the lab's router (`shoal.lab.nat`, table `ip shoal`, forward policy 
     reserved and would refuse to map for ("port forwarding is impossible"). With
     `ext_perform_stun=yes` it asks a STUN server for its public address instead and enables
     forwarding when the answers show no NAT in front: the helper runs a Shoal STUN responder
-    (RFC 5780, both server addresses and ports 3478/3479) in the server namespace. This STUN
+    (RFC 5780, both server addresses and ports 3478/3479) in the server namespace (`stun=False`
+    when a `shoal server` there already answers STUN on those ports). This STUN
     check costs miniupnpd about 1 s at start; `__enter__` waits until it listens.
   - Its files (config, pid file) live in a temporary directory; the process is started and
     stopped by PID (the lab would also kill it at teardown).
@@ -90,7 +91,7 @@ class MiniUpnpd:
     has a router of the same name). `min_lifetime` lets lab tests ask for short PCP lifetimes."""
 
     def __init__(self, lab: Lab, router: str, *, min_lifetime: int = 2, upnp: bool = True,
-                 natpmp: bool = True) -> None:
+                 natpmp: bool = True, stun: bool = True) -> None:
         self.lab = lab
         self.router = router
         self.plan = lab.plan.routers[router]
@@ -99,6 +100,7 @@ class MiniUpnpd:
         self.min_lifetime = min_lifetime
         self.upnp = upnp
         self.natpmp = natpmp
+        self.own_stun = stun  # False: a `shoal server` in the lab already answers STUN on 3478
         self.proc: subprocess.Popen[str] | None = None
         self.stun: subprocess.Popen[str] | None = None
         self.log: list[str] = []
@@ -131,12 +133,13 @@ class MiniUpnpd:
     def start(self) -> None:
         if not available():
             raise LabError(f"{MINIUPNPD} or nft missing: run scripts/setup-system.sh")
-        a1, a2 = self.lab.server.addrs[:2]
-        self.stun = self.lab.server.popen([sys.executable, "-c", _STUN_SERVER, a1, a2, *map(str, STUN_PORTS)],
-                                          stdout=subprocess.PIPE, text=True)
-        assert self.stun.stdout is not None
-        if self.stun.stdout.readline().strip() != "ready":
-            raise LabError("the lab STUN responder did not start")
+        if self.own_stun:
+            a1, a2 = self.lab.server.addrs[:2]
+            self.stun = self.lab.server.popen([sys.executable, "-c", _STUN_SERVER, a1, a2, *map(str, STUN_PORTS)],
+                                              stdout=subprocess.PIPE, text=True)
+            assert self.stun.stdout is not None
+            if self.stun.stdout.readline().strip() != "ready":
+                raise LabError("the lab STUN responder did not start")
         subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=_NFT.format(table=TABLE, wan=self.plan.wan_addr),
                        text=True, check=True)
         self._dir = tempfile.mkdtemp(prefix=f"shoal-miniupnpd-{self.lab.run_id}-")

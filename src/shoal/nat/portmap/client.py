@@ -23,7 +23,9 @@ Nothing a gateway answers can raise out of this module: bad answers are logged a
 protocol counts as unavailable.
 
 The gateway is the host's default gateway (`default_gateway()`, from /proc/net/route) unless
-given; our address is the one the kernel uses towards it.
+given (`find_gateway(toward)` falls back to the next hop towards an internet address, for
+hosts without a default route such as the lab's); our address is the one the kernel uses
+towards it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ from shoal.constants import (
 from shoal.nat.portmap import natpmp, pcp, upnp
 from shoal.nat.portmap.engine import Event, UdpPortMapping
 
-__all__ = ["PortMapper", "ProbeResult", "probe", "default_gateway", "source_ip", "ALL_PROTOCOLS"]
+__all__ = ["PortMapper", "ProbeResult", "probe", "default_gateway", "route_gateway", "find_gateway", "source_ip",
+           "ALL_PROTOCOLS"]
 
 log = logging.getLogger("shoal.nat.portmap")
 
@@ -72,27 +75,64 @@ _NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP IGD"}
 _RTF_UP, _RTF_GATEWAY = 0x1, 0x2
 
 
-def default_gateway(route_file: str = "/proc/net/route") -> str | None:
-    """The IPv4 default gateway of this network namespace, or None."""
+def _routes(route_file: str) -> list[tuple[int, int, int, int, int]]:
+    """(destination, mask, gateway, flags, metric) of the IPv4 main table, host byte order."""
     try:
         with open(route_file) as f:
             lines = f.read().splitlines()[1:]
     except OSError:
-        return None
-    best: tuple[int, str] | None = None
+        return []
+    out = []
     for line in lines:
         cols = line.split()
         if len(cols) < 8:
             continue
         try:
-            dest, gw, flags, metric, mask = int(cols[1], 16), int(cols[2], 16), int(cols[3], 16), int(cols[6]), int(cols[7], 16)
+            dest, gw, flags, metric, mask = (int(cols[1], 16), int(cols[2], 16), int(cols[3], 16),
+                                             int(cols[6]), int(cols[7], 16))
         except ValueError:
             continue
-        if dest == 0 and mask == 0 and flags & _RTF_UP and flags & _RTF_GATEWAY and gw:
-            ip = socket.inet_ntoa(struct.pack("<I", gw))
-            if best is None or metric < best[0]:
-                best = (metric, ip)
-    return best[1] if best else None
+        if flags & _RTF_UP:
+            out.append((dest, mask, gw, flags, metric))
+    return out
+
+
+def _ip(raw: int) -> str:
+    return socket.inet_ntoa(struct.pack("<I", raw))  # /proc/net/route prints little-endian words
+
+
+def default_gateway(route_file: str = "/proc/net/route") -> str | None:
+    """The IPv4 default gateway of this network namespace (lowest metric), or None."""
+    best = min(((m, gw) for d, mask, gw, f, m in _routes(route_file) if d == 0 and mask == 0 and f & _RTF_GATEWAY and gw),
+               default=None)
+    return _ip(best[1]) if best else None
+
+
+def route_gateway(dst: str, route_file: str = "/proc/net/route") -> str | None:
+    """The next hop of the most specific main-table route to `dst` (None: on-link or no
+    route). For hosts without a default route (the lab's) this is the gateway towards the
+    internet."""
+    try:
+        want = struct.unpack("<I", socket.inet_aton(dst))[0]
+    except OSError:
+        return None
+    best: tuple[int, int, int, int] | None = None  # (-prefix length, metric, gateway, flags)
+    for dest, mask, gw, flags, metric in _routes(route_file):
+        if want & mask == dest:
+            key = (-bin(mask).count("1"), metric, gw, flags)
+            if best is None or key[:2] < best[:2]:
+                best = key
+    if best is None or not best[3] & _RTF_GATEWAY or not best[2]:
+        return None
+    return _ip(best[2])
+
+
+def find_gateway(toward: str | None = None) -> str | None:
+    """The default gateway, else the next hop towards `toward` (e.g. the STUN server)."""
+    gw = default_gateway()
+    if gw is None and toward is not None:
+        gw = route_gateway(toward)
+    return gw
 
 
 def source_ip(gateway: str) -> str | None:

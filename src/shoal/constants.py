@@ -308,5 +308,5 @@ PORTMAP_MAX_TRANSMISSIONS = 3  # sends at 0, 0.25, 0.75 s...
 PORTMAP_FINAL_WAIT = 0.5  # ...then wait this long after the last: no answer by 1.25 s = absent
 PORTMAP_RETRY_INTERVAL = 60.0  # after a failed renewal, try again this often
 PORTMAP_SSDP_WAIT = 1.2  # seconds to collect SSDP answers (SSDP_MX plus a margin)
-PORTMAP_START_TIMEOUT = 2.5  # PortMapper.start() and probe() give up after this
+PORTMAP_START_TIMEOUT = 2.5  # PortMapper.start() and probe() give up after this (seconds)
 PORTMAP_CLOSE_TIMEOUT = 1.0  # close(): time given to the deletes before the sockets go

@@ -144,6 +144,7 @@ def test_mapping_lets_traffic_in_renews_and_is_removed(proto: str, nat: str) -> 
             assert h.recv_while_sending(pub, (b.wan_addr, PORT), "before", 1.0) is None
             # 2. map
             r = h.ask("start")
+            print(f"{proto} behind {nat}: mapped {r['external']} in {r['seconds'] * 1000:.1f} ms")
             assert r["protocol"] == proto and r["external"] == [b.wan_addr, PORT], r
             assert r["seconds"] < 3.0
             assert (PORT, b.addr, PORT) in gw.mappings()
@@ -152,10 +153,12 @@ def test_mapping_lets_traffic_in_renews_and_is_removed(proto: str, nat: str) -> 
             assert h.recv_while_sending(pub, ext, "mapped", 2.0) == "mapped"
             # 4. renewal at half the lifetime, and the mapping still works
             r = h.ask("renewal")
+            print(f"{proto}: {r['renewals']} renewal(s) with lifetime {LIFETIME} s")
             assert r["renewals"] >= 1 and r["external"] == list(ext), r
             assert h.recv_while_sending(pub, ext, "renewed", 2.0) == "renewed"
             # 5. close removes it
             r = h.ask("close")
+            print(f"{proto}: close() took {r['seconds'] * 1000:.1f} ms")
             assert r["external"] is None and r["seconds"] < 1.5
             assert r["changes"] == [list(ext), None]
             assert gw.mappings() == []
@@ -177,10 +180,12 @@ def test_probe_finds_all_three_and_none_without_a_gateway_service() -> None:
         out = json.loads(lab.host("b").exec([sys.executable, "-c", code, gw.lan_addr], capture_output=True,
                                             text=True, check=True, timeout=15).stdout)
         assert out["protocols"] == ["PCP", "NAT-PMP", "UPnP IGD"] and out["external_ip"] == lab.host("b").wan_addr
+        print(f"probe behind miniupnpd: {out['protocols']} in {out['duration_s'] * 1000:.0f} ms")
         assert out["duration_s"] < 1.5, out
         c_gw = lab.plan.routers["c"].lan_addr
         none = json.loads(lab.host("c").exec([sys.executable, "-c", code, c_gw], capture_output=True,
                                              text=True, check=True, timeout=15).stdout)
         assert none["available"] is False and none["protocols"] == []
+        print(f"probe behind a plain router: {none['protocols']} in {none['duration_s'] * 1000:.0f} ms")
         assert none["duration_s"] < 2.0, none
         assert any("no answer" in n for n in none["notes"]) and any("no SSDP answer" in n for n in none["notes"])

@@ -11,8 +11,9 @@ Order (`PortMapper.start`, bounded by PORTMAP_START_TIMEOUT):
      NAT-PMP external address request to gateway:5351, and an SSDP M-SEARCH for an IGD
      (multicast on the interface towards the gateway plus unicast to gateway:1900), whose
      description is then fetched and searched for a WANIPConnection / WANPPPConnection;
-  2. map with the best protocol that answered: PCP, then NAT-PMP, then UPnP (the next one
-     only if the previous refuses or stops answering).
+  2. map with the best protocol that answered: PCP, then NAT-PMP (as soon as the 5351 probe
+     is over, without waiting for UPnP), then UPnP (the next one only if the previous
+     refuses or stops answering).
 
 PCP/NAT-PMP mappings are renewed by their engine at half the granted lifetime; UPnP ones by
 calling AddPortMapping again at half the lease (a gateway that only knows permanent leases,
@@ -469,9 +470,9 @@ class PortMapper:
         """Find the gateway, probe it and map; None when no protocol works. Never raises for
         network trouble."""
         try:
-            return await asyncio.wait_for(self._start(), PORTMAP_START_TIMEOUT + PORTMAP_START_TIMEOUT)
+            return await asyncio.wait_for(self._start(), PORTMAP_START_TIMEOUT)
         except asyncio.TimeoutError:
-            log.info("port mapping: gave up after %.1f s", 2 * PORTMAP_START_TIMEOUT)
+            log.info("port mapping: gave up after %.1f s", PORTMAP_START_TIMEOUT)
         except Exception:
             log.exception("port mapping failed")
         return None
@@ -485,16 +486,31 @@ class PortMapper:
         if self.local_ip is None:
             log.info("port mapping: no route to the gateway %s", self.gateway)
             return None
-        self.probe_result = res = await probe(self.gateway, local_ip=self.local_ip, protocols=self.protocols)
-        log.info("port mapping: gateway %s offers %s%s", self.gateway, ", ".join(res.available) or "nothing",
-                 f" ({'; '.join(res.notes)})" if res.notes else "")
-        for proto in ("pcp", "natpmp"):
-            if getattr(res, proto) and not self._closed and await self._try_udp(proto):
-                return self.external
-        if res.upnp and res.upnp_service is not None and not self._closed:
-            if await self._try_upnp(res.upnp_service):
-                return self.external
-        return None
+        # the probe of probe(), but PCP/NAT-PMP are used as soon as they answer, while the
+        # slower UPnP discovery goes on beside them (and is cancelled if they map)
+        self.probe_result = res = ProbeResult(self.gateway)
+        upnp_probe = (asyncio.ensure_future(_probe_upnp(self.gateway, self.local_ip, res))
+                      if "upnp" in self.protocols else None)
+        try:
+            want = {p for p in self.protocols if p in ("pcp", "natpmp")}
+            if want:
+                await _probe_5351(self.gateway, self.local_ip, res, want)
+            for proto in ("pcp", "natpmp"):
+                if getattr(res, proto) and not self._closed and await self._try_udp(proto):
+                    return self.external
+            if upnp_probe is not None:
+                await upnp_probe
+            log.info("port mapping: gateway %s offers %s%s", self.gateway, ", ".join(res.available) or "nothing",
+                     f" ({'; '.join(res.notes)})" if res.notes else "")
+            if res.upnp and res.upnp_service is not None and not self._closed:
+                if await self._try_upnp(res.upnp_service):
+                    return self.external
+            return None
+        finally:
+            if upnp_probe is not None and not upnp_probe.done():
+                upnp_probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await upnp_probe
 
     async def _try_udp(self, proto: str) -> bool:
         assert self.gateway and self.local_ip

@@ -1,12 +1,20 @@
 """Unit tests of shoal.nat.portmap.client that need no network: gateway discovery from a
-/proc/net/route text, the probe report, and PortMapper's argument checks. (Mapping itself is
-tested against miniupnpd in test_client_lab.py.)"""
+/proc/net/route text, the probe report, PortMapper's argument checks, and PortMapper with
+PCP/NAT-PMP against a fake gateway on a loopback address (mapping, fallback from a refused
+PCP to NAT-PMP, a garbage answer, deletion). Against a real gateway (miniupnpd, all three
+protocols, traffic through the NAT): test_client_lab.py."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import struct
 
 import pytest
 
 from shoal.nat.portmap.client import PortMapper, ProbeResult, default_gateway, route_gateway
+from tests.nat.portmap.test_engine import FakeGateway
 
 HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
 # eth0: default via 198.18.1.1 metric 100, and via 198.18.1.254 metric 50; 198.18.1.0/24 on-link;
@@ -70,3 +78,74 @@ async def test_close_before_start_is_harmless() -> None:
     await m.close()
     await m.close()
     assert m.external is None
+
+
+# ---------------------------------------------------------------- on loopback: a fake gateway
+# A PCP/NAT-PMP responder on a random 127.x address, port 5351 (the protocols' fixed port);
+# only PCP and NAT-PMP are exercised here, never SSDP (multicast) - UPnP runs in the lab tests.
+
+
+class _Gateway(asyncio.DatagramProtocol):
+    def __init__(self, script: list[str]) -> None:
+        self.fake = FakeGateway()
+        self.script = script  # per request: "ok", "garbage", "refuse" (PCP unsupported version), "silent"
+        self.requests: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:  # noqa: ANN001
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+        self.requests.append(data)
+        how = self.script.pop(0) if self.script else "ok"
+        assert self.transport is not None
+        if how == "garbage":
+            self.transport.sendto(b"\x02\x81junk", addr)
+            how = "ok"
+        if data[:2] == b"\x02\x00" and how != "refuse":  # PCP ANNOUNCE
+            self.transport.sendto(struct.pack("!BBxBII12x", 2, 0x80, 0, 0, 1000), addr)
+        elif how == "refuse" and data[0] == 2:
+            self.transport.sendto(struct.pack("!BBHI", 0, 0x80 | data[1], 1, 10), addr)
+        elif how == "ok" or (how == "refuse" and data[0] == 0):
+            self.transport.sendto(self.fake.answer(data, 0.0), addr)
+
+
+@contextlib.asynccontextmanager
+async def fake_gateway(script: list[str]):  # noqa: ANN201
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        ip = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        try:
+            transport, proto = await loop.create_datagram_endpoint(lambda: _Gateway(script), local_addr=(ip, 5351))
+            break
+        except OSError:
+            continue
+    else:
+        pytest.skip("no free loopback address for port 5351")
+    try:
+        yield ip, proto
+    finally:
+        transport.close()
+
+
+async def test_pcp_over_loopback_maps_and_deletes() -> None:
+    changes: list = []
+    async with fake_gateway(["ok", "ok", "garbage"]) as (ip, gw):
+        m = PortMapper(40000, gateway=ip, local_ip="127.0.0.1", protocols=("pcp", "natpmp"), on_change=changes.append)
+        ext = await m.start()
+        assert ext == ("203.0.113.11", 40000) and m.protocol == "pcp" and m.external == ext
+        await m.close()
+    kinds = [(r[0], r[1]) for r in gw.requests]
+    # probe: PCP ANNOUNCE + NAT-PMP external address; then PCP MAP; then the delete (a MAP)
+    assert kinds[:2] == [(2, 0), (0, 0)] and kinds[2:] == [(2, 1), (2, 1)]
+    assert gw.fake.lifetimes == [7200, 0]
+    assert changes == [("203.0.113.11", 40000), None] and m.external is None
+
+
+async def test_falls_back_to_natpmp_when_pcp_is_refused() -> None:
+    async with fake_gateway(["refuse", "refuse", "refuse", "refuse"]) as (ip, gw):
+        m = PortMapper(40001, gateway=ip, local_ip="127.0.0.1", protocols=("pcp", "natpmp"))
+        assert await m.start() == ("203.0.113.11", 40001) and m.protocol == "natpmp"
+        assert m.probe_result is not None and m.probe_result.natpmp and not m.probe_result.pcp
+        await m.close()
+    assert gw.fake.lifetimes == [7200, 0]

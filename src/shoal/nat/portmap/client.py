@@ -270,14 +270,16 @@ async def _probe_5351(gateway: str, local_ip: str, res: ProbeResult, want: set[s
             except natpmp.NatPmpError as e:
                 res.notes.append(f"NAT-PMP: bad answer ({e})")
                 return
-            if n.op == 0 and "natpmp" in want and "natpmp" not in got:
+            if n.result == 1:  # "unsupported version": a NAT-PMP-only gateway refusing our PCP request
+                if "pcp" in want and "pcp" not in got:
+                    got["pcp"] = False
+                    res.notes.append("PCP: the gateway speaks only NAT-PMP")
+            elif n.op == 0 and "natpmp" in want and "natpmp" not in got:
                 got["natpmp"] = n.ok
                 if n.ok:
                     res.external_ip = res.external_ip or n.external_ip
                 else:
                     res.notes.append(f"NAT-PMP: {n.result_name}")
-            elif n.result == 1 and "pcp" not in got:  # PCP refused with "unsupported version"
-                got["pcp"] = False
         if set(got) >= want:
             done.set()
 
@@ -530,8 +532,12 @@ class PortMapper:
 
         engine = UdpPortMapping(proto, self.gateway, self.local_ip, self.local_port, lifetime=self.lifetime)
         glue = _EngineGlue(engine, on_event)
-        await glue.open()
-        ev = await first
+        try:
+            await glue.open()
+            ev = await first
+        except BaseException:  # start() timed out or was cancelled: no socket or timer stays behind
+            glue.close()
+            raise
         if ev.kind != "mapped":
             glue.close()
             return False
@@ -585,7 +591,7 @@ class PortMapper:
                 delay = max(self._upnp_lease, PORTMAP_MIN_LIFETIME) * PORTMAP_RENEW_FRACTION
                 if not self._upnp_lease:
                     return
-            except (OSError, asyncio.TimeoutError, upnp.UpnpError) as e:
+            except Exception as e:  # OSError, timeouts, UpnpError; anything else is logged the same way
                 log.info("port mapping (UPnP IGD): renewal failed: %s", e or type(e).__name__)
                 self._set(None)
                 delay = min(PORTMAP_RETRY_INTERVAL, delay)

@@ -47,7 +47,6 @@ from shoal.constants import (
     NATPMP_OP_MAP_UDP,
     NATPMP_PORT,
     PCP_NONCE_LEN,
-    PCP_OPCODE_ANNOUNCE,
     PCP_OPCODE_MAP,
     PCP_PORT,
     PORTMAP_FINAL_WAIT,

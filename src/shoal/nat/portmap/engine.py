@@ -118,7 +118,6 @@ class UdpPortMapping:
         self._expires_at: float | None = None
         self._retry_at: float | None = None
         self._epoch: tuple[int, float] | None = None  # (gateway epoch, our time)
-        self._deleting = False
 
     # ------------------------------------------------------------------ engine interface
 
@@ -189,7 +188,9 @@ class UdpPortMapping:
         except (natpmp.NatPmpError, pcp.PcpError):
             self.stats["dropped:malformed"] += 1
             return True
-        restarted = self._check_epoch(ans.epoch, now) if (self.protocol == "natpmp" or ans.version) else False
+        # a NAT-PMP-only gateway's refusal of PCP (version 0) carries no PCP epoch
+        spoke_pcp = isinstance(ans, pcp.Response) and ans.version == 2
+        restarted = self._check_epoch(ans.epoch, now) if (spoke_pcp or isinstance(ans, natpmp.Response)) else False
         key = self._match(ans)
         if key is None:
             if restarted and self.phase == "mapped" and not self._reqs:

@@ -143,22 +143,39 @@ class MiniUpnpd:
         subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=_NFT.format(table=TABLE, wan=self.plan.wan_addr),
                        text=True, check=True)
         self._dir = tempfile.mkdtemp(prefix=f"shoal-miniupnpd-{self.lab.run_id}-")
-        conf = Path(self._dir, "miniupnpd.conf")
-        conf.write_text(self.config())
+        Path(self._dir, "miniupnpd.conf").write_text(self.config())
+        self._run()
+
+    def _run(self) -> None:
+        self.log.clear()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, MINIUPNPD, "-d", "-f", str(conf), "-P", str(Path(self._dir, "pid"))],
+            ["ip", "netns", "exec", self.ns, MINIUPNPD, "-d", "-f", str(Path(self._dir, "miniupnpd.conf")),
+             "-P", str(Path(self._dir, "pid"))],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = threading.Event()
-        threading.Thread(target=self._read_log, args=(ready,), daemon=True).start()
+        threading.Thread(target=self._read_log, args=(self.proc, ready), daemon=True).start()
         if not ready.wait(START_TIMEOUT):
             raise LabError("miniupnpd did not come up:\n" + "\n".join(self.log[-20:]))
         if not any("Port forwarding is now enabled" in line for line in self.log):
             raise LabError("miniupnpd refuses to forward ports:\n" + "\n".join(self.log[-20:]))
 
-    def _read_log(self, ready: threading.Event) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    def restart(self) -> None:
+        """Like a rebooting router: stop miniupnpd, empty its chains (it leaves its redirects
+        behind when stopped) and the router's conntrack table, start a new one (epoch 0)."""
+        assert self.proc is not None
+        _terminate(self.proc)
+        flush = "".join(f"flush chain inet {TABLE} {c}\n" for c in ("miniupnpd", "prerouting_miniupnpd",
+                                                                      "postrouting_miniupnpd"))
+        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=flush, text=True, check=True)
+        subprocess.run(["ip", "netns", "exec", self.ns, "conntrack", "-F"], capture_output=True)
+        self._run()
+
+    def _read_log(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stdout is not None
         want = "Listening for NAT-PMP/PCP traffic" if self.natpmp else "HTTP listening on port"
-        for line in self.proc.stdout:
+        for line in proc.stdout:
+            if proc is not self.proc:  # a restarted one's last words
+                continue
             self.log.append(line.rstrip())
             if want in line:
                 ready.set()
@@ -172,13 +189,8 @@ class MiniUpnpd:
 
     def stop(self) -> None:
         for proc in (self.proc, self.stun):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                _terminate(proc)
         self.proc = self.stun = None
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -194,3 +206,14 @@ class MiniUpnpd:
                 return True
             time.sleep(0.05)
         return False
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM by PID, SIGKILL after 3 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -456,6 +456,11 @@ class PortMapper:
             return self._glue.engine.stats["renewed"]
         return self._upnp_renewals
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """The PCP/NAT-PMP engine's counters (sent, answers, renewals, gateway-restarts, ...)."""
+        return dict(self._glue.engine.stats) if self._glue is not None else {}
+
     def _set(self, external: Address | None) -> None:
         if external == self.external:
             return

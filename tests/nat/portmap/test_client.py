@@ -1,7 +1,8 @@
 """Unit tests of shoal.nat.portmap.client that need no network: gateway discovery from a
 /proc/net/route text, the probe report, PortMapper's argument checks, and PortMapper with
 PCP/NAT-PMP against a fake gateway on a loopback address (mapping, fallback from a refused
-PCP to NAT-PMP, a garbage answer, deletion). Against a real gateway (miniupnpd, all three
+PCP to NAT-PMP, a garbage answer, deletion) and UPnP control against a fake IGD on loopback
+(fault 718: another port; 725: a permanent lease; 606: refused; DeletePortMapping on close). Against a real gateway (miniupnpd, all three
 protocols, traffic through the NAT): test_client_lab.py."""
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import struct
 
 import pytest
 
 from shoal.nat.portmap.client import PortMapper, ProbeResult, default_gateway, route_gateway
+from shoal.nat.portmap.upnp import Service
 from tests.nat.portmap.test_engine import FakeGateway
 
 HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
@@ -149,3 +152,82 @@ async def test_falls_back_to_natpmp_when_pcp_is_refused() -> None:
         assert m.probe_result is not None and m.probe_result.natpmp and not m.probe_result.pcp
         await m.close()
     assert gw.fake.lifetimes == [7200, 0]
+
+
+# ---------------------------------------------------------------- UPnP control on loopback
+# A fake IGD control URL on 127.0.0.1 (an ephemeral TCP port): SOAP answers scripted per action.
+
+
+def _soap(action: str, inner: str = "") -> bytes:
+    return (f'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+            f'<u:{action}Response xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:1">{inner}'
+            f"</u:{action}Response></s:Body></s:Envelope>").encode()
+
+
+def _fault(code: int) -> bytes:
+    return ('<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault>'
+            "<faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring><detail>"
+            f'<UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>{code}</errorCode>'
+            "<errorDescription>x</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>").encode()
+
+
+@contextlib.asynccontextmanager
+async def fake_igd(add_faults: list[int]):  # noqa: ANN201
+    """Yields (service, calls): calls is a list of (action, body text)."""
+    calls: list[tuple[str, str]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        body = (await reader.readexactly(length)).decode()
+        action = re.search(r'#(\w+)"', head.decode()).group(1)  # type: ignore[union-attr]
+        calls.append((action, body))
+        if action == "GetExternalIPAddress":
+            status, out = 200, _soap(action, "<NewExternalIPAddress>203.0.113.11</NewExternalIPAddress>")
+        elif action == "AddPortMapping" and add_faults:
+            status, out = 500, _fault(add_faults.pop(0))
+        else:
+            status, out = 200, _soap(action)
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(out)}\r\nConnection: close\r\n\r\n".encode() + out)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield Service("urn:schemas-upnp-org:service:WANIPConnection:1", f"http://127.0.0.1:{port}/ctl/IPConn"), calls
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _arg(body: str, name: str) -> str:
+    return re.search(f"<{name}>([^<]*)</{name}>", body).group(1)  # type: ignore[union-attr]
+
+
+async def test_upnp_conflict_tries_another_port_and_close_deletes_it() -> None:
+    async with fake_igd([718]) as (service, calls):
+        m = PortMapper(40000, gateway="127.0.0.1", local_ip="127.0.0.1", lifetime=3600)
+        assert await m._try_upnp(service)
+        adds = [b for a, b in calls if a == "AddPortMapping"]
+        assert len(adds) == 2 and _arg(adds[0], "NewExternalPort") == "40000"
+        port = int(_arg(adds[1], "NewExternalPort"))
+        assert m.external == ("203.0.113.11", port) and m.protocol == "upnp"
+        assert _arg(adds[1], "NewInternalPort") == "40000" and _arg(adds[1], "NewInternalClient") == "127.0.0.1"
+        assert _arg(adds[1], "NewLeaseDuration") == "3600" and _arg(adds[1], "NewProtocol") == "UDP"
+        await m.close()
+        (delete,) = [b for a, b in calls if a == "DeletePortMapping"]
+        assert _arg(delete, "NewExternalPort") == str(port) and m.external is None
+
+
+async def test_upnp_permanent_leases_only_and_refusal() -> None:
+    async with fake_igd([725]) as (service, calls):
+        m = PortMapper(40000, gateway="127.0.0.1", local_ip="127.0.0.1")
+        assert await m._try_upnp(service)
+        leases = [_arg(b, "NewLeaseDuration") for a, b in calls if a == "AddPortMapping"]
+        assert leases == ["7200", "0"] and m._upnp_task is None  # nothing to renew
+        await m.close()
+    async with fake_igd([606]) as (service, calls):
+        m = PortMapper(40000, gateway="127.0.0.1", local_ip="127.0.0.1")
+        assert not await m._try_upnp(service)
+        assert m.external is None and m.protocol is None

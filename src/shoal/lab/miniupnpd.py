@@ -18,17 +18,12 @@ How it fits the lab's router (`shoal.lab.nat`, table `ip shoal`, forward policy 
     A mapping is a DNAT rule in prerouting_miniupnpd plus an accept in `miniupnpd`; the lab's
     forward chain already accepts `ct status dnat` from wan0 to lan0. Deleting the namespace
     removes the table.
-  - The router's own packets (miniupnpd's STUN check) get an identity SNAT to the WAN address
-    before the lab's masquerade: behind a `symmetric` router that masquerade would give them
-    random ports, and miniupnpd would conclude that "a restrictive NAT upstream" makes port
-    forwarding impossible. Forwarded LAN traffic keeps the router's NAT type.
-  - The lab's WAN addresses are TEST-NET (203.0.113.0/24), which miniupnpd treats as
-    reserved and would refuse to map for ("port forwarding is impossible"). With
-    `ext_perform_stun=yes` it asks a STUN server for its public address instead and enables
-    forwarding when the answers show no NAT in front: the helper runs a Shoal STUN responder
-    (RFC 5780, both server addresses and ports 3478/3479) in the server namespace (`stun=False`
-    when a `shoal server` there already answers STUN on those ports). This STUN
-    check costs miniupnpd about 1 s at start; `__enter__` waits until it listens.
+  - The router's own STUN exchange with the lab server is not tracked (`notrack` in raw
+    prerouting/output chains of the same table): untracked, it is neither masqueraded by the
+    router's NAT (behind a `symmetric` router the random ports would make miniupnpd conclude
+    that "a restrictive NAT upstream" makes port forwarding impossible) nor dropped as a new
+    inbound flow by a WAN input firewall (the CHANGE-REQUEST answers come from other
+    addresses and ports). Forwarded LAN traffic keeps the router's NAT type.
   - Its files (config, pid file) live in a temporary directory; the process is started and
     stopped by PID (the lab would also kill it at teardown).
 """
@@ -58,12 +53,17 @@ _NFT = """table inet {table} {{
   chain forward {{ type filter hook forward priority -1; policy accept; jump miniupnpd; }}
   chain miniupnpd {{ }}
   chain prerouting {{ type nat hook prerouting priority -101; policy accept; jump prerouting_miniupnpd; }}
-  chain postrouting {{
-    type nat hook postrouting priority 99; policy accept; jump postrouting_miniupnpd;
-    ip saddr {wan} snat ip to {wan}
-  }}
+  chain postrouting {{ type nat hook postrouting priority 99; policy accept; jump postrouting_miniupnpd; }}
   chain prerouting_miniupnpd {{ }}
   chain postrouting_miniupnpd {{ }}
+  chain stun_in {{
+    type filter hook prerouting priority -300;
+    iifname "wan0" ip saddr {{ {servers} }} udp sport {{ {ports} }} notrack
+  }}
+  chain stun_out {{
+    type filter hook output priority -300;
+    oifname "wan0" ip daddr {{ {servers} }} udp dport {{ {ports} }} notrack
+  }}
 }}
 """
 
@@ -140,7 +140,8 @@ class MiniUpnpd:
             assert self.stun.stdout is not None
             if self.stun.stdout.readline().strip() != "ready":
                 raise LabError("the lab STUN responder did not start")
-        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=_NFT.format(table=TABLE, wan=self.plan.wan_addr),
+        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=_NFT.format(
+            table=TABLE, servers=", ".join(self.lab.server.addrs), ports=", ".join(map(str, STUN_PORTS))),
                        text=True, check=True)
         self._dir = tempfile.mkdtemp(prefix=f"shoal-miniupnpd-{self.lab.run_id}-")
         Path(self._dir, "miniupnpd.conf").write_text(self.config())

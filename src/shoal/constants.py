@@ -309,4 +309,3 @@ PATH_PREDICT_WINDOW = 16  # ports just above each of the peer's observed reflexi
 PATH_SPRAY_BUDGET = 512  # probes per spray attempt (predicted + random ports)
 PATH_SPRAY_RATE = 200  # probes per second while spraying
 PATH_SPRAY_BACKOFF = 60.0  # seconds between spray attempts while still relayed
-

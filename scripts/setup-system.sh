@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(iproute2 nftables iptables conntrack wireguard-go wireguard-tools iperf3 socat tcpdump
       procps python3-venv python3-dev kmod iputils-ping
-      coturn)  # coturn: turnserver + turnutils_stunclient, the STUN interop oracle (never started as a service by us)
+      coturn   # coturn: turnserver + turnutils_stunclient, the STUN interop oracle (never started as a service by us)
+      miniupnpd miniupnpd-nftables)  # the lab's port-mapping gateway (UPnP IGD, NAT-PMP, PCP; shoal.lab.miniupnpd); its postinst leaves the service off (debconf start_daemon=false)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -140,6 +140,42 @@ STUN_MAX_TRANSMISSIONS = 4  # sends at 0, 0.25, 0.75, 1.75 s
 STUN_FINAL_WAIT = 1.0  # after the last send, wait this long before giving up (2.75 s in all)
 
 
+# --- Port mapping (issue #5 part 2): PCP (RFC 6887), NAT-PMP (RFC 6886), UPnP IGD ------------
+# Wire formats: shoal.nat.portmap.natpmp, .pcp and .upnp; client: shoal.nat.portmap.client.
+PCP_PORT = 5351  # RFC 6887 section 19.1: the PCP server's port (same as NAT-PMP's)
+NATPMP_PORT = 5351  # RFC 6886 section 3.1
+PCP_VERSION = 2
+NATPMP_VERSION = 0
+PCP_OPCODE_ANNOUNCE = 0
+PCP_OPCODE_MAP = 1
+PCP_NONCE_LEN = 12  # RFC 6887 section 11.1: the MAP nonce
+PCP_MAX_SIZE = 1100  # RFC 6887 section 7: no PCP message is longer
+NATPMP_OP_EXTERNAL = 0
+NATPMP_OP_MAP_UDP = 1
+NATPMP_OP_MAP_TCP = 2
+NATPMP_RESPONSE_BIT = 0x80  # opcode of a response = request opcode + 128
+IPPROTO_UDP = 17
+SSDP_ADDR = "239.255.255.250"  # UPnP Device Architecture 1.1 section 1.3.2
+SSDP_PORT = 1900
+SSDP_MX = 1  # seconds a device may wait before answering an M-SEARCH
+SSDP_MAX_SIZE = 2048  # bytes of an SSDP answer we read; longer ones are dropped
+UPNP_MAX_DESCRIPTION = 65536  # bytes of a device description or SOAP answer we read
+UPNP_HTTP_TIMEOUT = 1.0  # seconds for one HTTP exchange with the gateway
+# Lifetimes (seconds). RFC 6886 section 3.3 recommends 7200 s; renew at half the granted
+# lifetime (RFC 6887 section 11.2.1 allows renewing from half of it on).
+PORTMAP_LIFETIME = 7200
+PORTMAP_MIN_LIFETIME = 2  # a shorter granted lifetime is treated as this (renew every 1 s)
+PORTMAP_RENEW_FRACTION = 0.5
+# Client retransmission for PCP/NAT-PMP (RFC 6886 uses 250 ms doubling for 9 tries, ~64 s;
+# shoal wants an answer or a clear no within about a second, so fewer tries)
+PORTMAP_RTO = 0.25  # first retransmission after this, doubling each time
+PORTMAP_MAX_TRANSMISSIONS = 3  # sends at 0, 0.25, 0.75 s...
+PORTMAP_FINAL_WAIT = 0.5  # ...then wait this long after the last: no answer by 1.25 s = absent
+PORTMAP_RETRY_INTERVAL = 60.0  # after a failed renewal, try again this often
+PORTMAP_SSDP_WAIT = 1.2  # seconds to collect SSDP answers (SSDP_MX plus a margin)
+PORTMAP_START_TIMEOUT = 2.5  # PortMapper.start() and probe() give up after this (seconds)
+PORTMAP_CLOSE_TIMEOUT = 1.0  # close(): time given to the deletes before the sockets go
+
 # --- LAN: broadcast, multicast and layer-2 networks (issue #6; design: docs/lan.md) --------
 # Wire formats: shoal.lan.extension (the extension message carried
 # inside WireGuard transport plaintext), shoal.lan.ethernet, shoal.lan.arp.

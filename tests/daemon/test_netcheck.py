@@ -11,7 +11,8 @@ import types
 import pytest
 
 from shoal.daemon.localapi import HttpError
-from shoal.daemon.netcheck import PORT_MAPPING_NOTE, api_netcheck, parse_server, run_discovery
+from shoal.nat.discovery import Result
+from shoal.daemon.netcheck import PORT_MAPPING_NOTE, api_netcheck, netcheck_payload, parse_server, run_discovery
 from shoal.nat.responder import StunResponder
 from shoal.server.stunlistener import StunListener
 from tests.server.test_stunlistener import A1, A2, free_port_pair
@@ -71,7 +72,9 @@ async def test_run_discovery_without_a_server_times_out_as_udp_blocked() -> None
     assert not r.udp and r.nat_type == "udp-blocked"
 
 
-async def test_api_handler() -> None:
+async def test_api_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no gateway: the port mapping probe must not reach this machine's real default gateway
+    monkeypatch.setattr("shoal.daemon.netcheck.find_gateway", lambda toward=None: None)
     p1, p2 = free_port_pair()
     daemon = types.SimpleNamespace(pin=None)
     with pytest.raises(HttpError) as e:
@@ -90,8 +93,15 @@ async def test_api_handler() -> None:
     finally:
         listener.close()
     assert out["udp"] is True and out["nat_type"] == "open" and out["server"] == f"{A1}:{p1}"
-    assert out["port_mapping"] == {"available": None, "note": PORT_MAPPING_NOTE}
+    pm = out["port_mapping"]
+    assert pm["available"] is False and pm["protocols"] == [] and pm["gateway"] is None
+    assert pm["notes"] == ["no default gateway and no next hop towards the server"]
     assert daemon.netcheck is out
+
+
+def test_payload_without_a_probe() -> None:
+    out = netcheck_payload(Result(server=(A1, 3478), udp=False))
+    assert out["port_mapping"] == {"available": None, "protocols": [], "note": PORT_MAPPING_NOTE}
 
 
 # ------------------------------------------------------------------ lab tier
@@ -160,8 +170,47 @@ def test_lab_netcheck_every_nat_type() -> None:
     t = texts["symmetric"]
     assert re.search(r"^UDP works +yes$", t, re.M) and re.search(r"^NAT type +symmetric$", t, re.M)
     assert re.search(r"^mapping varies by destination +yes \(address-and-port-dependent\)$", t, re.M)
-    assert re.search(r"^port mapping available +not checked yet", t, re.M)
+    # lab routers run no port mapping service: the probe asks the router and finds nothing
+    assert re.search(r"^port mapping available +none \(gateway 198\.18\.\d+\.1 answers none of PCP, NAT-PMP, UPnP IGD\)$", t, re.M)
+    assert re.search(r"^port mapping available +none \(no gateway", texts["public"], re.M)
+    assert found["symmetric"]["port_mapping"]["gateway"] == lab.plan.routers[names["symmetric"]].lan_addr
     assert re.search(r"^latency to server STUN +\d+\.\d\d ms", t, re.M)
     assert re.search(r"^mapping varies by destination +no \(endpoint-independent\)$", texts["port-restricted"], re.M)
     assert re.search(r"^filtering +endpoint-independent", texts["full-cone"], re.M)
     assert re.search(r"^UDP works +no$", texts["udp-blocked"], re.M) and "NAT type" not in texts["udp-blocked"]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(90)
+def test_lab_netcheck_port_mapping_behind_miniupnpd() -> None:
+    """A daemon behind a lab router running miniupnpd: `shoal netcheck` lists all three
+    protocols (the daemon finds the router as the next hop towards the server)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        pytest.skip("the lab needs root and nftables")
+    from shoal.daemon.labmesh import Mesh
+    from shoal.lab import HostSpec, Lab, Topology
+    from shoal.lab.miniupnpd import MiniUpnpd, available
+
+    if not available():
+        pytest.skip("miniupnpd is not installed (scripts/setup-system.sh)")
+    with Lab(Topology(clients=[HostSpec("b", nat="port-restricted")])) as lab:
+        mesh = Mesh(lab)
+        try:
+            mesh.server.start()  # its STUN listener also answers miniupnpd's STUN check
+            with MiniUpnpd(lab, "b", stun=False) as gw:
+                node = mesh.add_node("b")
+                node.cli("login", mesh.server.url, "--server-key", mesh.server.key())
+                r = json.loads(node.cli("netcheck", "--json").stdout)
+                text = node.cli("netcheck").stdout
+        except Exception:
+            print(mesh.logs())
+            raise
+        finally:
+            mesh.close()
+    pm = r["port_mapping"]
+    assert pm["available"] is True and pm["protocols"] == ["PCP", "NAT-PMP", "UPnP IGD"], pm
+    assert pm["gateway"] == gw.lan_addr and pm["external_ip"] == lab.host("b").wan_addr
+    assert re.search(r"^port mapping available +PCP, NAT-PMP, UPnP IGD \(gateway 198\.18\.1\.1\)$", text, re.M), text

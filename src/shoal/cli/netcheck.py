@@ -1,7 +1,8 @@
 """`shoal netcheck`: what the network between this node and the server lets through.
 
 A thin client of the daemon's `POST /v1/netcheck` (shoal.daemon.netcheck, which runs the
-RFC 5780 discovery of shoal.nat.discovery). Prints one line per question, or JSON with --json.
+RFC 5780 discovery of shoal.nat.discovery and the port mapping probe of shoal.nat.portmap.client).
+Prints one line per question, or JSON with --json.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ def _ms(v: Any) -> str:
     return "-" if v is None else f"{v:.2f} ms"
 
 
+def _port_mapping(pm: dict[str, Any]) -> str:
+    """"PCP, NAT-PMP, UPnP IGD (gateway 198.18.1.1)", "none (...)" or the daemon's note."""
+    if pm.get("available") is None:
+        return str(pm.get("note", "unknown"))
+    gw = pm.get("gateway")
+    if pm["available"]:
+        return ", ".join(pm["protocols"]) + (f" (gateway {gw})" if gw else "")
+    if not gw:
+        return "none (no gateway: this host is on the internet, or has no route)"
+    return f"none (gateway {gw} answers none of PCP, NAT-PMP, UPnP IGD)"
+
+
 def render_netcheck(r: dict[str, Any], console: Console) -> None:
     rows: list[tuple[str, str]] = [("STUN server", f"{r['server']}" + (f" ({r['server_software']})" if r.get("server_software") else ""))]
     rows.append(("UDP works", _yes(r["udp"])))
@@ -41,8 +54,7 @@ def render_netcheck(r: dict[str, Any], console: Console) -> None:
         rows.append(("mapping varies by destination", f"{_yes(varies)} ({r['mapping']})"))
         rows.append(("filtering", _FILTERING.get(r["filtering"], r["filtering"])))
         rows.append(("NAT type", r["nat_type"]))
-    pm = r["port_mapping"]
-    rows.append(("port mapping available", _yes(pm["available"]) if pm["available"] is not None else pm["note"]))
+    rows.append(("port mapping available", _port_mapping(r["port_mapping"])))
     latency = _ms(r["rtt_ms"])
     if r.get("rtt_other_ms") is not None:
         latency += f" (its other address {_ms(r['rtt_other_ms'])})"
@@ -60,7 +72,7 @@ def netcheck(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     socket: Optional[Path] = SocketOpt,
 ) -> None:
-    """Check the network: UDP, reflexive address, NAT mapping and filtering, latency to the server."""
+    """Check the network: UDP, reflexive address, NAT mapping and filtering, port mapping, latency to the server."""
     r = _call(socket, "POST", "/v1/netcheck", {"server": server} if server else {}, timeout=60)
     r.pop("ok", None)
     if as_json:

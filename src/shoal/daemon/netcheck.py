@@ -10,8 +10,9 @@ pinned coordination server's host on STUN_PORT (the server answers STUN there by
 `shoal server --stun-port`).
 
 Local API (`POST /v1/netcheck`, body {"server": optional "host[:port]"}) answers the
-`Result.to_json()` fields plus "port_mapping" (not checked yet: UPnP/NAT-PMP/PCP are a
-later part of issue #5) and "relays" (none yet). The reflexive address is that of the
+`Result.to_json()` fields plus "port_mapping" (`shoal.nat.portmap.client.probe()` run beside
+the discovery: which of PCP, NAT-PMP and UPnP IGD the gateway offers; the gateway is the
+default one, else the next hop towards the STUN server) and "relays" (none yet). The reflexive address is that of the
 netcheck socket; the tunnel socket's own mapping is learned when candidates are exchanged
 (issue #5 part 3): with endpoint-independent mapping it differs only in the port.
 """
@@ -27,13 +28,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shoal.nat.discovery import Discovery, Result
+from shoal.nat.portmap.client import ProbeResult, find_gateway, probe
 from shoal.nat.stun import Address
 from shoal.constants import STUN_PORT
 
-__all__ = ["run_discovery", "parse_server", "netcheck_payload", "api_netcheck", "RUN_TIMEOUT"]
+__all__ = ["run_discovery", "parse_server", "netcheck_payload", "probe_port_mapping", "api_netcheck", "RUN_TIMEOUT"]
 
 RUN_TIMEOUT = 15.0
-PORT_MAPPING_NOTE = "not checked yet: UPnP IGD, NAT-PMP and PCP are not implemented (issue #5, part 2)"
+PORT_MAPPING_NOTE = "not checked"
 RELAYS_NOTE = "no relays yet (issue #5, part 4): the latency shown is to the server's STUN listener"
 
 
@@ -148,9 +150,21 @@ def _source_ips(server: Address, family: int) -> list[str]:
         s.close()
 
 
-def netcheck_payload(result: Result) -> dict[str, Any]:
-    return {**result.to_json(), "port_mapping": {"available": None, "note": PORT_MAPPING_NOTE},
-            "relays": {"note": RELAYS_NOTE}, "checked_at": time.time()}
+def netcheck_payload(result: Result, port_mapping: ProbeResult | None = None) -> dict[str, Any]:
+    pm: dict[str, Any] = ({"available": None, "protocols": [], "note": PORT_MAPPING_NOTE} if port_mapping is None
+                          else port_mapping.to_json())
+    return {**result.to_json(), "port_mapping": pm, "relays": {"note": RELAYS_NOTE}, "checked_at": time.time()}
+
+
+async def probe_port_mapping(server: Address) -> ProbeResult:
+    """Which port mapping protocols the gateway towards `server` offers (never raises)."""
+    try:
+        gateway = find_gateway(server[0])
+        if gateway is None:
+            return ProbeResult(None, notes=["no default gateway and no next hop towards the server"])
+        return await probe(gateway)
+    except Exception as e:  # a bug here must not cost the user the rest of netcheck
+        return ProbeResult(None, notes=[f"port mapping probe failed: {type(e).__name__}: {e}"])
 
 
 async def api_netcheck(daemon: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -170,10 +184,12 @@ async def api_netcheck(daemon: Any, body: dict[str, Any]) -> dict[str, Any]:
         server = await _resolve(*parse_server(text))
     except (ValueError, OSError) as e:
         raise HttpError(400, f"STUN server: {e}", "invalid") from None
+    mapping = asyncio.ensure_future(probe_port_mapping(server))
     try:
         result = await run_discovery(server)
     except (OSError, asyncio.TimeoutError) as e:
+        mapping.cancel()
         raise HttpError(502, f"netcheck failed: {e}", "netcheck_failed") from None
-    payload = netcheck_payload(result)
+    payload = netcheck_payload(result, await mapping)
     daemon.netcheck = payload  # the last result, for status readers
     return payload

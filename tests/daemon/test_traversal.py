@@ -99,8 +99,8 @@ async def test_two_nodes_find_the_direct_path_and_fall_back_to_the_relay() -> No
     pa, pb = FakePlane(a_addr, net), FakePlane(b_addr, net)
     net.relay = RelayEngine(ks, lambda s, d: True)
     reported: list[tuple[list[M.Candidate], bool]] = []
-    ta = Traversal(ka, pa, on_candidates=lambda c, h: reported.append((c, h)))
-    tb = Traversal(kb, pb, on_candidates=lambda c, h: None)
+    ta = Traversal(ka, pa, on_candidates=lambda c, h: reported.append((c, h)), portmap=False)
+    tb = Traversal(kb, pb, on_candidates=lambda c, h: None, portmap=False)
     try:
         ta.start(["203.0.113.1:1000"])
         tb.start(["203.0.113.2:2000"])

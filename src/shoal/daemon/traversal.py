@@ -8,6 +8,9 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
   - the relay connection (`shoal.relay.client`): UDP from the data socket to the server's
     relay port, or, when no answer comes within RELAY_UDP_WAIT (UDP blocked), a WebSocket to
     the server's HTTP port at RELAY_WS_PATH;
+  - the port mapping on our gateway (`shoal.nat.portmap.client.PortMapper`: PCP, NAT-PMP,
+    UPnP IGD), for the data socket's port, started after the first login (the gateway is the
+    next hop toward the server), renewed by the mapper, deleted on close;
   - our candidate set (host addresses, reflexive, port-mapped), reported to the server
     (`on_candidates`) and to relayed peers (CallMeMaybe);
   - the *endpoint* of every peer inside the WireGuard engine: the chosen direct address, or
@@ -66,6 +69,7 @@ from shoal.control import messages as M
 from shoal.nat import stun
 from shoal.nat.disco import CandidateKind, DiscoCodec
 from shoal.nat.paths import Path, PathEngine, PathKind, Transmit
+from shoal.nat.portmap.client import PortMapper, find_gateway
 from shoal.nat.reflexive import ReflexiveProbe
 from shoal.relay.client import RelayClient
 from shoal.wg.config import parse_endpoint
@@ -133,6 +137,7 @@ class Traversal:
         on_candidates: Callable[[list[M.Candidate], bool], None],
         host_endpoints: Callable[[], Awaitable[list[str]]] | None = None,
         clock: Callable[[], float] | None = None,
+        portmap: bool = True,
     ) -> None:
         self.key = key
         self.public_key = key.public_key()
@@ -178,6 +183,9 @@ class Traversal:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._host_task: asyncio.Task[None] | None = None
+        self.portmap = portmap
+        self._mapper: PortMapper | None = None
+        self._mapper_task: asyncio.Task[None] | None = None
         self._closed = False
         plane.side_channel = self._on_side
         plane.relay_out = self._relay_out
@@ -197,6 +205,8 @@ class Traversal:
         if stun_port and (self.probe is None or self.probe.server != stun_addr):
             self.probe = ReflexiveProbe(stun_addr)
             self.probe.start(now)
+        if self.portmap and self._mapper is None and ":" not in server_ip:
+            self._mapper_task = asyncio.create_task(self._map_port(server_ip), name="port-mapping")
         relay_udp = (server_ip, relay_port) if relay_port else None
         if (server_key, relay_udp, relay_ws_url) != (self.relay_key, self.relay_udp, self.relay_ws_url) or self.relay is None:
             self.relay_key, self.relay_udp, self.relay_ws_url = server_key, relay_udp, relay_ws_url
@@ -274,6 +284,7 @@ class Traversal:
             "reflexive": _addr_text(refl) if refl else None,
             "nat_hard": hard,
             "mapped": _addr_text(self.mapped) if self.mapped else None,
+            "mapped_via": self._mapper.protocol if self._mapper is not None and self.mapped else None,
             "relay": {"mode": self.relay_mode, "ready": bool(self.relay and self.relay.ready),
                       "rtt_ms": round(self.relay_rtt * 1000, 3) if self.relay_rtt is not None else None,
                       "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url},
@@ -281,8 +292,27 @@ class Traversal:
             "peers": {key.fingerprint(): dict(eng.stats) for key, eng in self.engines.items()},
         }
 
+    async def _map_port(self, server_ip: str) -> None:
+        port = getattr(self.plane, "listen_port", None)
+        if not port:
+            return
+        self._mapper = PortMapper(port, gateway=find_gateway(server_ip), on_change=self.set_mapped)
+        ext = await self._mapper.start()
+        if ext is not None:
+            log.info("port mapping: %s via %s", _addr_text(ext), self._mapper.protocol)
+            self.set_mapped(ext)
+        else:
+            log.info("port mapping: none on this gateway (PCP, NAT-PMP, UPnP IGD did not answer)")
+
     async def close(self) -> None:
         self._closed = True
+        if self._mapper_task is not None:
+            self._mapper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._mapper_task
+        if self._mapper is not None:
+            with contextlib.suppress(Exception):
+                await self._mapper.close()
         if self._timer is not None:
             self._timer.cancel()
         for task in (self._ws_task, self._host_task):

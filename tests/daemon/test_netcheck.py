@@ -178,6 +178,10 @@ def test_lab_netcheck_every_nat_type() -> None:
     assert re.search(r"^mapping varies by destination +no \(endpoint-independent\)$", texts["port-restricted"], re.M)
     assert re.search(r"^filtering +endpoint-independent", texts["full-cone"], re.M)
     assert re.search(r"^UDP works +no$", texts["udp-blocked"], re.M) and "NAT type" not in texts["udp-blocked"]
+    # the daemon's relay connection (inside the server): UDP from the data socket, and its latency
+    assert re.search(r"^relay +192\.0\.2\.1:3480 over UDP, latency \d+\.\d\d ms$", t, re.M), t
+    assert found["symmetric"]["relays"]["relays"][0]["via"] == "udp"
+    assert re.search(r"^relays +no relay connection", texts["udp-blocked"], re.M)  # never logged in
 
 
 @pytest.mark.lab

@@ -59,7 +59,13 @@ def render_netcheck(r: dict[str, Any], console: Console) -> None:
     if r.get("rtt_other_ms") is not None:
         latency += f" (its other address {_ms(r['rtt_other_ms'])})"
     rows.append(("latency to server STUN", latency))
-    rows.append(("relays", r["relays"]["note"]))
+    relays = r["relays"].get("relays") or []
+    if relays:
+        for x in relays:
+            rows.append(("relay", f"{x['address']} over {'UDP' if x['via'] == 'udp' else 'WebSocket'}, "
+                                  f"latency {_ms(x['rtt_ms'])}"))
+    else:
+        rows.append(("relays", r["relays"]["note"]))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         console.print(f"{k.ljust(width)}  {v}")

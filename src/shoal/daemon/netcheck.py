@@ -12,9 +12,10 @@ pinned coordination server's host on STUN_PORT (the server answers STUN there by
 Local API (`POST /v1/netcheck`, body {"server": optional "host[:port]"}) answers the
 `Result.to_json()` fields plus "port_mapping" (`shoal.nat.portmap.client.probe()` run beside
 the discovery: which of PCP, NAT-PMP and UPnP IGD the gateway offers; the gateway is the
-default one, else the next hop towards the STUN server) and "relays" (none yet). The reflexive address is that of the
-netcheck socket; the tunnel socket's own mapping is learned when candidates are exchanged
-(issue #5 part 3): with endpoint-independent mapping it differs only in the port.
+default one, else the next hop towards the STUN server) and "relays" (the daemon's relay
+connection: UDP or WebSocket, address, round trip; `relay_report`). The reflexive address is
+that of the netcheck socket; the tunnel socket's own mapping is kept by the daemon's traversal
+(`shoal status`): with endpoint-independent mapping it differs only in the port.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["run_discovery", "parse_server", "netcheck_payload", "probe_port_mapp
 
 RUN_TIMEOUT = 15.0
 PORT_MAPPING_NOTE = "not checked"
-RELAYS_NOTE = "no relays yet (issue #5, part 4): the latency shown is to the server's STUN listener"
+RELAYS_NOTE = "no relay connection (not logged in, or the server does not relay)"
 
 
 class _Proto(asyncio.DatagramProtocol):
@@ -150,10 +151,21 @@ def _source_ips(server: Address, family: int) -> list[str]:
         s.close()
 
 
-def netcheck_payload(result: Result, port_mapping: ProbeResult | None = None) -> dict[str, Any]:
+def relay_report(traversal: Any) -> dict[str, Any]:
+    """The daemon's relay connection as netcheck shows it: where, how, its round trip."""
+    relay = traversal.info()["relay"] if traversal is not None else None
+    if not relay or not relay["ready"]:
+        return {"note": RELAYS_NOTE, "relays": []}
+    where = relay["udp"] if relay["mode"] == "udp" else relay["ws"]
+    return {"note": "", "relays": [{"via": relay["mode"], "address": where, "rtt_ms": relay["rtt_ms"]}]}
+
+
+def netcheck_payload(result: Result, port_mapping: ProbeResult | None = None,
+                     relays: dict[str, Any] | None = None) -> dict[str, Any]:
     pm: dict[str, Any] = ({"available": None, "protocols": [], "note": PORT_MAPPING_NOTE} if port_mapping is None
                           else port_mapping.to_json())
-    return {**result.to_json(), "port_mapping": pm, "relays": {"note": RELAYS_NOTE}, "checked_at": time.time()}
+    return {**result.to_json(), "port_mapping": pm, "relays": relays or {"note": RELAYS_NOTE, "relays": []},
+            "checked_at": time.time()}
 
 
 async def probe_port_mapping(server: Address) -> ProbeResult:
@@ -190,6 +202,6 @@ async def api_netcheck(daemon: Any, body: dict[str, Any]) -> dict[str, Any]:
     except (OSError, asyncio.TimeoutError) as e:
         mapping.cancel()
         raise HttpError(502, f"netcheck failed: {e}", "netcheck_failed") from None
-    payload = netcheck_payload(result, await mapping)
+    payload = netcheck_payload(result, await mapping, relay_report(getattr(daemon, "traversal", None)))
     daemon.netcheck = payload  # the last result, for status readers
     return payload

@@ -36,7 +36,7 @@ from shoal.lab.topology import NAT_TYPES
 SHORT: dict[str, str] = {"public": "pub", "full-cone": "cone", "port-restricted": "prc",
                          "symmetric": "sym", "double-nat": "dbl", "udp-blocked": "blk"}
 LAN_KINDS: dict[str, str] = {"hp": "same NAT, hairpin", "nh": "same NAT, no hairpin"}
-PING_INTERVAL = 0.1
+PING_INTERVAL = 0.05
 STATUS_EVERY = 0.5        # how often every node's status is read while waiting
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 

@@ -49,6 +49,7 @@ HTTP_PORT = 443          # a udp-blocked host reaches only TCP 80/443 (docs/lab.
 UPGRADE_LIMIT = 10.0     # issue #5: relayed -> direct once a direct path opens
 UPGRADE_WATCH = 40.0     # how long an upgrade test keeps watching (to measure a slow upgrade)
 ROAM_LIMIT = 3.0         # issue #5: traffic resumes after an address change
+SLOW_FIRST_PACKET = 1.0  # a pair slower than this gets its daemons' logs printed
 TTFP_LIMIT = 10.0        # join -> first overlay packet, per pair (a sanity bound; reported in docs/nat.md)
 ROAM_WATCH = 30.0        # how long a roaming test keeps watching (to measure a slow recovery)
 MATRIX_BUDGET = 240.0    # target < 180 s for the whole matrix on 2 shared cores; bound generously
@@ -121,6 +122,11 @@ def matrix_mesh() -> Iterator[tuple[MatrixRun, Mesh]]:
             print(format_table(run, expected))
             if not all(r.both_ways and r.path_settled_s is not None for r in run.results):
                 print(mesh.logs())
+            for r in run.results:   # slow pairs: both daemons' logs, for diagnosis
+                if r.ttfp_s is not None and r.ttfp_s > SLOW_FIRST_PACKET:
+                    for name in (r.pair.a, r.pair.b):
+                        print(f"--- {name} (slow first packet with {r.pair.label}: {r.ttfp_s:.2f} s)\n"
+                              f"{mesh.nodes[name].log.read_text(errors='replace')}")
             yield run, mesh
         finally:
             mesh.close()

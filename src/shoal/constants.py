@@ -315,10 +315,14 @@ PATH_SPRAY_BACKOFF = 60.0  # seconds between spray attempts while still relayed
 
 # --- The daemon's NAT traversal glue (shoal.daemon.traversal, shoal.nat.reflexive)
 REFLEXIVE_REFRESH = 20.0  # seconds between STUN rounds on the data socket (keeps the mapping, notices changes)
+REFLEXIVE_REFRESH_RELAYED = 4.0  # ...while some peer is relayed (a NAT that became easier is noticed soon)
 HOST_ADDRESS_CHECK = 2.0  # seconds between looks at the host's own addresses (roaming)
 RELAY_UDP_WAIT = 2.0  # seconds to wait for the UDP relay to accept us before trying its WebSocket
 RELAY_SILENCE = 60.0  # a relay connection with no frame from the relay this long is redone
 RELAY_RETRY = 5.0  # seconds between attempts to reach a relay that did not answer
+RELAY_WS_OPEN_TIMEOUT = 3.0  # a relay WebSocket not open after this long is given up and tried again
+RELAY_WS_QUICK_RETRIES = 3  # after a working relay WebSocket dropped: this many quick retries...
+RELAY_WS_QUICK_RETRY = 0.5  # ...this far apart, before falling back to RELAY_RETRY
 RELAY_ACTIVE_KEEPALIVE = 0.5  # keepalive period while a peer is reached through the relay...
 RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticate again on the
 #                           same transport (the relay does not answer a KEEPALIVE from an address

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,3 +110,14 @@ def test_answer_from_elsewhere_is_ignored() -> None:
     assert reply is not None
     assert probe.receive(reply.data, ("198.51.100.1", 3478), 0.01)  # ours, but from a stranger
     assert probe.result == (None, False) and probe.stats["wrong-source"] == 1
+
+
+def test_shorter_refresh_moves_the_next_round_earlier() -> None:
+    probe = ReflexiveProbe(SERVER, random_bytes=random.Random(8).randbytes)
+    probe.start(0.0)
+    t = run(probe, StunResponder([A1, A2], [3478, 3479]), easy, until=1.0)
+    assert probe.next_deadline() == pytest.approx(t + REFLEXIVE_REFRESH, abs=1.0)
+    probe.set_refresh(4.0, t)
+    assert probe.next_deadline() == pytest.approx(t + 4.0)
+    probe.set_refresh(REFLEXIVE_REFRESH, t)  # longer: the round already planned stays
+    assert probe.next_deadline() == pytest.approx(t + 4.0)

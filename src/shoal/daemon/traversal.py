@@ -52,6 +52,8 @@ from shoal.constants import (
     BIRTHDAY_HOLD,
     DISCO_MAGIC,
     HOST_ADDRESS_CHECK,
+    REFLEXIVE_REFRESH,
+    REFLEXIVE_REFRESH_RELAYED,
     RELAY_ACTIVE_KEEPALIVE,
     RELAY_KEEPALIVE_INTERVAL,
     RELAY_MAGIC,
@@ -61,7 +63,10 @@ from shoal.constants import (
     RELAY_RETRY,
     RELAY_SILENCE,
     RELAY_UDP_WAIT,
+    RELAY_WS_OPEN_TIMEOUT,
     RELAY_WS_PATH,
+    RELAY_WS_QUICK_RETRIES,
+    RELAY_WS_QUICK_RETRY,
     STUN_PORT,
     VIRTUAL_ENDPOINT_PREFIX,
 )
@@ -177,6 +182,7 @@ class Traversal:
         self._relay_ping_at: float | None = None  # when the unanswered keepalive went out
         self._udp_failed = False  # the UDP relay never answered here: go straight to WebSocket
         self._reauth_sent = False  # re-authentication after an unanswered keepalive is under way
+        self._ws_quick = 0  # quick WebSocket retries left after a working one dropped
         self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
@@ -383,8 +389,10 @@ class Traversal:
                 now = self._clock()
                 if self.probe is not None:
                     self.probe.restart(now)
-                if self.relay is not None:
-                    self._relay_connect(now, network_changed=True)  # new source address: bind again
+                # the relay: a UDP binding moves by itself (the relay stops answering our
+                # keepalives from the new address, we authenticate again); a WebSocket bound to a
+                # vanished address drops and is redone at once
+
                 self._candidates_changed(now)
 
     # ------------------------------------------------------------------ data socket
@@ -546,7 +554,7 @@ class Traversal:
 
     # ------------------------------------------------------------------ relay
 
-    def _relay_connect(self, now: float, *, network_changed: bool = False) -> None:
+    def _relay_connect(self, now: float) -> None:
         """(Re)start the relay connection: UDP first (unless it never answered on this
         network), WebSocket if UDP stays silent."""
         self._stop_ws()
@@ -555,8 +563,6 @@ class Traversal:
         self._relay_retry_at = None
         self._relay_ping_at = None
         self._reauth_sent = False
-        if network_changed:
-            self._udp_failed = False
         if self.relay_key is None:
             return
         if self.relay_udp is not None and not (self._udp_failed and self.relay_ws_url is not None):
@@ -586,8 +592,8 @@ class Traversal:
 
     async def _ws_run(self, url: str, client: RelayClient, queue: asyncio.Queue[bytes]) -> None:
         try:
-            async with websockets.connect(url, max_size=RELAY_MAX_FRAME, compression=None, open_timeout=10,
-                                          close_timeout=2) as ws:
+            async with websockets.connect(url, max_size=RELAY_MAX_FRAME, compression=None,
+                                          open_timeout=RELAY_WS_OPEN_TIMEOUT, close_timeout=2) as ws:
                 log.info("relay: WebSocket %s open", url)
 
                 async def sender() -> None:
@@ -609,8 +615,18 @@ class Traversal:
         if self.relay is client and not self._closed:
             self.relay = None
             self.relay_mode = None
-            # a connection that worked and dropped is redone at once; a failing one later
-            self._relay_retry_at = self._clock() + (0.0 if client.ready else RELAY_RETRY)
+            # a connection that worked and dropped is redone at once, and quickly again a few
+            # times (a roamed host's first SYN may be lost); one that keeps failing, later
+            if client.ready:
+                self._ws_quick = RELAY_WS_QUICK_RETRIES
+                delay = 0.0
+            elif self._ws_quick > 0:
+                self._ws_quick -= 1
+                delay = RELAY_WS_QUICK_RETRY
+            else:
+                delay = RELAY_RETRY
+                self._udp_failed = False  # the relay is not reachable at all: next time, UDP first again
+            self._relay_retry_at = self._clock() + delay
             self._relay_state_changed(self._clock())
             self._after(self._clock())
 
@@ -759,6 +775,11 @@ class Traversal:
                          "varies by destination (hard)" if hard else "endpoint-independent")
                 self._candidates_changed(now)
         self._apply_paths(now)
+        if probe is not None:
+            relayed = any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
+            want = REFLEXIVE_REFRESH_RELAYED if relayed else REFLEXIVE_REFRESH
+            if probe.refresh != want:
+                probe.set_refresh(want, now)
         self._arm()
 
     def _arm(self) -> None:

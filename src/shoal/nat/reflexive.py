@@ -13,8 +13,10 @@ retransmitted per STUN_RTO / STUN_MAX_TRANSMISSIONS. Its answer gives M1 and OTH
 (A2:P2); a second Binding then goes to A2:P2 and gives M2. M1 != M2: the mapping depends on
 the destination (hard). Without OTHER-ADDRESS (a plain RFC 5389 server) hardness is unknown
 (reported as not hard). A round runs at `start`, then every REFLEXIVE_REFRESH seconds (which
-also keeps the NAT mapping toward the server alive and notices a changed public address), and
-at once when `restart` is called (the host's addresses changed).
+also keeps the NAT mapping toward the server alive and notices a changed public address; the
+daemon shortens the period to REFLEXIVE_REFRESH_RELAYED while a peer is relayed, so a NAT
+that became easier is noticed soon), and at once when `restart` is called (the host's
+addresses changed).
 
 Output: `result` = (reflexive address or None, hard); `changed` is set when a round ends
 with a result different from the previous one (the caller clears it). Datagrams to send come
@@ -76,6 +78,12 @@ class ReflexiveProbe:
         self._begin(now)
 
     restart = start
+
+    def set_refresh(self, refresh: float, now: float) -> None:
+        """Change the period between rounds (the next round moves earlier if need be)."""
+        self.refresh = refresh
+        if self._next_round is not None and self._next_round > now + refresh:
+            self._next_round = now + refresh
 
     def receive(self, data: bytes, src: Address, now: float) -> bool:
         tx = self._tx

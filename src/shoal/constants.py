@@ -49,6 +49,7 @@ KEEPALIVE_TIMEOUT = 10.0
 COOKIE_REFRESH_TIME = 120.0
 COOKIE_SECRET_LATENCY = 5.0  # initiator stops using a cookie 5 s before the secret rotates (Linux)
 HANDSHAKE_INITIATION_RATE = 1.0 / 50  # at most one initiation per 20 ms per peer
+NEW_PATH_HANDSHAKE_GAP = 0.1  # Shoal: a handshake on a new path waits this long after the last initiation
 ZEROIZE_AFTER = REJECT_AFTER_TIME * 3  # 540 s: forget all key material
 
 # --- TAI64N timestamps (whitepaper 5.4.2; wireguard-go tai64n/tai64n.go) -----------------

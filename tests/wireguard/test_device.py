@@ -388,3 +388,29 @@ def test_initiation_flood_from_a_known_peer_is_limited():
     assert p.b.stats["responses_sent"] == 1 and p.b.stats["rx_initiation_flood"] == 1
     p.b.receive([(msgs[2], A_EP)], p.now + 0.05)
     assert p.b.stats["responses_sent"] == 2
+
+
+def test_set_endpoint_starts_a_handshake_on_the_new_path_with_a_newer_timestamp():
+    """NAT traversal moves a peer from a path that ate the initiation (say the relay, before
+    the far side knew us) to a direct one 10 ms later: the new initiation must not carry the
+    same whitened TAI64N step, or the responder refuses it as a replay."""
+    p = make_pair()
+    lost = ("100::1", 1)
+    p.a.set_endpoint(p.b_key.public_key(), lost, p.now)
+    (init1, ep1), = p.a.take_outbox()
+    assert ep1 == lost
+    p.b.receive([(init1, p.a_ep)], p.now)  # the far side did see the first one...
+    p.b.take_outbox()  # ...but its answer is lost on the old path
+    p.now += 0.010
+    p.a.set_endpoint(p.b_key.public_key(), p.b_ep, p.now)
+    assert p.a.take_outbox() == []  # deferred: same timestamp step
+    due = p.a.next_deadline()
+    assert due is not None and due - p.now <= C.NEW_PATH_HANDSHAKE_GAP
+    p.advance(C.NEW_PATH_HANDSHAKE_GAP)
+    p.a.send([ipv4(A_IP, B_IP, b"direct")], p.now)
+    p.pump()
+    assert ipv4(A_IP, B_IP, b"direct") in p.b.take_to_tun()
+    # with a session, a new path changes only where packets go
+    p.a.set_endpoint(p.b_key.public_key(), ("192.0.2.99", 9), p.now)
+    out = p.a.take_outbox()
+    assert out == [] and p.a.peers[p.b_key.public_key()].endpoint == ("192.0.2.99", 9)

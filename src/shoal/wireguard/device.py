@@ -274,6 +274,10 @@ class Device:
         if peer.new_handshake_at is not None and peer.new_handshake_at <= now:
             peer.new_handshake_at = None
             self._initiate(peer, now, retry=False)
+        if peer.path_handshake_at is not None and peer.path_handshake_at <= now:
+            peer.path_handshake_at = None
+            if not self._usable(peer.keypairs.current, now):
+                self._initiate_on_new_path(peer, now)
         if peer.zeroize_at is not None and peer.zeroize_at <= now:
             peer.zeroize_at = None
             self._forget_sessions(peer)
@@ -351,8 +355,20 @@ class Device:
             if peer.staged:
                 self._flush_staged(peer, now)
         elif changed:
-            peer.last_initiation_sent = -math.inf
-            self._initiate(peer, now, retry=False)
+            self._initiate_on_new_path(peer, now)
+
+    def _initiate_on_new_path(self, peer: Peer, now: float) -> None:
+        """A fresh initiation now, or NEW_PATH_HANDSHAKE_GAP after the last one: two
+        initiations within one whitened step (~16.8 ms) carry the same TAI64N timestamp, and
+        the responder refuses the second as a replay; it also refuses one that arrives within
+        HANDSHAKE_INITIATION_RATE of the previous (which may have come the slower way)."""
+        due = peer.last_initiation_sent + C.NEW_PATH_HANDSHAKE_GAP
+        if now < due:
+            peer.path_handshake_at = due
+            self._arm(peer, due)
+            return
+        peer.last_initiation_sent = -math.inf
+        self._initiate(peer, now, retry=False)
 
     def initiate_handshake(self, peer: PublicKey, now: float) -> None:
         """Start a handshake now (as `wg` does when a peer is added with an endpoint)."""

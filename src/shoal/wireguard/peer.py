@@ -79,6 +79,7 @@ class Peer:
         "retransmit_at",
         "send_keepalive_at",
         "new_handshake_at",
+        "path_handshake_at",
         "zeroize_at",
         "persistent_at",
         "scheduled",
@@ -105,6 +106,7 @@ class Peer:
         self.retransmit_at: float | None = None
         self.send_keepalive_at: float | None = None
         self.new_handshake_at: float | None = None
+        self.path_handshake_at: float | None = None  # a handshake on a new path, deferred (Device.set_endpoint)
         self.zeroize_at: float | None = None
         self.persistent_at: float | None = None
         self.scheduled = math.inf  # earliest deadline currently pushed on the device's heap
@@ -118,6 +120,7 @@ class Peer:
                 self.retransmit_at,
                 self.send_keepalive_at,
                 self.new_handshake_at,
+                self.path_handshake_at,
                 self.zeroize_at,
                 self.persistent_at,
             )

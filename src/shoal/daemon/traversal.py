@@ -158,6 +158,7 @@ class Traversal:
         self._vep_key: dict[Address, PublicKey] = {}
         self._vep_next = 1
         self._peer_hard: dict[PublicKey, bool] = {}
+        self._last_direct: dict[PublicKey, Address] = {}  # the endpoint of the last direct path
         # birthday sockets: k -> socket; paths over them: virtual endpoint <-> (k, peer address)
         self._bsocks: dict[int, socket.socket] = {}
         self._bsock_until = 0.0  # unused birthday sockets close then
@@ -232,6 +233,7 @@ class Traversal:
             del self.engines[key]
             self._cands.pop(key, None)
             self._peer_hard.pop(key, None)
+            self._last_direct.pop(key, None)
             self.codec.remove_peer(bytes(key))
             vep = self._vep.pop(key, None)
             if vep is not None:
@@ -527,9 +529,15 @@ class Traversal:
                 rtt = f" (rtt {e.path.rtt * 1000:.2f} ms)" if e.path is not None and e.path.rtt is not None else ""
                 log.info("path to %s: %s %s%s", key.short(), e.kind, what + (" (LAN)" if e.path and e.path.lan else ""), rtt)
             if path is None:
+                # nothing answers: keep sending where it last worked directly rather than into
+                # a relay that is not there (a busy machine can miss pongs; WireGuard decides)
+                last = self._last_direct.get(key)
+                if last is not None:
+                    self.plane.set_endpoint(key, last, now)
                 continue
             if path.kind is PathKind.DIRECT and path.addr is not None:
                 ep = self._routed_vep(key, path.sock, path.addr) if path.sock else path.addr
+                self._last_direct[key] = ep
             else:
                 ep = self._vep_of(key)
             self.plane.set_endpoint(key, ep, now)

@@ -440,6 +440,8 @@ class PathEngine:
                 oc = self._cands.get((old.addr, old.sock))  # type: ignore[arg-type]
                 if oc is None or not self._alive(oc, now):
                     self.events.append(PathEvent("lost", now, new, old))
+            elif old is not None and new is None:  # the relay went away and nothing direct answers
+                self.events.append(PathEvent("lost", now, None, old))
             if new is not None:
                 self.events.append(PathEvent("chosen" if old is None else "changed", now, new, old))
             self._next_heartbeat = now + PATH_HEARTBEAT if new is not None and new.kind is PathKind.DIRECT else None

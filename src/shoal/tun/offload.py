@@ -31,6 +31,12 @@ checksum (flags 0, so the kernel verifies it in C; it is derived from the segmen
 checksums, so no payload byte is summed in Python) and gso_type/gso_size telling the kernel
 how it was built.
 
+TAP (IFF_TAP with IFF_VNET_HDR): the same header precedes an Ethernet frame, and csum_start
+and hdr_len count from the frame's first byte (14 more than for TUN). We never enable TSO on a
+TAP (no GSO reads), so ``strip_frame`` only finishes a partial checksum; ``coalesce_frames``
+runs ``coalesce`` on the IP packets and puts the Ethernet header ``header_for(packet)`` in
+front of each buffer, shifting those two fields.
+
 Bad input (truncated or inconsistent packets from the kernel or from a peer) never raises: it is
 passed through unchanged or dropped and counted by the caller via the return values.
 """
@@ -38,7 +44,9 @@ passed through unchanged or dropped and counted by the caller via the return val
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
+from shoal import constants as C
 from shoal.tun.checksum import finish, ip_header_checksum, residue
 
 VNET_HDR = struct.Struct("<BBHHHH")
@@ -333,6 +341,39 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
     return result
 
 
+def strip_frame(buf: bytes) -> bytes | None:
+    """The Ethernet frame of one vnet-header-prefixed TAP read (None: malformed or GSO)."""
+    if len(buf) <= VNET_HDR_LEN:
+        return None
+    flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+    if gso_type & ~VIRTIO_NET_HDR_GSO_ECN:
+        return None  # TSO is never enabled on our TAPs
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        frame = bytearray(memoryview(buf)[VNET_HDR_LEN:])
+        if csum_start + csum_offset + 2 > len(frame):
+            return None
+        complete_checksum(frame, csum_start, csum_offset)
+        return bytes(frame)
+    return buf[VNET_HDR_LEN:]
+
+
+def coalesce_frames(packets: list[bytes], header_for: Callable[[bytes], bytes]) -> list[bytes]:
+    """Like ``coalesce``, for a TAP: each buffer is vnet header + header_for(IP packet) + packet.
+
+    ``header_for`` must return 14 bytes; packets of one coalesced run share the first
+    packet's header (a run is one flow, so one source address)."""
+    out = []
+    for buf in coalesce(packets):
+        ip = memoryview(buf)[VNET_HDR_LEN:]
+        if buf[1]:
+            flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+            hdr = VNET_HDR.pack(flags, gso_type, hdr_len + C.ETH_HEADER_LEN, gso_size, csum_start + C.ETH_HEADER_LEN, csum_offset)
+        else:
+            hdr = VNET_NONE
+        out.append(b"".join((hdr, header_for(ip), ip)))
+    return out
+
+
 def _build(g: _Group) -> bytes:
     p = g.first
     ihl, thl = g.ihl, g.thl
@@ -365,5 +406,7 @@ __all__ = [
     "VNET_NONE",
     "split",
     "coalesce",
+    "coalesce_frames",
+    "strip_frame",
     "complete_checksum",
 ]

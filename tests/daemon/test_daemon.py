@@ -217,7 +217,10 @@ async def test_login_tofu_pins_key_and_brings_up_the_view(tmp_path, server):
         assert h.plane.addresses == [ipaddress.ip_interface("100.64.0.1/10"), ipaddress.ip_interface("fd5a::1/48")]
         p0 = h.plane.device.peers[PEER_KEYS[0].public_key()]
         assert p0.endpoint == ("203.0.113.10", 51820)
-        assert [str(n) for n in h.plane.device.allowed_ips(p0)] == ["100.64.0.10/32", "fd5a::a/128"]
+        # plus the link-local its LAN interface derives from its IPv4 (docs/lan.md); a Shoal peer
+        assert [str(n) for n in h.plane.device.allowed_ips(p0)] == ["100.64.0.10/32", "fd5a::a/128",
+                                                                     "fe80::53:64ff:fe40:a/128"]
+        assert p0.shoal
         st = await h.call("GET", "/v1/status")
         assert st["connection"]["state"] == "connected" and st["view_version"] == 1
         assert [p["nickname"] for p in st["peers"]] == ["peer0", "peer1"]

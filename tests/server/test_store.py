@@ -35,7 +35,7 @@ async def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> 
         async with store.engine.connect() as conn:
             diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
             version = (await conn.execute(sa.text("select version_num from alembic_version"))).scalar()
-        assert diff == [] and version == "0001"
+        assert diff == [] and version == "0002_lan_broadcast"
     finally:
         await store.close()
     store = await Store.open(tmp_path)  # a second start: migrations are a no-op

@@ -45,6 +45,12 @@ peer has reached it for a whole grace period). When the node logs in again, or g
 for good, the server sends CheckPeer(node_id, active=False) (or removes the peer from the
 view): the check ends. A node that logs in is told about its peers that are still in grace.
 
+LAN (optional; both sides list "lan" in Login.features / LoginOk.features). A server sends
+networks of kind "l2" only to nodes that listed "lan": such a node cannot create or join one
+(refused with code "unsupported"), so an older node never has to decode the kind. A node sends
+CreateNetwork.kind="l2" or SetAccess.broadcast only to a server that listed "lan" (an older
+server would ignore the field); the daemon refuses the request itself otherwise.
+
 View semantics. A node's *view* is the networks it is a member of (incl. pending ones), their
 members, and its *peers*: the nodes with which it shares at least one network where both are
 online members (not pending). The daemon keeps a WireGuard peer exactly for each peer in the
@@ -81,6 +87,7 @@ Text = Annotated[str, msgspec.Meta(max_length=512)]
 MAX_ENDPOINTS = 16
 MAX_FEATURES = 32
 FEATURE_CHECK_PEER = "check_peer"
+FEATURE_LAN = "lan"  # understands NetworkKind "l2", NetworkInfo.broadcast, CreateNetwork.kind, SetAccess.broadcast
 KEEPALIVE_INTERVAL = 5.0  # a "check_peer" node sends Ping at least this often
 SILENCE_TIMEOUT = 15.0  # either side drops a "check_peer" session silent for this long
 MAX_MEMBERS = 4096
@@ -90,7 +97,7 @@ MAX_PEERS = 65536
 Features = Annotated[list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=MAX_FEATURES)]
 Approval = Literal["auto", "manual"]
 Role = Literal["owner", "member"]
-NetworkKind = Literal["ip"]  # "l2" arrives with layer-2 networks
+NetworkKind = Literal["ip", "l2"]  # "l2": a layer-2 network (docs/lan.md); only for "lan" nodes
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, frozen=True):
@@ -116,6 +123,7 @@ class NetworkInfo(msgspec.Struct, frozen=True):
     locked: bool
     approval: Approval
     members: Annotated[list[MemberInfo], msgspec.Meta(max_length=MAX_MEMBERS)]
+    broadcast: bool = True  # broadcast/multicast (ip) or flooding (l2) between members is on
 
 
 class PeerInfo(msgspec.Struct, frozen=True):
@@ -170,6 +178,7 @@ class CreateNetwork(_Msg, tag="create_network"):
     name: NetworkName
     password: Password
     approval: Approval = "auto"
+    kind: NetworkKind = "ip"  # "l2" only to a server that listed "lan" in LoginOk.features
 
 
 class JoinNetwork(_Msg, tag="join_network"):
@@ -210,6 +219,7 @@ class SetAccess(_Msg, tag="set_access"):
     network_id: NetworkId
     locked: bool | None = None
     approval: Approval | None = None
+    broadcast: bool | None = None  # only to a server that listed "lan" in LoginOk.features
 
 
 class Approve(_Msg, tag="approve"):

@@ -10,6 +10,7 @@ Inputs (all take `now`):
     from_l2_interface(network, frame, now)  a frame written to the interface of layer-2 network
     from_peer(node_id, plaintext, now)    an extension plaintext a peer sent (already decrypted,
                                           authenticated: node_id is the session's owner)
+    header_for(packet)                    the 14 bytes frame_for puts in front (for coalesced writes)
     frame_for(packet)                     the frame to write for a unicast IP packet the
                                           WireGuard engine decrypted (Ethernet header added)
 Outputs (drained by the caller after each call):
@@ -84,6 +85,7 @@ class LanSwitch:
         self.node_id = node_id
         self.own = own
         self.mac = mac_for_ipv4(own.ipv4)  # the IP interface's MAC (the daemon sets it)
+        self._mac_bytes = bytes(self.mac)
         self.broadcasts = frozenset((overlay.broadcast_address.packed,))
         self.snooping = set(snooping)
         self.networks: dict[str, NetworkState] = {}
@@ -262,9 +264,13 @@ class LanSwitch:
 
     def frame_for(self, packet: bytes) -> bytes:
         """Wrap a unicast IP packet the WireGuard engine decrypted for the IP interface."""
+        return self.header_for(packet) + packet
+
+    def header_for(self, packet: bytes | memoryview) -> bytes:
+        """The 14-byte Ethernet header `frame_for` puts in front of `packet`."""
         if packet[0] >> 4 == 4:
-            return bytes(self.mac) + b"\x02\x53" + bytes(packet[12:16]) + _ETH_IPV4 + packet
-        return bytes(self.mac) + bytes(mac_for(ipaddress.IPv6Address(packet[8:24]))) + _ETH_IPV6 + packet
+            return self._mac_bytes + b"\x02\x53" + bytes(packet[12:16]) + _ETH_IPV4
+        return self._mac_bytes + bytes(mac_for(ipaddress.IPv6Address(bytes(packet[8:24])))) + _ETH_IPV6
 
     def take(self) -> tuple[list[bytes], list[tuple[str, bytes]], list[bytes], list[tuple[str, bytes]]]:
         """Drain (to_engine, to_peers, to_ip_interface, to_l2_interface)."""

@@ -9,7 +9,8 @@ Fabrics (same interface: `members`, `Member.iface(network)`, `Member.ipv4`):
 - `ShoalFabric`: a real `shoal server` and `shoal daemon`s (shoal.daemon.labmesh); IP networks
   are the node's `shoal0`, layer-2 networks the TAP the daemon names in `shoal status --json`.
 
-Both route 255.255.255.255/32 and 224.0.0.0/4 to the member's IP LAN interface, as the daemon
+Both drop IP broadcast/multicast on the lab's internet bridge (`isolate_underlay`), and both
+route 255.255.255.255/32 and 224.0.0.0/4 to the member's IP LAN interface, as the daemon
 does on the host (docs/lan.md section 7); lab namespaces have no default route, so a broadcast
 can only leave through the LAN under test.
 
@@ -303,6 +304,25 @@ def _ip(ns: str, *args: str) -> None:
         raise RuntimeError(f"ip -n {ns} {' '.join(args)}: {p.stderr.strip()}")
 
 
+UNDERLAY_NO_BROADCAST = """table bridge shoal_lanapps {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    meta pkttype { broadcast, multicast } ether type { ip, ip6 } drop
+  }
+}
+"""
+
+
+def isolate_underlay(lab: Any) -> None:
+    """Drop IP broadcast and multicast frames on the lab's internet bridge (ARP still passes).
+    Public lab hosts share that bridge, which the real internet is not: without this, nmbd or
+    avahi could find each other over `eth0` and a test would pass without the LAN under test."""
+    p = subprocess.run(["ip", "netns", "exec", lab.ns["inet"], "nft", "-f", "-"], input=UNDERLAY_NO_BROADCAST,
+                       text=True, capture_output=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"nft in {lab.ns['inet']}: {p.stderr.strip()}")
+
+
 class BridgeFabric:
     """Linux bridges (one per network) in the lab's internet namespace; member ends `lan<net>`.
 
@@ -315,6 +335,7 @@ class BridgeFabric:
 
     def __init__(self, lab: Any, layout: dict[str, list[str]], kinds: dict[str, str]) -> None:
         self.lab = lab
+        isolate_underlay(lab)
         self.dir = Path(tempfile.mkdtemp(prefix=f"shoal-lanapps-{os.getpid()}-"))
         inet = lab.ns["inet"]
         nets = list(kinds)
@@ -364,6 +385,7 @@ class ShoalFabric:
     def __init__(self, lab: Any, layout: dict[str, list[str]], kinds: dict[str, str]) -> None:
         from shoal.daemon.labmesh import Mesh
         self.lab, self.layout, self.kinds = lab, layout, kinds
+        isolate_underlay(lab)
         self.mesh = Mesh(lab)
         self.dir = self.mesh.dir
         self.members: dict[str, Member] = {}
@@ -386,20 +408,20 @@ class ShoalFabric:
                 self.members[host] = m
             for host, m in self.members.items():
                 node = self.mesh.nodes[host]
-                st = node.status()
                 for net in layout[host]:
                     if kinds[net] == "ip":
                         m.ifaces[net] = "shoal0"
-                        m.ipv4 = st["node"]["ipv4"]
-                    else:
-                        m.ifaces[net] = self.l2_iface(st, f"lan{net}")
+                        m.ipv4 = node.status()["node"]["ipv4"]
+                    else:  # the daemon opens the TAP once the view lists the network
+                        m.ifaces[net] = wait_for(lambda: self.l2_iface(node.status(), f"lan{net}"), 10,
+                                                 f"{host}: interface of layer-2 network lan{net}")
         except BaseException:
             print(self.mesh.logs())
             self.mesh.close()
             raise
 
     @staticmethod
-    def l2_iface(status: dict[str, Any], name: str) -> str:
+    def l2_iface(status: dict[str, Any], name: str) -> str | None:
         """The TAP of layer-2 network `name` as `shoal status --json` reports it."""
         for net in status.get("networks", []):
             if net.get("name") == name:
@@ -409,7 +431,7 @@ class ShoalFabric:
                         return v
                     if isinstance(v, dict) and isinstance(v.get("name"), str):
                         return v["name"]
-        raise RuntimeError(f"shoal status names no interface for layer-2 network {name}: {json.dumps(status.get('networks'))[:400]}")
+        return None
 
     def ready(self, timeout: float = 20.0) -> None:
         """Every pair sharing an IP network pings over the overlay; every interface is up."""

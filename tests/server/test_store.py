@@ -64,7 +64,10 @@ async def test_write_through_round_trip_loses_nothing(tmp_path: Path) -> None:
     assert h.join("carol", "lan", password="secret").ok
     h.join("dave", "club", password="pw")
     assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("carol"), ban=True).ok
-    assert h.req("alice", m.SetAccess, network_id=net, locked=True).ok
+    assert h.req("alice", m.SetAccess, network_id=net, locked=True, broadcast=False).ok
+    h.login("erin", features=[m.FEATURE_LAN])
+    assert h.req("erin", m.CreateNetwork, name="ipx", password="pw", kind="l2").ok
+    h.send("erin", m.Logout(req_id=8))
     assert h.req("bob", m.SetOnline, network_id=net, online=False).ok
     assert h.req("dave", m.SetNickname, nickname="Dave").ok
     doomed = h.create("carol", "doomed")

@@ -307,14 +307,16 @@ def _ip(ns: str, *args: str) -> None:
 UNDERLAY_NO_BROADCAST = """table bridge shoal_lanapps {
   chain forward {
     type filter hook forward priority 0; policy accept;
-    meta pkttype { broadcast, multicast } ether type { ip, ip6 } drop
+    iifname "p*" meta pkttype { broadcast, multicast } ether type { ip, ip6 } drop
+    iifname "q*" meta pkttype { broadcast, multicast } ether type { ip, ip6 } drop
   }
 }
 """
 
 
 def isolate_underlay(lab: Any) -> None:
-    """Drop IP broadcast and multicast frames on the lab's internet bridge (ARP still passes).
+    """Drop IP broadcast and multicast frames on the lab's internet bridge (ARP still passes;
+    its ports are p<k>/q<k>, the bridge fabric's are lb<j>p<k>).
     Public lab hosts share that bridge, which the real internet is not: without this, nmbd or
     avahi could find each other over `eth0` and a test would pass without the LAN under test."""
     p = subprocess.run(["ip", "netns", "exec", lab.ns["inet"], "nft", "-f", "-"], input=UNDERLAY_NO_BROADCAST,

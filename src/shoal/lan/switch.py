@@ -62,6 +62,7 @@ from shoal import constants as C
 _ETH_IPV4 = C.ETHERTYPE_IPV4.to_bytes(2, "big")
 _ETH_IPV6 = C.ETHERTYPE_IPV6.to_bytes(2, "big")
 _ETH_ARP = C.ETHERTYPE_ARP.to_bytes(2, "big")
+_HEADER_CACHE = 4096  # sources whose Ethernet header header_for keeps (one per peer in practice)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +87,9 @@ class LanSwitch:
         self.own = own
         self.mac = mac_for_ipv4(own.ipv4)  # the IP interface's MAC (the daemon sets it)
         self._mac_bytes = bytes(self.mac)
-        self.broadcasts = frozenset((overlay.broadcast_address.packed,))
+        self._headers4: dict[bytes, bytes] = {}  # source IPv4 -> Ethernet header (header_for's cache)
+        self.broadcast4 = overlay.broadcast_address.packed
+        self.broadcasts = frozenset((self.broadcast4,))
         self.snooping = set(snooping)
         self.networks: dict[str, NetworkState] = {}
         self.peers: dict[str, PeerAddresses] = {}
@@ -269,7 +272,13 @@ class LanSwitch:
     def header_for(self, packet: bytes | memoryview) -> bytes:
         """The 14-byte Ethernet header `frame_for` puts in front of `packet`."""
         if packet[0] >> 4 == 4:
-            return self._mac_bytes + b"\x02\x53" + bytes(packet[12:16]) + _ETH_IPV4
+            src = bytes(packet[12:16])
+            header = self._headers4.get(src)
+            if header is None:
+                if len(self._headers4) >= _HEADER_CACHE:
+                    self._headers4.clear()
+                header = self._headers4[src] = self._mac_bytes + b"\x02\x53" + src + _ETH_IPV4
+            return header
         return self._mac_bytes + bytes(mac_for(ipaddress.IPv6Address(bytes(packet[8:24])))) + _ETH_IPV6
 
     def take(self) -> tuple[list[bytes], list[tuple[str, bytes]], list[bytes], list[tuple[str, bytes]]]:

@@ -291,8 +291,11 @@ def _swap(res: int) -> int:
     return ((res & 0xFF) << 8) | (res >> 8)
 
 
-def coalesce(packets: list[bytes]) -> list[bytes]:
+def coalesce(packets: list[bytes], header_for: Callable[[bytes], bytes] | None = None) -> list[bytes]:
     """vnet-header-prefixed buffers to write for ``packets`` (IP packets with full checksums).
+
+    With ``header_for`` (a TAP) each buffer is vnet header + header_for(first packet) + IP,
+    and the offsets in the vnet header count from the frame (see the module docstring).
 
     A superpacket is written with a FULL checksum (derived from the segments' checksums) and
     flags 0, not as CHECKSUM_PARTIAL: the kernel verifies it in C over the whole 64 KiB, so a
@@ -333,11 +336,19 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
         open_groups[key] = len(out)
         out.append(_Group(p, ihl, thl, v4, plen, seq, _payload_residue(p, ihl, thl, v4)))
     result: list[bytes] = []
+    if header_for is None:
+        for item in out:
+            if isinstance(item, _Group):
+                result.append(_build(item, b"") if item.payloads else VNET_NONE + item.first)
+            else:
+                result.append(VNET_NONE + item)  # type: ignore[operator]
+        return result
     for item in out:
         if isinstance(item, _Group):
-            result.append(_build(item) if item.payloads else VNET_NONE + item.first)
+            first = item.first
+            result.append(_build(item, header_for(first)) if item.payloads else VNET_NONE + header_for(first) + first)
         else:
-            result.append(VNET_NONE + item)  # type: ignore[operator]
+            result.append(VNET_NONE + header_for(item) + item)  # type: ignore[arg-type, operator]
     return result
 
 
@@ -362,19 +373,10 @@ def coalesce_frames(packets: list[bytes], header_for: Callable[[bytes], bytes]) 
 
     ``header_for`` must return 14 bytes; packets of one coalesced run share the first
     packet's header (a run is one flow, so one source address)."""
-    out = []
-    for buf in coalesce(packets):
-        ip = memoryview(buf)[VNET_HDR_LEN:]
-        if buf[1]:
-            flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
-            hdr = VNET_HDR.pack(flags, gso_type, hdr_len + C.ETH_HEADER_LEN, gso_size, csum_start + C.ETH_HEADER_LEN, csum_offset)
-        else:
-            hdr = VNET_NONE
-        out.append(b"".join((hdr, header_for(ip), ip)))
-    return out
+    return coalesce(packets, header_for)
 
 
-def _build(g: _Group) -> bytes:
+def _build(g: _Group, eth: bytes) -> bytes:
     p = g.first
     ihl, thl = g.ihl, g.thl
     hl = ihl + thl
@@ -396,8 +398,9 @@ def _build(g: _Group) -> bytes:
     tcp[16:18] = b"\x00\x00"
     res = pseudo + IPPROTO_TCP + tcplen + residue(tcp) + g.res
     tcp[16:18] = _U16.pack(finish(res))
-    hdr = VNET_HDR.pack(0, gso_type, hl, g.mss, ihl, 16)
-    return b"".join((hdr, ip, tcp, p[hl:], *g.payloads))
+    shift = len(eth)  # a TAP: offsets count from the Ethernet header
+    hdr = VNET_HDR.pack(0, gso_type, hl + shift, g.mss, ihl + shift, 16)
+    return b"".join((hdr, eth, ip, tcp, p[hl:], *g.payloads))
 
 
 __all__ = [

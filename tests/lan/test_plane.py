@@ -163,3 +163,12 @@ def test_arbitrary_frames_and_extensions_never_raise(blobs: list[bytes]) -> None
     p, _ = plane()
     p.from_interface(blobs, 1.0)
     p.from_peers([(KB, b) for b in blobs], 1.0)
+
+
+def test_no_view_again_forgets_the_switch() -> None:
+    import asyncio
+
+    p, iface = plane()
+    asyncio.run(p.set_view(None))
+    assert p.switch is None and p.keys == {}
+    assert p.from_interface([b"\xff" * 60], 1.0) == [] and p.stats["iface-no-view"] == 1

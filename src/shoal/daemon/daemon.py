@@ -726,6 +726,8 @@ class Daemon:
         if self.plane is not None:
             self.plane.set_peers([])
             await self.plane.set_addresses([])
+        if self.lan is not None:  # LAN hook
+            await self.lan.set_view(None)
         self.rtt.clear()
         self._start_control()
         return {"server": url}

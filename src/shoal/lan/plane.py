@@ -325,8 +325,13 @@ class LanPlane:
     # ------------------------------------------------------------ the daemon's side
 
     async def set_view(self, view: LanView | None) -> None:
-        """Feed the switch; create/remove layer-2 TAPs; set the MAC when our address changes."""
+        """Feed the switch; create/remove layer-2 TAPs; set the MAC when our address changes.
+
+        None (logged out, or no view yet): no switch, no layer-2 TAPs; everything is dropped."""
         if view is None:
+            self.view = self.switch = None
+            self.keys, self.nodes = {}, {}
+            self.close()
             return
         self.view = view
         if self.switch is None or self.switch.node_id != view.node_id or self.switch.own != view.own:

@@ -336,7 +336,7 @@ class BridgeFabric:
     name = "bridge"
 
     def __init__(self, lab: Any, layout: dict[str, list[str]], kinds: dict[str, str]) -> None:
-        self.lab = lab
+        self.lab, self.layout, self.kinds = lab, layout, kinds
         isolate_underlay(lab)
         self.dir = Path(tempfile.mkdtemp(prefix=f"shoal-lanapps-{os.getpid()}-"))
         inet = lab.ns["inet"]
@@ -365,6 +365,11 @@ class BridgeFabric:
                         for r in BCAST_ROUTES:
                             _ip(h.ns, "route", "add", r, "dev", dev)
             self.members[host] = m
+
+    def ip_lan_peers(self, name: str) -> list[str]:
+        """Members on the sender's IP LAN: those sharing its first IP network (its routed one)."""
+        first = next(n for n in self.layout[name] if self.kinds[n] == "ip")
+        return [h for h, nets in self.layout.items() if h != name and first in nets]
 
     def ready(self, timeout: float = 10.0) -> None:
         for m in self.members.values():
@@ -434,6 +439,11 @@ class ShoalFabric:
                     if isinstance(v, dict) and isinstance(v.get("name"), str):
                         return v["name"]
         return None
+
+    def ip_lan_peers(self, name: str) -> list[str]:
+        """Members that get the sender's broadcasts on shoal0: those sharing any IP network."""
+        mine = {n for n in self.layout[name] if self.kinds[n] == "ip"}
+        return [h for h, nets in self.layout.items() if h != name and mine & set(nets)]
 
     def ready(self, timeout: float = 20.0) -> None:
         """Every pair sharing an IP network pings over the overlay; every interface is up."""

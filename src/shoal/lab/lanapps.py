@@ -56,6 +56,7 @@ import re
 import secrets
 import select
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -379,7 +380,6 @@ class BridgeFabric:
     def close(self) -> None:
         for m in self.members.values():
             m.stop_all()
-        import shutil
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

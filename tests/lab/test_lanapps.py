@@ -89,7 +89,7 @@ def test_browse_exchange_on_loopback() -> None:
     srv = _FakeServer()
     srv.start()
     try:
-        found = apps.tw_browse(3.0, ports=[srv.port], bcast="127.0.0.1")
+        found = apps.tw_browse(3.0, ports=[srv.port], bcast="127.0.0.1", settle=0.05)
     finally:
         srv.join(5)
         srv.sock.close()

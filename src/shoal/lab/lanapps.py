@@ -118,10 +118,12 @@ def parse_tw_info(data: bytes, client_token: int, browse_token: int) -> dict[str
     return {k: v.decode("utf-8", "replace") for k, v in zip(keys, parts[:5])}
 
 
-def tw_browse(timeout: float, ports: Sequence[int] = TW_PORTS, bcast: str = "255.255.255.255") -> list[dict[str, Any]]:
+def tw_browse(timeout: float, ports: Sequence[int] = TW_PORTS, bcast: str = "255.255.255.255",
+              settle: float = 1.0) -> list[dict[str, Any]]:
     """Browse the LAN like the teeworlds 0.7 client: broadcast token requests, then ask every
     server that answered for its info. Returns one dict per server (address, port, seconds
-    from the first broadcast to the info reply, and the info)."""
+    from the first broadcast to the info reply, and the info). Stops at `timeout`, or `settle`
+    seconds after the start once every server that answered has sent its info."""
     client_token = secrets.randbits(32) & 0x7FFFFFFF
     browse_token = secrets.randbelow(64)
     found: dict[tuple[str, int], dict[str, Any]] = {}
@@ -133,13 +135,15 @@ def tw_browse(timeout: float, ports: Sequence[int] = TW_PORTS, bcast: str = "255
         next_bcast = t0
         while True:
             now = time.monotonic()
-            if now >= deadline or (found and all("info" in f for f in found.values()) and now - t0 > 1.0):
+            complete = bool(found) and all("info" in f for f in found.values())
+            if now >= deadline or (complete and now - t0 > settle):
                 break
             if now >= next_bcast:  # the client re-broadcasts while the browser is open
                 for port in ports:
                     s.sendto(tw_token_request(client_token), (bcast, port))
                 next_bcast = now + 1.0
-            r, _, _ = select.select([s], [], [], max(0.0, min(deadline, next_bcast) - now))
+            wake = min(deadline, next_bcast, t0 + settle + 0.001 if complete else deadline)
+            r, _, _ = select.select([s], [], [], max(0.0, wake - now))
             if not r:
                 continue
             data, addr = s.recvfrom(2048)

@@ -81,6 +81,35 @@ while time.monotonic() < end:
 print(n, flush=True)
 """
 
+RECEIVER6 = r"""
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 5353))
+idx = socket.if_nametoindex("shoal0")
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(socket.AF_INET6, "ff02::fb") + struct.pack("@I", idx))
+print("ready", flush=True)
+got = []
+end = time.monotonic() + float(sys.argv[1])
+while (left := end - time.monotonic()) > 0:
+    s.settimeout(left)
+    try:
+        data, src = s.recvfrom(2048)
+    except socket.timeout:
+        break
+    got.append([data.decode(errors="replace"), src[0]])
+print(json.dumps(got), flush=True)
+"""
+
+SENDER6 = r"""
+import socket, struct, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, socket.if_nametoindex("shoal0"))
+for _ in range(3):
+    s.sendto(b"mdns6", ("ff02::fb", 5353, 0, socket.if_nametoindex("shoal0")))
+    time.sleep(0.05)
+"""
+
 RAW = r"""
 import socket, sys, time
 iface, mode = sys.argv[1], sys.argv[2]
@@ -192,6 +221,20 @@ def test_mdns_multicast_arrives(mesh):
     got = collect(procs)
     assert got["b"].get("mdns-probe") == 3
     assert "mdns-probe" not in got["c"] and "mdns-probe" not in got["d"]
+
+
+def test_mdns_over_ipv6_from_the_derived_link_local_arrives(mesh):
+    a = mesh.nodes["a"]
+    procs = {}
+    for name in "bcd":
+        p = mesh.nodes[name].host.popen([sys.executable, "-c", RECEIVER6, "3"], stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        procs[name] = p
+    a.host.exec([sys.executable, "-c", SENDER6], check=True, timeout=20)
+    got = {n: json.loads(p.communicate(timeout=30)[0].strip().splitlines()[-1]) for n, p in procs.items()}
+    link_local = a.status()["lan"]["link_local"]
+    assert [g[0] for g in got["b"]] == ["mdns6"] * 3 and all(g[1].split("%")[0] == link_local for g in got["b"])
+    assert got["c"] == [] and got["d"] == []
 
 
 def test_broadcast_from_bob_reaches_alice_and_dave_not_carol(mesh):

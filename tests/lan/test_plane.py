@@ -172,3 +172,15 @@ def test_no_view_again_forgets_the_switch() -> None:
     asyncio.run(p.set_view(None))
     assert p.switch is None and p.keys == {}
     assert p.from_interface([b"\xff" * 60], 1.0) == [] and p.stats["iface-no-view"] == 1
+
+
+def test_counters_worth_attention_are_logged_as_increments_at_most_every_interval(caplog) -> None:  # noqa: ANN001
+    p, _ = plane()
+    with caplog.at_level("WARNING", logger="shoal.lan"):
+        p.from_peers([(KB, b"\x51bad")], 100.0)
+        p.from_peers([(KB, b"\x51bad")], 101.0)  # inside the interval: not logged yet
+        assert [r.message for r in caplog.records] == ["LAN: rx-ext-malformed +1"]
+        p.from_peers([(KB, b"\x51bad")], 100.0 + C.LAN_LOG_INTERVAL)
+        assert caplog.records[-1].message == "LAN: rx-ext-malformed +2"
+        assert p.log_counters(200.0) == {}  # nothing grew: no line
+    assert len(caplog.records) == 2

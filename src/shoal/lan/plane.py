@@ -29,7 +29,9 @@ deletes with its routes when the daemon exits or crashes):
     layer-2 TAPs     l2_iface_name(network id), MTU LAN_L2_MTU, up, no address
 
 Bad input (extensions from peers, frames from the TAPs) is the switch's to drop and count;
-this module counts what it cannot map (unknown peers, no view yet) in `stats`.
+this module counts what it cannot map (unknown peers, no view yet) in `stats`. Counters worth
+a human's attention (`LOGGED`: storm drops, MAC moves, refused or malformed extensions) are
+logged as increments at most every LAN_LOG_INTERVAL seconds, when they grew.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ L2_PREFIX = "shoal-"
 IN6_ADDR_GEN_MODE_NONE = 1
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 _ETH_IPV4 = C.ETHERTYPE_IPV4.to_bytes(2, "big")
+LOGGED = ("egress-storm-dropped", "rx-storm-dropped", "rx-l2-mac-moved", "rx-bad-origin", "rx-ext-malformed",
+          "rx-unknown-peer", "rx-refused-", "l2-open-failed")
 
 
 def l2_iface_name(network_id: str) -> str:
@@ -146,6 +150,8 @@ class LanPlane:
         self.link_local: ipaddress.IPv6Address | None = None
         self.stats: Counter[str] = Counter()
         self.started = False
+        self._logged: dict[str, int] = {}
+        self._next_log = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ runner hooks
@@ -202,6 +208,8 @@ class LanPlane:
             self._send(peers, now)
         if to_iface:
             self.iface.tun.write_batch(to_iface)  # type: ignore[union-attr]
+        if now >= self._next_log:
+            self.log_counters(now)
         return engine
 
     def deliver(self, packets: list[bytes]) -> None:
@@ -227,6 +235,23 @@ class LanPlane:
             self.iface.tun.write_batch(to_iface)  # type: ignore[union-attr]
         if to_l2:
             self._write_l2(to_l2)
+        if now >= self._next_log:
+            self.log_counters(now)
+
+    def log_counters(self, now: float) -> dict[str, int]:
+        """Log (and return) how much each LOGGED counter grew since the last log line."""
+        self._next_log = now + C.LAN_LOG_INTERVAL
+        counters = Counter(self.stats)
+        if self.switch is not None:
+            counters.update(self.switch.stats)
+        grew = {}
+        for name, value in counters.items():
+            if name.startswith(LOGGED) and value > self._logged.get(name, 0):
+                grew[name] = value - self._logged.get(name, 0)
+                self._logged[name] = value
+        if grew:
+            log.warning("LAN: %s", ", ".join(f"{k} +{v}" for k, v in sorted(grew.items())))
+        return grew
 
     def close(self) -> None:
         for network_id in list(self.l2):
@@ -269,6 +294,8 @@ class LanPlane:
         if peers:
             self._send(peers, now)
             self.iface._flush()  # type: ignore[union-attr]
+        if now >= self._next_log:
+            self.log_counters(now)
 
     def _close_l2(self, network_id: str) -> None:
         tap = self.l2.pop(network_id, None)

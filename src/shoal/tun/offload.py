@@ -343,12 +343,13 @@ def coalesce(packets: list[bytes], header_for: Callable[[bytes], bytes] | None =
             else:
                 result.append(VNET_NONE + item)  # type: ignore[operator]
         return result
+    join = b"".join
     for item in out:
         if isinstance(item, _Group):
             first = item.first
-            result.append(_build(item, header_for(first)) if item.payloads else VNET_NONE + header_for(first) + first)
+            result.append(_build(item, header_for(first)) if item.payloads else join((VNET_NONE, header_for(first), first)))
         else:
-            result.append(VNET_NONE + header_for(item) + item)  # type: ignore[arg-type, operator]
+            result.append(join((VNET_NONE, header_for(item), item)))  # type: ignore[arg-type]
     return result
 
 

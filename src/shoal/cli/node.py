@@ -297,6 +297,10 @@ def render_list(status: dict[str, Any], console: Console) -> None:
         return
     for net in nets:
         flags = ["locked" if net["locked"] else "open", f"approval {net['approval']}"]
+        if net.get("kind") == "l2":
+            flags.insert(0, f"layer 2 on {net.get('interface') or '(no interface)'}")
+        if net.get("broadcast") is False:
+            flags.append("broadcast off")
         me = "pending approval" if net["pending"] else ("online" if net["online"] else "offline")
         t = Table(title=f"{net['name']} ({net['network_id']}) - {', '.join(flags)}; you are {me}",
                   title_justify="left", expand=False)
@@ -327,7 +331,9 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if node is not None:
         console.print(f"node       {node['nickname']} ({node['node_id']}) {node['ipv4']} {node['ipv6']}")
     iface = status["interface"]
-    console.print(f"interface  {iface['name']}, UDP port {iface['listen_port']}, endpoints {', '.join(iface['endpoints']) or '-'}")
+    mode = {"tap": " (Ethernet-like TAP)", "tun": " (TUN, layer 3 only)"}.get(iface.get("mode", ""), "")
+    console.print(f"interface  {iface['name']}{mode}, UDP port {iface['listen_port']}, "
+                  f"endpoints {', '.join(iface['endpoints']) or '-'}")
     peers = status["peers"]
     if not peers:
         console.print("no peers online")

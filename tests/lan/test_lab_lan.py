@@ -288,3 +288,14 @@ def test_storm_does_not_stop_other_tunnels(mesh):
     assert " 0% packet loss" in p.stdout or ", 5% packet loss" in p.stdout, p.stdout
     assert p2.returncode == 0, p2.stdout  # the stormer's own unicast still gets through
     assert stats_a.get("egress-storm-dropped", 0) > 0  # the sender's bucket limited it
+
+
+def test_exit_removes_every_host_change(mesh):
+    """Last in this module: stopping alice's daemon leaves no interface and no route of ours."""
+    a = mesh.nodes["a"]
+    assert a.host.exec(["ip", "route", "show", "proto", "83"], capture_output=True, text=True).stdout.strip()
+    a.stop()
+    links = a.host.exec(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "shoal" not in links, links
+    assert a.host.exec(["ip", "route", "show", "proto", "83"], capture_output=True, text=True).stdout.strip() == ""
+    assert "255.255.255.255" not in a.host.exec(["ip", "route"], capture_output=True, text=True).stdout

@@ -125,8 +125,10 @@ class WgInterface:
                 self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
             else:  # LAN hook: unicast IP as Ethernet frames
                 self.lan.deliver(device.take_to_tun())
-        if device.to_ext and self.lan is not None:  # LAN hook: broadcast/multicast/layer-2 from peers
-            self.lan.from_peers(device.take_extensions(), self._loop.time())  # type: ignore[union-attr]
+        if device.to_ext:  # LAN hook: broadcast/multicast/layer-2 from peers (dropped in TUN mode)
+            extensions = device.take_extensions()
+            if self.lan is not None:
+                self.lan.from_peers(extensions, self._loop.time())  # type: ignore[union-attr]
         if device.events:
             now = self._loop.time()  # type: ignore[union-attr]
             for event in device.take_events():

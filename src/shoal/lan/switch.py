@@ -27,7 +27,8 @@ Rules:
   local; unicast IP goes to the engine unchanged (a stock WireGuard peer sees exactly what it
   always saw); broadcast/multicast IP is fanned out (`broadcast.plan` over the IP networks,
   sender-side storm bucket per network first) as kind-IP extensions; IGMP/MLD reports are
-  fanned out too (peers snoop them); every other EtherType is dropped.
+  fanned out too, only over networks with snooping on (peers snoop them; elsewhere they
+  would be chatter that wakes every tunnel); every other EtherType is dropped.
 - Layer-2 interface of network N: the source MAC is learned as LOCAL; a unicast destination
   learned on an online member of N goes to that member only; anything else (group address,
   unknown or expired MAC) is flooded to N's online members through the storm bucket.
@@ -160,7 +161,10 @@ class LanSwitch:
 
     def _fan_out_ip(self, packet: bytes, group: bytes | None, link_local: bool, control: str | None, now: float) -> None:
         admitted = []
+        reports = control in ("igmp", "mld")
         for n in self.networks.values():
+            if reports and n.network_id not in self.snooping:
+                continue  # membership reports only feed snooping
             if n.kind == "ip" and n.broadcast and self.node_id in n.online:
                 if self.egress.allow(self.node_id, n.network_id, now):
                     admitted.append(n)

@@ -203,6 +203,7 @@ LAN_BCAST_ROUTE_MTU = DEFAULT_MTU - LAN_EXT_MAX_HEADER  # 1398: mtu of the broad
 LAN_STORM_RATE = 1000.0  # packets per second, sustained
 LAN_STORM_BURST = 2000.0  # bucket size
 LAN_STORM_MAX_KEYS = 65536  # buckets kept; idle full ones are forgotten first
+LAN_LOG_INTERVAL = 10.0  # seconds: the LAN plane logs storm drops, MAC moves, refusals at most this often
 
 # MAC learning (shoal.lan.mactable): like the Linux bridge's default ageing_time.
 LAN_MAC_AGING = 300.0  # seconds without a frame from a MAC before its entry expires

@@ -76,3 +76,11 @@ def test_commands_without_a_daemon_fail_in_one_line(tmp_path):
         assert r.output.strip().count("\n") == 0 and r.output.startswith("shoal: the shoal daemon is not running")
     r = runner.invoke(app, ["create", "x", "--approval", "sometimes", "--socket", sock])
     assert r.exit_code == 2 and "auto or manual" in r.output
+
+
+def test_list_and_status_show_the_lan_bits():
+    l2 = {**STATUS["networks"][0], "network_id": "n2", "name": "ipx", "kind": "l2", "interface": "shoal-n2",
+          "broadcast": False}
+    status = {**STATUS, "networks": [l2], "interface": {**STATUS["interface"], "mode": "tap"}}
+    assert "ipx (n2) - layer 2 on shoal-n2, locked, approval manual, broadcast off" in render(render_list, status)
+    assert "shoal0 (Ethernet-like TAP), UDP port" in render(render_status, status)

@@ -92,6 +92,20 @@ def test_candidates_are_optional_and_bounded() -> None:
             m.decode_client(b"\x01" + msgspec.msgpack.encode({"type": "candidates", "candidates": bad}))
 
 
+def test_lan_fields_are_default_compatible() -> None:
+    """An older server's NetworkInfo (no broadcast) means broadcast on; an older node's
+    CreateNetwork (no kind) means "ip"; "l2" decodes; an unknown kind is a protocol error."""
+    old = msgspec.to_builtins(NET)
+    del old["broadcast"]
+    view = {"type": "full_view", "version": 1, "node": msgspec.to_builtins(SELF), "networks": [old], "peers": []}
+    assert m.decode_server(b"\x01" + msgspec.msgpack.encode(view)).networks[0].broadcast is True
+    create = {"type": "create_network", "req_id": 1, "name": "x", "password": ""}
+    assert m.decode_client(b"\x01" + msgspec.msgpack.encode(create)).kind == "ip"
+    assert m.decode_client(b"\x01" + msgspec.msgpack.encode({**create, "kind": "l2"})).kind == "l2"
+    with pytest.raises(m.ProtocolError):
+        m.decode_client(b"\x01" + msgspec.msgpack.encode({**create, "kind": "l3"}))
+
+
 def test_examples_cover_every_message_type() -> None:
     assert {type(x) for x in CLIENT_EXAMPLES} == set(typing.get_args(m.ClientMessage))
     assert {type(x) for x in SERVER_EXAMPLES} == set(typing.get_args(m.ServerMessage))

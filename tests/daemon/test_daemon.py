@@ -217,7 +217,10 @@ async def test_login_tofu_pins_key_and_brings_up_the_view(tmp_path, server):
         assert h.plane.addresses == [ipaddress.ip_interface("100.64.0.1/10"), ipaddress.ip_interface("fd5a::1/48")]
         p0 = h.plane.device.peers[PEER_KEYS[0].public_key()]
         assert p0.endpoint == ("203.0.113.10", 51820)
-        assert [str(n) for n in h.plane.device.allowed_ips(p0)] == ["100.64.0.10/32", "fd5a::a/128"]
+        # plus the link-local its LAN interface derives from its IPv4 (docs/lan.md); a Shoal peer
+        assert [str(n) for n in h.plane.device.allowed_ips(p0)] == ["100.64.0.10/32", "fd5a::a/128",
+                                                                     "fe80::53:64ff:fe40:a/128"]
+        assert p0.shoal
         st = await h.call("GET", "/v1/status")
         assert st["connection"]["state"] == "connected" and st["view_version"] == 1
         assert [p["nickname"] for p in st["peers"]] == ["peer0", "peer1"]
@@ -549,3 +552,31 @@ async def test_pings_the_server_and_drops_a_silent_one(tmp_path, server, monkeyp
         await until(lambda: h.daemon.state == "reconnecting", timeout=3)
         assert sum(isinstance(m, M.Ping) for m in conn.sent) >= 3
         assert "silent" in h.daemon.last_error and h.engine_peers()  # tunnels kept
+
+
+async def test_layer2_and_broadcast_switch_need_a_server_that_knows_them(tmp_path, server):
+    """An older server (no "lan" in LoginOk.features) would ignore kind/broadcast: the daemon
+    refuses them itself; with a "lan" server they are sent and the view shows them."""
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        assert M.FEATURE_LAN in server.logins[-1].features
+        for path, body in (("/v1/networks/create", {"name": "ipx", "password": "p", "kind": "l2"}),
+                           ("/v1/networks/access", {"network": "net-aa", "broadcast": False})):
+            with pytest.raises(ApiError) as e:
+                await h.call("POST", path, body)
+            assert e.value.code == "unsupported" and "upgrade" in e.value.message
+        with pytest.raises(ApiError) as e:
+            await h.call("POST", "/v1/networks/create", {"name": "ipx", "password": "p", "kind": "l3"})
+        assert e.value.code == "invalid"
+        assert not [m for m in server.conns[-1].sent if isinstance(m, (M.CreateNetwork, M.SetAccess))]
+        h.daemon.server_lan = True  # as after a LoginOk listing "lan"
+        server.results[M.CreateNetwork] = M.Result(req_id=0, ok=True, network_id="bb")
+        l2 = M.NetworkInfo(network_id="bb", name="ipx", owner_id="me1", kind="l2", locked=False, approval="auto",
+                           members=[M.MemberInfo(node_id="me1", nickname="me1", role="owner", online=True)])
+        server.after_result = [M.ViewUpdate(prev_version=1, version=2, networks_upsert=[l2])]
+        await h.call("POST", "/v1/networks/create", {"name": "ipx", "password": "p", "kind": "l2"})
+        sent = [m for m in server.conns[-1].sent if isinstance(m, M.CreateNetwork)][0]
+        assert sent.kind == "l2"
+        st = await h.call("GET", "/v1/status")
+        row = next(n for n in st["networks"] if n["name"] == "ipx")
+        assert row["kind"] == "l2" and row["broadcast"] is True

@@ -129,7 +129,9 @@ def test_planner_gives_one_config_per_peer_with_its_addresses():
     configs = {c.public_key: c for c in PeerPlanner(OWN.public_key()).configs(view)}
     assert set(configs) == {KEYS[1], KEYS[2]}
     c = configs[KEYS[1]]
-    assert c.allowed_ips == [ipaddress.ip_network("100.64.0.11/32"), ipaddress.ip_network("fd00::b/128")]
+    assert c.allowed_ips == [ipaddress.ip_network("100.64.0.11/32"), ipaddress.ip_network("fd00::b/128"),
+                             ipaddress.ip_network("fe80::53:64ff:fe40:b/128")]  # EUI-64 of 02:53:64:40:00:0b
+    assert c.shoal
     assert c.endpoint == ("203.0.113.11", 51820)
 
 

@@ -165,9 +165,13 @@ def test_switch_off_stops_broadcast_both_ways() -> None:
 
 def test_membership_reports_feed_snooping_and_prune() -> None:
     mesh = Mesh()
-    mesh.nodes["ann"].snooping.add("lanparty")
     group = ipaddress.IPv4Address("239.1.2.3")
     report = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 1, 2, 0, ADDRS["ben"].ipv4.packed, group.packed) + bytes((0x16, 0, 0, 0)) + group.packed
+    mesh.nodes["ben"].from_ip_interface(iface_frame("ben", MAC("01:00:5e:01:02:03"), report), 0.0)
+    mesh.run(0.0)
+    assert mesh.wire == 0  # no network snoops: reports stay home
+    for node in ("ann", "ben"):  # the per-network setting, as every member would have it from the view
+        mesh.nodes[node].snooping.add("lanparty")
     mesh.nodes["ben"].from_ip_interface(iface_frame("ben", MAC("01:00:5e:01:02:03"), report), 0.0)
     mesh.run(0.0)
     assert mesh.ip_iface["ann"] == [] and mesh.nodes["ann"].stats["rx-membership"] == 1  # consumed, not written

@@ -717,3 +717,41 @@ def test_login_ok_names_disco_and_relay() -> None:
     h2.login("a")
     ok = [x for x in h2.clients["a"].inbox if isinstance(x, m.LoginOk)][0]
     assert m.FEATURE_RELAY not in ok.features and ok.relay_port == 0
+
+
+# ------------------------------------------------------------------ LAN: layer-2 networks, broadcast switch
+
+
+def test_login_ok_announces_lan(h: Harness) -> None:
+    h.login("alice")
+    ok = [s.message for s in h.last.sends() if isinstance(s.message, m.LoginOk)]
+    assert ok and m.FEATURE_LAN in ok[0].features
+
+
+def test_layer2_networks_only_for_nodes_that_know_them(h: Harness) -> None:
+    h.login("alice", features=[m.FEATURE_LAN])
+    h.login("bob", features=[m.FEATURE_LAN])
+    h.login("carol")  # an older node: never sees an l2 network
+    refused(h, "carol", m.CreateNetwork, "unsupported", name="old", password="pw", kind="l2")
+    r = h.req("alice", m.CreateNetwork, name="ipx", password="pw", kind="l2")
+    assert r.ok
+    assert h.clients["alice"].mirror.networks[r.network_id].kind == "l2"
+    assert h.core.networks[r.network_id].kind == "l2" and any(
+        isinstance(p, PutNetwork) and p.network.kind == "l2" for p in h.last.persist)
+    refused(h, "carol", m.JoinNetwork, "unsupported", name="ipx", password="pw")
+    assert h.join("bob", "ipx").ok
+    assert h.peers("alice") == {h.nid("bob")}
+    h.assert_consistent()
+
+
+def test_broadcast_switch(h: Harness) -> None:
+    net, a, b = three(h)
+    assert h.clients["bob"].mirror.networks[net].broadcast  # on by default
+    refused(h, "bob", m.SetAccess, "not_owner", network_id=net, broadcast=False)
+    assert h.req("alice", m.SetAccess, network_id=net, broadcast=False).ok
+    assert not h.core.networks[net].broadcast
+    assert not h.clients["bob"].mirror.networks[net].broadcast  # members see it in their view
+    assert h.clients["alice"].mirror.networks[net].locked is False  # nothing else changed
+    assert h.req("alice", m.SetAccess, network_id=net, broadcast=False).ok
+    assert h.last.persist == []  # idempotent
+    refused(h, "alice", m.SetAccess, "invalid", network_id=net)

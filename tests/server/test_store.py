@@ -35,7 +35,7 @@ async def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> 
         async with store.engine.connect() as conn:
             diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
             version = (await conn.execute(sa.text("select version_num from alembic_version"))).scalar()
-        assert diff == [] and version == "0001"
+        assert diff == [] and version == "0002_lan_broadcast"
     finally:
         await store.close()
     store = await Store.open(tmp_path)  # a second start: migrations are a no-op
@@ -64,7 +64,10 @@ async def test_write_through_round_trip_loses_nothing(tmp_path: Path) -> None:
     assert h.join("carol", "lan", password="secret").ok
     h.join("dave", "club", password="pw")
     assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("carol"), ban=True).ok
-    assert h.req("alice", m.SetAccess, network_id=net, locked=True).ok
+    assert h.req("alice", m.SetAccess, network_id=net, locked=True, broadcast=False).ok
+    h.login("erin", features=[m.FEATURE_LAN])
+    assert h.req("erin", m.CreateNetwork, name="ipx", password="pw", kind="l2").ok
+    h.send("erin", m.Logout(req_id=8))
     assert h.req("bob", m.SetOnline, network_id=net, online=False).ok
     assert h.req("dave", m.SetNickname, nickname="Dave").ok
     doomed = h.create("carol", "doomed")

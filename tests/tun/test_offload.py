@@ -25,7 +25,9 @@ from shoal.tun.offload import (
     VNET_HDR,
     VNET_NONE,
     coalesce,
+    coalesce_frames,
     split,
+    strip_frame,
 )
 
 SRC4, DST4 = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
@@ -258,3 +260,38 @@ def test_corrupt_segment_makes_the_superpacket_checksum_fail() -> None:
     assert len(merged) == 1
     pkt = merged[0][10:]
     assert slow_l4_checksum(SRC4, DST4, 6, pkt[20:36] + b"\0\0" + pkt[38:]) != int.from_bytes(pkt[36:38], "big")
+
+
+ETH = bytes.fromhex("025364400002" "025364400001" "0800")
+
+
+def test_tap_partial_checksum_counts_from_the_frame() -> None:
+    payload = b"tap payload"
+    l4 = struct.pack("!HHHH", 53, 5353, 8 + len(payload), pseudo_fold(False, 17, 8 + len(payload))) + payload
+    hdr = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 14 + 20, 6)
+    frame = strip_frame(hdr + ETH + ip_header(False, 17, len(l4)) + l4)
+    assert frame is not None and frame[:14] == ETH
+    check_segment(frame[14:], False)
+    assert strip_frame(VNET_NONE + ETH) == ETH
+    assert strip_frame(VNET_NONE) is None
+    assert strip_frame(VNET_HDR.pack(0, VIRTIO_NET_HDR_GSO_TCPV4, 0, 0, 0, 0) + ETH + bytes(40)) is None
+    assert strip_frame(VNET_HDR.pack(1, 0, 0, 0, 60, 6) + ETH) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120))
+def test_strip_frame_never_raises(data: bytes) -> None:
+    out = strip_frame(data)
+    assert out is None or isinstance(out, bytes)
+
+
+def test_coalesce_frames_shifts_offsets_by_the_ethernet_header() -> None:
+    pkts = [full_tcp_packet(False, 1000 + 100 * i, TCP_ACK, bytes([i]) * 100) for i in range(3)]
+    plain = coalesce(pkts)
+    framed = coalesce_frames(pkts, lambda p: ETH)
+    assert len(plain) == len(framed) == 1
+    f, b, hl, gs, cs, co = VNET_HDR.unpack_from(plain[0])
+    assert VNET_HDR.unpack_from(framed[0]) == (f, b, hl + 14, gs, cs + 14, co)
+    assert framed[0][10:24] == ETH and framed[0][24:] == plain[0][10:]
+    odd = [b"\x45" + bytes(19)]  # not coalescable: passes with a zero header
+    assert coalesce_frames(odd, lambda p: ETH) == [VNET_NONE + ETH + odd[0]]

@@ -414,3 +414,83 @@ def test_set_endpoint_starts_a_handshake_on_the_new_path_with_a_newer_timestamp(
     p.a.set_endpoint(p.b_key.public_key(), ("192.0.2.99", 9), p.now)
     out = p.a.take_outbox()
     assert out == [] and p.a.peers[p.b_key.public_key()].endpoint == ("192.0.2.99", 9)
+
+
+# ----------------------------------------------------------------- LAN extension messages
+
+EXT = bytes([0x51, 1, 0, 4]) + b"netx" + (20).to_bytes(2, "big") + bytes(20)
+
+
+def make_shoal_pair(a_flags_b: bool = True, b_flags_a: bool = True) -> Pair:
+    p = make_pair()
+    p.a.add_peer(dataclasses.replace(p.a.peer_config(p.a.peers[p.b_key.public_key()]), shoal=a_flags_b))
+    p.b.add_peer(dataclasses.replace(p.b.peer_config(p.b.peers[p.a_key.public_key()]), shoal=b_flags_a))
+    return p
+
+
+def test_extension_staged_before_the_session_then_delivered_in_order():
+    p = make_shoal_pair()
+    p.a.send_extension(p.b_key.public_key(), [EXT, EXT + b"\x01"], p.now)
+    assert p.a.stats["initiations_sent"] == 1
+    p.pump()
+    got = p.b.take_extensions()
+    assert [k for k, _ in got] == [p.a_key.public_key()] * 2
+    # padding to 16 stays on: the extension format ignores it
+    assert got[0][1][: len(EXT)] == EXT and got[1][1][: len(EXT) + 1] == EXT + b"\x01"
+    assert all(len(x) % 16 == 0 for _, x in got)
+    assert p.b.take_to_tun() == []
+    assert p.b.stats["rx_inner_malformed"] == 0
+
+
+def test_extension_shares_the_session_counter_with_unicast():
+    p = make_shoal_pair()
+    connect(p)
+    keypair = p.a.peers[p.b_key.public_key()].keypairs.current
+    before = keypair.send_counter
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    p.a.send_extension(p.b_key.public_key(), [EXT], p.now)
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    assert keypair.send_counter == before + 3
+    out = p.a.take_outbox()
+    for data, _ in out:
+        p.b.receive([(data, A_EP)], p.now)
+    assert len(p.b.take_to_tun()) == 2 and len(p.b.take_extensions()) == 1
+    # replaying the extension is refused by the same window
+    p.b.receive([out[1]], p.now)
+    assert p.b.take_extensions() == [] and p.b.stats["rx_invalid_or_replayed"] == 1
+
+
+def test_extension_never_sent_to_a_stock_or_unknown_peer():
+    p = make_shoal_pair(a_flags_b=False)
+    connect(p)
+    p.a.send_extension(p.b_key.public_key(), [EXT], p.now)
+    p.a.send_extension(PrivateKey.generate().public_key(), [EXT], p.now)
+    assert p.a.take_outbox() == []
+    assert p.a.stats["ext_not_shoal"] == 1 and p.a.stats["ext_no_peer"] == 1
+
+
+def test_extension_from_a_peer_not_flagged_shoal_is_malformed():
+    p = make_shoal_pair(b_flags_a=False)
+    connect(p)
+    p.a.send_extension(p.b_key.public_key(), [EXT], p.now)
+    p.pump()
+    assert p.b.take_extensions() == []
+    assert p.b.stats["rx_inner_malformed"] == 1
+
+
+def test_received_extension_counts_as_data_for_the_keepalive_timer():
+    p = make_shoal_pair()
+    connect(p)
+    p.advance(C.KEEPALIVE_TIMEOUT + 1)  # quiet
+    p.a.send_extension(p.b_key.public_key(), [EXT], p.now)
+    (data, _), = p.a.take_outbox()
+    p.b.receive([(data, A_EP)], p.now)
+    assert p.b.peers[p.a_key.public_key()].send_keepalive_at == p.now + C.KEEPALIVE_TIMEOUT
+
+
+def test_shoal_flag_survives_peer_update():
+    p = make_shoal_pair()
+    peer = p.a.peers[p.b_key.public_key()]
+    assert p.a.peer_config(peer).shoal
+    p.a.add_peer(dataclasses.replace(p.a.peer_config(peer), shoal=False))
+    assert not peer.shoal

@@ -269,6 +269,8 @@ def _impl(name: str) -> Impl:
         return WireguardGo()
     if name == "shoal":
         return Shoal()
+    if name == "shoal-tap":  # the node daemon's default interface mode (TAP, docs/lan.md)
+        return Shoal(name="shoal-tap", python_args=("-m", "shoal.bench.lanwg"))
     raise BenchError(f"unknown implementation {name!r}")
 
 
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tcp-seconds", type=int)
     p.add_argument("--udp-seconds", type=int)
     p.add_argument("--pings", type=int)
-    p.add_argument("--impl", action="append", choices=["wireguard-go", "shoal"],
+    p.add_argument("--impl", action="append", choices=["wireguard-go", "shoal", "shoal-tap"],
                    help="implementations to run (default both)")
     p.add_argument("--no-doc", action="store_true", help="do not refresh BENCHMARKS.md")
     args = p.parse_args(argv)

@@ -68,6 +68,10 @@ def daemon(
     socket_group: Optional[str] = typer.Option(None, "--socket-group", help="group allowed to use the API (default: root only)"),
     endpoint: list[str] = typer.Option([], "--endpoint", help="advertise this ip:port instead of the host's addresses (repeatable)"),
     nickname: Optional[str] = typer.Option(None, "--nickname", help="nickname to log in with"),
+    tun: bool = typer.Option(False, "--tun", help="make shoal0 a plain TUN (layer 3 only: no broadcast, multicast "
+                             "or layer-2 networks) instead of the default Ethernet-like TAP"),
+    multicast_route: bool = typer.Option(True, "--multicast-route/--no-multicast-route",
+                                         help="route 224.0.0.0/4 to shoal0 when the host has no multicast route"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
 ) -> None:
     """Run the node daemon in the foreground (owns the interface, the tunnels and the local API)."""
@@ -86,7 +90,8 @@ def daemon(
         except KeyError:
             _fail(f"--socket-group: no group named '{socket_group}'", 2)
     opts = Options(state_dir=state_dir or STATE_DIR, run_dir=RUN_DIR, socket_path=socket or default_socket(),
-                   iface=iface, port=port, socket_group=gid, endpoints=list(endpoint), nickname=nickname)
+                   iface=iface, port=port, socket_group=gid, endpoints=list(endpoint), nickname=nickname,
+                   lan=not tun, multicast_route=multicast_route)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -136,14 +141,19 @@ def create(
     name: str = typer.Argument(..., help="network name"),
     password: Optional[str] = typer.Option(None, "--password", "-p", help="join password (prompted if omitted on a terminal)"),
     approval: str = typer.Option("auto", "--approval", help="auto: a correct password admits; manual: the owner approves"),
+    kind: str = typer.Option("ip", "--kind", help="ip: an IP network on shoal0 (broadcast and multicast included); "
+                             "l2: a layer-2 network, whole Ethernet frames on its own interface shoal-<id>"),
     socket: Optional[Path] = SocketOpt,
 ) -> None:
     """Create a network; you are its owner."""
     if approval not in ("auto", "manual"):
         _fail("--approval must be auto or manual", 2)
+    if kind not in ("ip", "l2"):
+        _fail("--kind must be ip or l2", 2)
     r = _call(socket, "POST", "/v1/networks/create",
-              {"name": name, "password": _password(password, "Password", confirm=True), "approval": approval})
-    out.print(f"Created network [bold]{r['name']}[/] ({r['network_id']})")
+              {"name": name, "password": _password(password, "Password", confirm=True), "approval": approval,
+               "kind": kind})
+    out.print(f"Created {'layer-2 ' if kind == 'l2' else ''}network [bold]{r['name']}[/] ({r['network_id']})")
 
 
 @app.command()
@@ -217,19 +227,26 @@ def set_access(
     name: str = typer.Argument(..., help="network name"),
     lock: Optional[bool] = typer.Option(None, "--lock/--unlock", help="a locked network admits nobody new"),
     approval: Optional[str] = typer.Option(None, "--approval", help="auto | manual"),
+    broadcast: Optional[str] = typer.Option(None, "--broadcast", help="on | off: broadcast and multicast "
+                                            "(l2: flooding) between the members"),
     socket: Optional[Path] = SocketOpt,
 ) -> None:
-    """Lock/unlock a network, or set its join approval (owner only)."""
+    """Lock/unlock a network, set its join approval, or switch its broadcast (owner only)."""
     if approval is not None and approval not in ("auto", "manual"):
         _fail("--approval must be auto or manual", 2)
-    if lock is None and approval is None:
-        _fail("nothing to change: give --lock, --unlock and/or --approval", 2)
-    r = _call(socket, "POST", "/v1/networks/access", {"network": name, "locked": lock, "approval": approval})
+    if broadcast is not None and broadcast not in ("on", "off"):
+        _fail("--broadcast must be on or off", 2)
+    if lock is None and approval is None and broadcast is None:
+        _fail("nothing to change: give --lock, --unlock, --approval and/or --broadcast", 2)
+    r = _call(socket, "POST", "/v1/networks/access", {"network": name, "locked": lock, "approval": approval,
+                                                      "broadcast": None if broadcast is None else broadcast == "on"})
     what = []
     if lock is not None:
         what.append("locked" if lock else "unlocked")
     if approval is not None:
         what.append(f"approval {approval}")
+    if broadcast is not None:
+        what.append(f"broadcast {broadcast}")
     out.print(f"[bold]{r['name']}[/]: {', '.join(what)}")
 
 
@@ -280,6 +297,10 @@ def render_list(status: dict[str, Any], console: Console) -> None:
         return
     for net in nets:
         flags = ["locked" if net["locked"] else "open", f"approval {net['approval']}"]
+        if net.get("kind") == "l2":
+            flags.insert(0, f"layer 2 on {net.get('interface') or '(no interface)'}")
+        if net.get("broadcast") is False:
+            flags.append("broadcast off")
         me = "pending approval" if net["pending"] else ("online" if net["online"] else "offline")
         t = Table(title=f"{net['name']} ({net['network_id']}) - {', '.join(flags)}; you are {me}",
                   title_justify="left", expand=False)
@@ -317,7 +338,9 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if node is not None:
         console.print(f"node       {node['nickname']} ({node['node_id']}) {node['ipv4']} {node['ipv6']}")
     iface = status["interface"]
-    console.print(f"interface  {iface['name']}, UDP port {iface['listen_port']}, endpoints {', '.join(iface['endpoints']) or '-'}")
+    mode = {"tap": " (Ethernet-like TAP)", "tun": " (TUN, layer 3 only)"}.get(iface.get("mode", ""), "")
+    console.print(f"interface  {iface['name']}{mode}, UDP port {iface['listen_port']}, "
+                  f"endpoints {', '.join(iface['endpoints']) or '-'}")
     tr = status.get("traversal")
     if tr:
         nat = "unknown" if tr["reflexive"] is None else (

@@ -56,6 +56,12 @@ a peer then sprays ports (shoal.nat.paths). LoginOk.relay_port names the UDP por
 relay inside the server (on the server's host; 0: none); a server listing "relay" also
 accepts relay WebSocket sessions at RELAY_WS_PATH on its HTTP port (for UDP-blocked nodes).
 
+LAN (optional; both sides list "lan" in Login.features / LoginOk.features). A server sends
+networks of kind "l2" only to nodes that listed "lan": such a node cannot create or join one
+(refused with code "unsupported"), so an older node never has to decode the kind. A node sends
+CreateNetwork.kind="l2" or SetAccess.broadcast only to a server that listed "lan" (an older
+server would ignore the field); the daemon refuses the request itself otherwise.
+
 View semantics. A node's *view* is the networks it is a member of (incl. pending ones), their
 members, and its *peers*: the nodes with which it shares at least one network where both are
 online members (not pending). The daemon keeps a WireGuard peer exactly for each peer in the
@@ -95,6 +101,7 @@ FEATURE_CHECK_PEER = "check_peer"
 FEATURE_DISCO = "disco"  # server: accepts Candidates and sends PeerInfo.candidates
 FEATURE_RELAY = "relay"  # server: relays (LoginOk.relay_port over UDP; WebSocket on its HTTP port)
 MAX_CANDIDATES = 16
+FEATURE_LAN = "lan"  # understands NetworkKind "l2", NetworkInfo.broadcast, CreateNetwork.kind, SetAccess.broadcast
 KEEPALIVE_INTERVAL = 5.0  # a "check_peer" node sends Ping at least this often
 SILENCE_TIMEOUT = 15.0  # either side drops a "check_peer" session silent for this long
 MAX_MEMBERS = 4096
@@ -104,7 +111,7 @@ MAX_PEERS = 65536
 Features = Annotated[list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=MAX_FEATURES)]
 Approval = Literal["auto", "manual"]
 Role = Literal["owner", "member"]
-NetworkKind = Literal["ip"]  # "l2" arrives with layer-2 networks
+NetworkKind = Literal["ip", "l2"]  # "l2": a layer-2 network (docs/lan.md); only for "lan" nodes
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, frozen=True):
@@ -130,6 +137,7 @@ class NetworkInfo(msgspec.Struct, frozen=True):
     locked: bool
     approval: Approval
     members: Annotated[list[MemberInfo], msgspec.Meta(max_length=MAX_MEMBERS)]
+    broadcast: bool = True  # broadcast/multicast (ip) or flooding (l2) between members is on
 
 
 CandidateKind = Literal["local", "reflexive", "mapped"]  # host address / as STUN saw us / a port mapping
@@ -204,6 +212,7 @@ class CreateNetwork(_Msg, tag="create_network"):
     name: NetworkName
     password: Password
     approval: Approval = "auto"
+    kind: NetworkKind = "ip"  # "l2" only to a server that listed "lan" in LoginOk.features
 
 
 class JoinNetwork(_Msg, tag="join_network"):
@@ -244,6 +253,7 @@ class SetAccess(_Msg, tag="set_access"):
     network_id: NetworkId
     locked: bool | None = None
     approval: Approval | None = None
+    broadcast: bool | None = None  # only to a server that listed "lan" in LoginOk.features
 
 
 class Approve(_Msg, tag="approve"):

@@ -2,8 +2,10 @@
 
 Tasks and what each one owns (everything runs on one event loop; nothing is thread-safe):
 
-    data plane   `WgInterface.run` (shoal.wg.runner): the TUN `shoal0`, the UDP socket, the
-                 engine. Only `_reconcile` changes its peers and addresses.
+    data plane   `WgInterface.run` (shoal.wg.runner): the interface `shoal0` (a TAP driven by
+                 `shoal.lan.plane.LanPlane`, or a TUN with Options.lan=False), the UDP
+                 socket, the engine. Only `_reconcile` changes its peers, addresses and the
+                 LAN plane's view (networks, online members, peers' addresses, l2 TAPs).
     control      `_control_loop`: connect (Noise IK, pinned server key), Login, then read
                  messages until the connection drops; reconnect with backoff + jitter. It
                  alone mutates `view`, `conn`, `state`, `last_error`, `next_try_at`. While
@@ -72,6 +74,7 @@ from shoal.daemon.liveness import LIVENESS_TICK, PROBE_INTERVAL, Liveness
 from shoal.daemon.localapi import ApiServer, Handler, HttpError
 from shoal.daemon.traversal import Traversal, relay_ws_url
 from shoal.daemon.view import Outcome, PeerPlanner, View
+from shoal.lan.plane import LanPlane, lan_view
 from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
 from shoal.wg.runner import DEFAULT_UAPI_DIR, WgInterface
 from shoal.constants import DEFAULT_MTU
@@ -110,6 +113,8 @@ class Options:
     endpoints: list[str] = field(default_factory=list)  # advertised; empty = the host's addresses
     nickname: str | None = None  # for the first login only
     uapi_dir: Path | None = None  # default: /var/run/wireguard, or RUN_DIR/wireguard if RUN_DIR is not the default
+    lan: bool = True  # shoal0 is a TAP with broadcast/multicast and layer-2 networks (docs/lan.md); False: TUN
+    multicast_route: bool = True  # LAN mode: route 224.0.0.0/4 to shoal0 when the host has no multicast route
 
 
 class DataPlane(Protocol):
@@ -249,6 +254,7 @@ class Daemon:
         self.last_error = ""
         self.liveness = Liveness()
         self.server_checks = False  # the server speaks check_peer (LoginOk.features)
+        self.server_lan = False  # the server knows layer-2 networks and the broadcast switch (LoginOk.features)
         self._reported: dict[PublicKey, tuple[bool, float]] = {}  # last PeerReport per peer, and when
         self._probes: set[asyncio.Task[None]] = set()
         self.connects = 0
@@ -262,6 +268,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.traversal: Traversal | None = None
         self.server_disco = False  # the server takes Candidates (LoginOk.features)
+        self.lan: LanPlane | None = LanPlane(multicast_route=options.multicast_route) if options.lan else None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -275,6 +282,11 @@ class Daemon:
             self.planner.configs(self.view),
         )
         self.plane = self._plane_factory(cfg, self.uapi_dir, self._on_event)
+        if self.lan is not None and hasattr(self.plane, "lan"):  # LAN hook: the TAP mode of WgInterface
+            self.plane.lan = self.lan  # type: ignore[attr-defined]
+            await self.lan.set_view(lan_view(self.view))
+        else:
+            self.lan = None
         plane_stop = asyncio.Event()
         plane_task = asyncio.create_task(self.plane.run(plane_stop), name="data-plane")
         ready = asyncio.create_task(self.plane.ready.wait())
@@ -406,7 +418,7 @@ class Daemon:
         nickname = self.opts.nickname if self.view.node is None else None
         await conn.send(M.Login(nickname=nickname, listen_port=port or 0, endpoints=self.endpoints,
                                 have_version=self.view.version, software=f"shoal {__version__}",
-                                features=[M.FEATURE_CHECK_PEER]))
+                                features=[M.FEATURE_CHECK_PEER, M.FEATURE_LAN]))
         first = await asyncio.wait_for(conn.recv(), LOGIN_TIMEOUT)
         if isinstance(first, M.Error):
             raise LoginFailed(f"the server refused the login: {first.message or first.code}", first.code or "refused")
@@ -419,6 +431,7 @@ class Daemon:
         self.server_disco = M.FEATURE_DISCO in first.features
         if self.traversal is not None and self.server_disco:
             await self._traversal_server(pin, first)
+        self.server_lan = M.FEATURE_LAN in first.features
         now = self._now()
         for key in list(self.liveness.peers):  # the server re-sends CheckPeer for peers still away
             self.liveness.set_requested(key, False, now)
@@ -521,6 +534,8 @@ class Daemon:
                 log.info("peers: +%d -%d = %d", len(after - before), len(before - after), len(after))
             if self.view.node is not None:
                 await self._set_self(self.view.node)
+            if self.lan is not None:  # LAN hook
+                await self.lan.set_view(lan_view(self.view))
         assert self._view_changed is not None
         async with self._view_changed:
             self._view_changed.notify_all()
@@ -762,6 +777,8 @@ class Daemon:
         if self.plane is not None:
             self.plane.set_peers([])
             await self.plane.set_addresses([])
+        if self.lan is not None:  # LAN hook
+            await self.lan.set_view(None)
         self.rtt.clear()
         self._start_control()
         return {"server": url}
@@ -769,8 +786,13 @@ class Daemon:
     async def api_create(self, body: dict[str, Any]) -> dict[str, Any]:
         name = _need(body, "name")
         approval = body.get("approval") or "auto"
+        kind = body.get("kind") or "ip"
+        if kind not in ("ip", "l2"):
+            raise HttpError(400, "kind must be ip or l2", "invalid")
+        if kind != "ip":
+            self._need_lan_server("layer-2 networks")
         result = await self._ok(lambda r: M.CreateNetwork(req_id=r, name=name, password=str(body.get("password") or ""),
-                                                          approval=approval))
+                                                          approval=approval, kind=kind))
         await self._wait_view(lambda: result.network_id in self.view.networks)
         return {"network_id": result.network_id, "name": name}
 
@@ -827,13 +849,25 @@ class Daemon:
 
     async def api_set_access(self, body: dict[str, Any]) -> dict[str, Any]:
         net = self._network(_need(body, "network"))
-        locked, approval = body.get("locked"), body.get("approval")
-        if locked is None and approval is None:
-            raise HttpError(400, "nothing to change: give --lock/--unlock and/or --approval", "invalid")
-        await self._ok(lambda r: M.SetAccess(req_id=r, network_id=net.network_id, locked=locked, approval=approval))
+        locked, approval, broadcast = body.get("locked"), body.get("approval"), body.get("broadcast")
+        if locked is None and approval is None and broadcast is None:
+            raise HttpError(400, "nothing to change: give --lock/--unlock, --approval and/or --broadcast", "invalid")
+        if broadcast is not None:
+            if not isinstance(broadcast, bool):
+                raise HttpError(400, "broadcast must be true or false", "invalid")
+            self._need_lan_server("the broadcast switch")
+        await self._ok(lambda r: M.SetAccess(req_id=r, network_id=net.network_id, locked=locked, approval=approval,
+                                             broadcast=broadcast))
         await self._wait_view(lambda: (n := self.view.networks.get(net.network_id)) is not None
-                              and (locked is None or n.locked == locked) and (approval is None or n.approval == approval))
-        return {"network_id": net.network_id, "name": net.name, "locked": locked, "approval": approval}
+                              and (locked is None or n.locked == locked) and (approval is None or n.approval == approval)
+                              and (broadcast is None or n.broadcast == broadcast))
+        return {"network_id": net.network_id, "name": net.name, "locked": locked, "approval": approval,
+                "broadcast": broadcast}
+
+    def _need_lan_server(self, what: str) -> None:
+        if self.conn is not None and not self.server_lan:
+            raise HttpError(409, f"the server does not support {what} (it is older than this node): upgrade it",
+                            "unsupported")
 
     async def _member_op(self, body: dict[str, Any], make: Callable[[int, str, str], M._Msg]) -> dict[str, Any]:
         net = self._network(_need(body, "network"))
@@ -928,6 +962,9 @@ class Daemon:
                 })
             networks.append({
                 "network_id": net.network_id, "name": net.name, "owner_id": net.owner_id, "locked": net.locked,
+                "kind": net.kind, "broadcast": net.broadcast,
+                "interface": self.lan.interface_for(net.network_id, net.kind) if self.lan is not None
+                else (self.opts.iface if net.kind == "ip" else None),
                 "approval": net.approval, "role": mine.role if mine else None,
                 "online": bool(mine and mine.online), "pending": bool(mine and mine.pending), "members": members,
             })
@@ -940,7 +977,8 @@ class Daemon:
                            "next_try_in_s": None if self.next_try_at is None else round(max(0.0, self.next_try_at - now), 1),
                            "last_error": self.last_error, "connects": self.connects,
                            "checking_tunnels": self.liveness.active},
-            "interface": {"name": self.opts.iface,
+            "lan": self.lan.status() if self.lan is not None else None,
+            "interface": {"name": self.opts.iface, "mode": "tap" if self.lan is not None else "tun",
                           "listen_port": self.plane.listen_port if self.plane is not None else None,
                           "endpoints": self.endpoints},
             "traversal": self.traversal.info() if self.traversal is not None else None,

@@ -20,8 +20,9 @@ Rules of `View.apply(msg)`:
 So applying any message twice changes nothing, and applying a FullView followed by the updates
 that lead from it to a later FullView gives exactly that later view (property-tested).
 
-`PeerPlanner.configs(view)` gives one PeerConfig per peer: AllowedIPs = its ipv4/32 and
-ipv6/128, endpoint = the first of its endpoints that parses. The endpoint is included only
+`PeerPlanner.configs(view)` gives one PeerConfig per peer: AllowedIPs = its ipv4/32,
+ipv6/128 and the link-local /128 its LAN interface derives from its IPv4 (docs/lan.md), flagged
+`shoal` (a Shoal node: LAN extension messages may be exchanged with it), endpoint = the first of its endpoints that parses. The endpoint is included only
 when the peer is new or the server's endpoint list for it changed, so re-applying a view never
 undoes an endpoint the engine learned by roaming. Peers with unusable data (bad key or address,
 our own key) are skipped and counted in `skipped`, never raised (server data is network input).
@@ -34,6 +35,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from shoal.control.messages import FullView, NetworkInfo, PeerInfo, SelfInfo, ViewUpdate
+from shoal.lan.arp import link_local_for, mac_for_ipv4
 from shoal.wg.config import parse_endpoint
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import Endpoint, PeerConfig
@@ -112,12 +114,13 @@ class View:
 
 
 def peer_allowed_ips(peer: PeerInfo) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The peer's /32 and /128; ValueError if an address is not of its family."""
+    """The peer's /32, /128 and link-local /128; ValueError if an address is not of its family."""
     v4 = ipaddress.ip_address(peer.ipv4)
     v6 = ipaddress.ip_address(peer.ipv6)
     if v4.version != 4 or v6.version != 6:
         raise ValueError("ipv4/ipv6 of the wrong family")
-    return [ipaddress.ip_network(f"{v4}/32"), ipaddress.ip_network(f"{v6}/128")]
+    link_local = link_local_for(mac_for_ipv4(v4))  # type: ignore[arg-type]
+    return [ipaddress.ip_network(f"{v4}/32"), ipaddress.ip_network(f"{v6}/128"), ipaddress.ip_network(f"{link_local}/128")]
 
 
 def first_endpoint(endpoints: list[str]) -> Endpoint | None:
@@ -159,6 +162,7 @@ class PeerPlanner:
                 public_key=key,
                 allowed_ips=allowed,
                 endpoint=first_endpoint(peer.endpoints) if fresh else None,
+                shoal=True,
             ))
         self._given = given
         return out

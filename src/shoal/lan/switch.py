@@ -10,6 +10,7 @@ Inputs (all take `now`):
     from_l2_interface(network, frame, now)  a frame written to the interface of layer-2 network
     from_peer(node_id, plaintext, now)    an extension plaintext a peer sent (already decrypted,
                                           authenticated: node_id is the session's owner)
+    header_for(packet)                    the 14 bytes frame_for puts in front (for coalesced writes)
     frame_for(packet)                     the frame to write for a unicast IP packet the
                                           WireGuard engine decrypted (Ethernet header added)
 Outputs (drained by the caller after each call):
@@ -26,7 +27,8 @@ Rules:
   local; unicast IP goes to the engine unchanged (a stock WireGuard peer sees exactly what it
   always saw); broadcast/multicast IP is fanned out (`broadcast.plan` over the IP networks,
   sender-side storm bucket per network first) as kind-IP extensions; IGMP/MLD reports are
-  fanned out too (peers snoop them); every other EtherType is dropped.
+  fanned out too, only over networks with snooping on (peers snoop them; elsewhere they
+  would be chatter that wakes every tunnel); every other EtherType is dropped.
 - Layer-2 interface of network N: the source MAC is learned as LOCAL; a unicast destination
   learned on an online member of N goes to that member only; anything else (group address,
   unknown or expired MAC) is flooded to N's online members through the storm bucket.
@@ -61,6 +63,7 @@ from shoal import constants as C
 _ETH_IPV4 = C.ETHERTYPE_IPV4.to_bytes(2, "big")
 _ETH_IPV6 = C.ETHERTYPE_IPV6.to_bytes(2, "big")
 _ETH_ARP = C.ETHERTYPE_ARP.to_bytes(2, "big")
+_HEADER_CACHE = 4096  # sources whose Ethernet header header_for keeps (one per peer in practice)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,7 +87,10 @@ class LanSwitch:
         self.node_id = node_id
         self.own = own
         self.mac = mac_for_ipv4(own.ipv4)  # the IP interface's MAC (the daemon sets it)
-        self.broadcasts = frozenset((overlay.broadcast_address.packed,))
+        self._mac_bytes = bytes(self.mac)
+        self._headers4: dict[bytes, bytes] = {}  # source IPv4 -> Ethernet header (header_for's cache)
+        self.broadcast4 = overlay.broadcast_address.packed
+        self.broadcasts = frozenset((self.broadcast4,))
         self.snooping = set(snooping)
         self.networks: dict[str, NetworkState] = {}
         self.peers: dict[str, PeerAddresses] = {}
@@ -155,7 +161,10 @@ class LanSwitch:
 
     def _fan_out_ip(self, packet: bytes, group: bytes | None, link_local: bool, control: str | None, now: float) -> None:
         admitted = []
+        reports = control in ("igmp", "mld")
         for n in self.networks.values():
+            if reports and n.network_id not in self.snooping:
+                continue  # membership reports only feed snooping
             if n.kind == "ip" and n.broadcast and self.node_id in n.online:
                 if self.egress.allow(self.node_id, n.network_id, now):
                     admitted.append(n)
@@ -262,9 +271,19 @@ class LanSwitch:
 
     def frame_for(self, packet: bytes) -> bytes:
         """Wrap a unicast IP packet the WireGuard engine decrypted for the IP interface."""
+        return self.header_for(packet) + packet
+
+    def header_for(self, packet: bytes | memoryview) -> bytes:
+        """The 14-byte Ethernet header `frame_for` puts in front of `packet`."""
         if packet[0] >> 4 == 4:
-            return bytes(self.mac) + b"\x02\x53" + bytes(packet[12:16]) + _ETH_IPV4 + packet
-        return bytes(self.mac) + bytes(mac_for(ipaddress.IPv6Address(packet[8:24]))) + _ETH_IPV6 + packet
+            src = bytes(packet[12:16])
+            header = self._headers4.get(src)
+            if header is None:
+                if len(self._headers4) >= _HEADER_CACHE:
+                    self._headers4.clear()
+                header = self._headers4[src] = self._mac_bytes + b"\x02\x53" + src + _ETH_IPV4
+            return header
+        return self._mac_bytes + bytes(mac_for(ipaddress.IPv6Address(bytes(packet[8:24])))) + _ETH_IPV6
 
     def take(self) -> tuple[list[bytes], list[tuple[str, bytes]], list[bytes], list[tuple[str, bytes]]]:
         """Drain (to_engine, to_peers, to_ip_interface, to_l2_interface)."""

@@ -152,6 +152,7 @@ class NetworkRec:
     approval: str = "auto"
     kind: str = "ip"
     created_at: float = 0.0
+    broadcast: bool = True  # the per-network LAN switch (docs/lan.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +256,7 @@ class _Runtime:
     pw_failures: collections.deque[float] = field(default_factory=collections.deque)
     candidates: tuple[m.Candidate, ...] = ()  # NAT-traversal candidates (runtime only, kept through grace)
     nat_hard: bool = False
+    lan: bool = False  # the logged-in session listed FEATURE_LAN
 
 
 @dataclass(slots=True)
@@ -488,7 +490,7 @@ class Core:
         return m.NetworkInfo(
             network_id=net.network_id, name=net.name, owner_id=net.owner_id, kind=net.kind,  # type: ignore[arg-type]
             locked=net.locked, approval=net.approval,  # type: ignore[arg-type]
-            members=[self._member_info(x) for x in shown],
+            members=[self._member_info(x) for x in shown], broadcast=net.broadcast,
         )
 
     def peers_of(self, node_id: str) -> set[str]:
@@ -741,7 +743,7 @@ class Core:
         return fx
 
     def _features(self) -> list[str]:
-        return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO] + ([m.FEATURE_RELAY] if self.relay else [])
+        return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO, m.FEATURE_LAN] + ([m.FEATURE_RELAY] if self.relay else [])
 
     def _candidates(self, node_id: str, msg: m.Candidates) -> None:
         """A node's NAT-traversal candidates: kept while it is known, sent to its peers."""
@@ -830,6 +832,7 @@ class Core:
                 fx.out.append(Close(old.session, CLOSE_REPLACED, "replaced by a newer session of this node"))
         s.node_id = node_id
         s.check_peer = m.FEATURE_CHECK_PEER in msg.features
+        rt.lan = m.FEATURE_LAN in msg.features
         was_away = rt.session is None and rt.grace_until is not None and node_id in self._present
         rt.session = s.session
         rt.grace_until = None
@@ -895,13 +898,15 @@ class Core:
         self._check_room(me, None)
         if name.casefold() in self._by_name:
             raise _Refused("name_taken", f"a network named {name!r} exists already")
+        if msg.kind == "l2" and not self._rt_of(me).lan:
+            raise _Refused("unsupported", "this node's software does not support layer-2 networks; update it")
         nid = _b32(self._rng(5))
         while nid in self.networks:
             nid = _b32(self._rng(5))
         net = NetworkRec(
             network_id=nid, name=name, owner_id=me,
             password_hash=self._hasher.hash(msg.password, self._rng(16)),
-            approval=msg.approval, created_at=now + self._wall_offset,
+            approval=msg.approval, created_at=now + self._wall_offset, kind=msg.kind,
         )
         self._add_network(net)
         self._fast_pw[nid] = self._fast_tag(msg.password)
@@ -926,6 +931,9 @@ class Core:
             return m.Result(req_id=msg.req_id, ok=True, network_id=nid, message="already a member")
         if net.locked:
             raise _Refused("locked", f"{net.name!r} is locked: it accepts no new members")
+        if net.kind != "ip" and not self._rt_of(me).lan:
+            raise _Refused("unsupported", f"{net.name!r} is a layer-2 network; this node's software does not "
+                                          "support them: update it")
         self._check_password(me, net, msg.password, now)
         self._check_room(me, nid)
         pending = net.approval == "manual"
@@ -995,12 +1003,13 @@ class Core:
 
     def _set_access(self, me: str, msg: m.SetAccess, now: float, fx: Effects) -> m.Result:
         net = self._owned(me, msg.network_id)
-        if msg.locked is None and msg.approval is None:
-            raise _Refused("invalid", "nothing to change: give locked and/or approval")
+        if msg.locked is None and msg.approval is None and msg.broadcast is None:
+            raise _Refused("invalid", "nothing to change: give locked, approval and/or broadcast")
         new = dataclasses.replace(
             net,
             locked=net.locked if msg.locked is None else msg.locked,
             approval=net.approval if msg.approval is None else msg.approval,
+            broadcast=net.broadcast if msg.broadcast is None else msg.broadcast,
         )
         if new != net:
             self.networks[net.network_id] = new

@@ -14,7 +14,8 @@ one batch per transaction, in order.
     nodes        node_id PK, public_key UNIQUE, nickname, ipv4 UNIQUE, ipv6 UNIQUE,
                  endpoints (JSON list), present, created_at
     networks     network_id PK, name, name_key UNIQUE (casefolded name), owner_id -> nodes,
-                 password_hash (see shoal.server.passwords), locked, approval, kind, created_at
+                 password_hash (see shoal.server.passwords), locked, approval, kind ("ip" | "l2"),
+                 created_at, broadcast (0002)
     memberships  (network_id -> networks ON DELETE CASCADE, node_id -> nodes) PK, role,
                  pending, online, joined_at
     bans         (network_id -> networks ON DELETE CASCADE, node_id -> nodes) PK, created_at
@@ -72,6 +73,7 @@ networks_t = sa.Table(
     sa.Column("locked", sa.Boolean, nullable=False),
     sa.Column("approval", sa.String(8), nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("broadcast", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", sa.Float, nullable=False),
 )
 memberships_t = sa.Table(
@@ -194,6 +196,7 @@ class Store:
                 NetworkRec(
                     network_id=r.network_id, name=r.name, owner_id=r.owner_id, password_hash=r.password_hash,
                     locked=bool(r.locked), approval=r.approval, kind=r.kind, created_at=r.created_at,
+                    broadcast=bool(r.broadcast),
                 )
                 for r in await conn.execute(sa.select(networks_t))
             ]
@@ -233,7 +236,7 @@ def _statement(it: Persist) -> sa.Executable:
         return _upsert(networks_t, {
             "network_id": w.network_id, "name": w.name, "name_key": w.name.casefold(), "owner_id": w.owner_id,
             "password_hash": w.password_hash, "locked": w.locked, "approval": w.approval, "kind": w.kind,
-            "created_at": w.created_at,
+            "created_at": w.created_at, "broadcast": w.broadcast,
         }, ["network_id"])
     if isinstance(it, DeleteNetwork):
         return sa.delete(networks_t).where(networks_t.c.network_id == it.network_id)  # cascades

@@ -8,7 +8,11 @@ USO4/USO6 when the kernel knows them): the kernel's TCP stack then hands us 64 K
 superpackets (one read instead of ~45) that we must split and checksum in Python. The virtio_net_hdr format and the split/coalesce rules are in
 ``shoal.tun.offload``; callers only ever see plain, MTU-sized IP packets with full checksums.
 
-TAP mode (IFF_TAP|IFF_NO_PI) carries Ethernet frames, without offloads.
+TAP mode (IFF_TAP|IFF_NO_PI) carries Ethernet frames. With ``offload=True`` it too gets the
+vnet header (TSO is never enabled on a TAP, so reads are one frame each): ``write_ip_frames``
+coalesces the IP packets of a batch into GRO-like superpackets, each behind the Ethernet
+header the caller gives (``shoal.tun.offload.coalesce_frames``), and ``write_batch`` writes
+whole frames as they are.
 
 ioctl numbers (linux/if_tun.h, _IOW('T', n, int)): TUNSETIFF 202, TUNSETOFFLOAD 208,
 TUNSETVNETHDRSZ 216; struct ifreq is 16 bytes of name + 2 bytes of flags, padded to 40.
@@ -22,7 +26,9 @@ import os
 import socket
 import struct
 
-from shoal.tun.offload import VNET_HDR_LEN, coalesce, split
+from collections.abc import Callable
+
+from shoal.tun.offload import VNET_HDR_LEN, VNET_NONE, coalesce, coalesce_frames, split, strip_frame
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -75,7 +81,7 @@ class Tun:
 
     @classmethod
     def open(cls, name: str, *, tap: bool = False, offload: bool = True, tso: bool = False) -> "Tun":
-        """Create (or attach to) interface ``name``. TAP mode never uses offloads.
+        """Create (or attach to) interface ``name``. A TAP never gets TSO (``tso`` is ignored).
 
         ``offload`` turns on the vnet header, so writes are coalesced into GRO-like
         superpackets. ``tso`` (with ``offload``) also lets the kernel hand us checksum-partial
@@ -87,7 +93,7 @@ class Tun:
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise ValueError(f"interface name must be 1..{IFNAMSIZ - 1} bytes: {name!r}")
         if tap:
-            offload = False
+            tso = False
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
@@ -158,6 +164,13 @@ class Tun:
             if not offload:
                 out.append(buf)
                 continue
+            if self.tap:
+                frame = strip_frame(buf)
+                if frame is None:
+                    stats["rx_dropped"] += 1
+                else:
+                    out.append(frame)
+                continue
             got = split(buf, out)
             if got == 0:
                 stats["rx_dropped"] += 1
@@ -174,10 +187,27 @@ class Tun:
         """
         if not packets:
             return
+        if self.offload:
+            bufs = [VNET_NONE + f for f in packets] if self.tap else coalesce(packets)
+        else:
+            bufs = packets
+        self._write(bufs, len(packets))
+
+    def write_ip_frames(self, packets: list[bytes], header_for: Callable[[bytes], bytes]) -> None:
+        """TAP: write IP packets as frames behind ``header_for(packet)`` (14 bytes), TCP runs
+        coalesced when offloading. Errors are counted, never raised."""
+        if not packets:
+            return
+        if self.offload:
+            bufs = coalesce_frames(packets, header_for)
+        else:
+            bufs = [header_for(p) + p for p in packets]
+        self._write(bufs, len(packets))
+
+    def _write(self, bufs: list[bytes], npackets: int) -> None:
         stats = self.stats
         fd = self._fd
         write = os.write
-        bufs = coalesce(packets) if self.offload else packets
         errors = 0
         for b in bufs:
             try:
@@ -185,8 +215,8 @@ class Tun:
             except OSError:
                 errors += 1
         stats["tx_writes"] += len(bufs)
-        stats["tx_packets"] += len(packets)
-        if len(bufs) < len(packets):  # only when offloading: some runs were coalesced
+        stats["tx_packets"] += npackets
+        if len(bufs) < npackets:  # only when offloading: some runs were coalesced
             stats["tx_superpackets"] += sum(1 for b in bufs if b[1])
         stats["tx_errors"] += errors
 

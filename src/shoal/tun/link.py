@@ -23,11 +23,13 @@ class LinkError(RuntimeError):
     """A link operation failed; the message says on which interface and what was tried."""
 
 
-def _addr_args(cidr: str) -> dict[str, object]:
+def _addr_args(cidr: str, broadcast: bool = False) -> dict[str, object]:
     iface = ipaddress.ip_interface(cidr)
     args: dict[str, object] = {"address": str(iface.ip), "prefixlen": iface.network.prefixlen}
     if iface.version == 6:
         args["flags"] = IFA_F_NODAD
+    elif broadcast and iface.network.prefixlen < 31:
+        args["broadcast"] = str(iface.network.broadcast_address)
     return args
 
 
@@ -97,10 +99,12 @@ class Link:
 
 
 class AsyncLink:
-    """The same operations for code running inside an asyncio event loop."""
+    """The same operations for code running inside an asyncio event loop. With
+    ``broadcast=True`` IPv4 addresses get the subnet's broadcast address (``brd``)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, broadcast: bool = False) -> None:
         self.name = name
+        self.broadcast = broadcast
         self._ipr: AsyncIPRoute | None = None
 
     async def __aenter__(self) -> "AsyncLink":
@@ -140,7 +144,8 @@ class AsyncLink:
         await self._do(f"set mtu {mtu}", self._r().link("set", index=await self.index(), mtu=mtu))
 
     async def add_address(self, cidr: str) -> None:
-        await self._do(f"add address {cidr}", self._r().addr("add", index=await self.index(), **_addr_args(cidr)))
+        await self._do(f"add address {cidr}",
+                       self._r().addr("add", index=await self.index(), **_addr_args(cidr, self.broadcast)))
 
     async def del_address(self, cidr: str) -> None:
         await self._do(f"delete address {cidr}", self._r().addr("del", index=await self.index(), **_addr_args(cidr)))

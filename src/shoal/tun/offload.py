@@ -31,6 +31,12 @@ checksum (flags 0, so the kernel verifies it in C; it is derived from the segmen
 checksums, so no payload byte is summed in Python) and gso_type/gso_size telling the kernel
 how it was built.
 
+TAP (IFF_TAP with IFF_VNET_HDR): the same header precedes an Ethernet frame, and csum_start
+and hdr_len count from the frame's first byte (14 more than for TUN). We never enable TSO on a
+TAP (no GSO reads), so ``strip_frame`` only finishes a partial checksum; ``coalesce_frames``
+runs ``coalesce`` on the IP packets and puts the Ethernet header ``header_for(packet)`` in
+front of each buffer, shifting those two fields.
+
 Bad input (truncated or inconsistent packets from the kernel or from a peer) never raises: it is
 passed through unchanged or dropped and counted by the caller via the return values.
 """
@@ -38,7 +44,9 @@ passed through unchanged or dropped and counted by the caller via the return val
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
+from shoal import constants as C
 from shoal.tun.checksum import finish, ip_header_checksum, residue
 
 VNET_HDR = struct.Struct("<BBHHHH")
@@ -283,8 +291,11 @@ def _swap(res: int) -> int:
     return ((res & 0xFF) << 8) | (res >> 8)
 
 
-def coalesce(packets: list[bytes]) -> list[bytes]:
+def coalesce(packets: list[bytes], header_for: Callable[[bytes], bytes] | None = None) -> list[bytes]:
     """vnet-header-prefixed buffers to write for ``packets`` (IP packets with full checksums).
+
+    With ``header_for`` (a TAP) each buffer is vnet header + header_for(first packet) + IP,
+    and the offsets in the vnet header count from the frame (see the module docstring).
 
     A superpacket is written with a FULL checksum (derived from the segments' checksums) and
     flags 0, not as CHECKSUM_PARTIAL: the kernel verifies it in C over the whole 64 KiB, so a
@@ -325,15 +336,48 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
         open_groups[key] = len(out)
         out.append(_Group(p, ihl, thl, v4, plen, seq, _payload_residue(p, ihl, thl, v4)))
     result: list[bytes] = []
+    if header_for is None:
+        for item in out:
+            if isinstance(item, _Group):
+                result.append(_build(item, b"") if item.payloads else VNET_NONE + item.first)
+            else:
+                result.append(VNET_NONE + item)  # type: ignore[operator]
+        return result
+    join = b"".join
     for item in out:
         if isinstance(item, _Group):
-            result.append(_build(item) if item.payloads else VNET_NONE + item.first)
+            first = item.first
+            result.append(_build(item, header_for(first)) if item.payloads else join((VNET_NONE, header_for(first), first)))
         else:
-            result.append(VNET_NONE + item)  # type: ignore[operator]
+            result.append(join((VNET_NONE, header_for(item), item)))  # type: ignore[arg-type]
     return result
 
 
-def _build(g: _Group) -> bytes:
+def strip_frame(buf: bytes) -> bytes | None:
+    """The Ethernet frame of one vnet-header-prefixed TAP read (None: malformed or GSO)."""
+    if len(buf) <= VNET_HDR_LEN:
+        return None
+    flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
+    if gso_type & ~VIRTIO_NET_HDR_GSO_ECN:
+        return None  # TSO is never enabled on our TAPs
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        frame = bytearray(memoryview(buf)[VNET_HDR_LEN:])
+        if csum_start + csum_offset + 2 > len(frame):
+            return None
+        complete_checksum(frame, csum_start, csum_offset)
+        return bytes(frame)
+    return buf[VNET_HDR_LEN:]
+
+
+def coalesce_frames(packets: list[bytes], header_for: Callable[[bytes], bytes]) -> list[bytes]:
+    """Like ``coalesce``, for a TAP: each buffer is vnet header + header_for(IP packet) + packet.
+
+    ``header_for`` must return 14 bytes; packets of one coalesced run share the first
+    packet's header (a run is one flow, so one source address)."""
+    return coalesce(packets, header_for)
+
+
+def _build(g: _Group, eth: bytes) -> bytes:
     p = g.first
     ihl, thl = g.ihl, g.thl
     hl = ihl + thl
@@ -355,8 +399,9 @@ def _build(g: _Group) -> bytes:
     tcp[16:18] = b"\x00\x00"
     res = pseudo + IPPROTO_TCP + tcplen + residue(tcp) + g.res
     tcp[16:18] = _U16.pack(finish(res))
-    hdr = VNET_HDR.pack(0, gso_type, hl, g.mss, ihl, 16)
-    return b"".join((hdr, ip, tcp, p[hl:], *g.payloads))
+    shift = len(eth)  # a TAP: offsets count from the Ethernet header
+    hdr = VNET_HDR.pack(0, gso_type, hl + shift, g.mss, ihl + shift, 16)
+    return b"".join((hdr, eth, ip, tcp, p[hl:], *g.payloads))
 
 
 __all__ = [
@@ -365,5 +410,7 @@ __all__ = [
     "VNET_NONE",
     "split",
     "coalesce",
+    "coalesce_frames",
+    "strip_frame",
     "complete_checksum",
 ]

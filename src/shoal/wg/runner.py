@@ -26,6 +26,12 @@ endpoint* (an address in the discard-only prefix 100::/64, RFC 6666, which never
 host): what the engine sends to one of `virtual_endpoints` goes to `relay_out(datagrams)`
 instead of the socket, and `inject(datagrams, now)` hands the engine what a relay delivered,
 as if it had arrived from that virtual endpoint.
+
+LAN mode (the node daemon's default; `shoal wg` never sets it): with `lan` (a
+`shoal.lan.plane.LanPlane`) set before `run()`, the interface is a TAP; frames read from it go
+through `lan.from_interface` (the IP packets it returns go to the engine), what the engine
+decrypts goes out through `lan.deliver` (Ethernet header added, coalesced) and its extension
+messages through `lan.from_peers`. The hook points are marked "LAN hook".
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shoal.lan.plane import LanPlane
 from shoal.tun.link import AsyncLink
 from shoal.tun.device import Tun
 from shoal.udp.socket import UdpSocket
@@ -95,12 +102,14 @@ class WgInterface:
         uapi_dir: Path = DEFAULT_UAPI_DIR,
         offload: bool = True,
         on_event: Callable[[DeviceEvent, float], None] | None = None,
+        lan: LanPlane | None = None,
     ) -> None:
         self.config = config
         self.timers = timers
         self.uapi_path = uapi_dir / f"{config.name}.sock"
         self.offload = offload
         self.on_event = on_event
+        self.lan = lan
         self.device = Device(
             config.interface.private_key,
             mtu=config.interface.mtu,
@@ -134,7 +143,14 @@ class WgInterface:
             if out:
                 self.udp.send_batch(out)  # type: ignore[union-attr]
         if device.to_tun:
-            self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
+            if self.lan is None:
+                self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
+            else:  # LAN hook: unicast IP as Ethernet frames
+                self.lan.deliver(device.take_to_tun())
+        if device.to_ext:  # LAN hook: broadcast/multicast/layer-2 from peers (dropped in TUN mode)
+            extensions = device.take_extensions()
+            if self.lan is not None:
+                self.lan.from_peers(extensions, self._loop.time())  # type: ignore[union-attr]
         if device.events:
             now = self._loop.time()  # type: ignore[union-attr]
             for event in device.take_events():
@@ -152,8 +168,11 @@ class WgInterface:
             packets = tun.read_batch(BATCH)  # type: ignore[union-attr]
             if not packets:
                 break
+            n = len(packets)
+            if self.lan is not None:  # LAN hook: frames -> unicast IP (ARP, broadcast handled)
+                packets = self.lan.from_interface(packets, now)
             device.send(packets, now)
-            if len(packets) < BATCH:
+            if n < BATCH:
                 break
 
     def _on_tun(self) -> None:
@@ -272,7 +291,7 @@ class WgInterface:
         if not self.running:
             return
         try:
-            async with AsyncLink(self.config.name) as link:
+            async with AsyncLink(self.config.name, broadcast=self.lan is not None) as link:
                 for a in old:
                     if a not in addresses:
                         await link.del_address(str(a))
@@ -333,16 +352,20 @@ class WgInterface:
         _run_hooks(iface.pre_up, cfg.name, "PreUp")
         try:
             try:
-                self.tun = Tun.open(cfg.name, offload=self.offload)
+                self.tun = Tun.open(cfg.name, tap=self.lan is not None, offload=self.offload)
             except OSError as e:
                 raise SetupError(f"cannot create interface {cfg.name}: {e}") from None
+            if self.lan is not None:  # LAN hook: before the link is up
+                await self.lan.prepare(self, cfg.name)
             try:
-                async with AsyncLink(cfg.name) as link:
+                async with AsyncLink(cfg.name, broadcast=self.lan is not None) as link:
                     await link.configure(
                         mtu=iface.mtu,
                         addresses=[str(a) for a in iface.addresses],
                         routes=[str(r) for r in routes] if iface.table else [],
                     )
+                if self.lan is not None:  # LAN hook: routes, MAC, layer-2 TAPs
+                    await self.lan.start()
             except Exception as e:  # noqa: BLE001 - report netlink's reason in one line
                 raise SetupError(f"cannot configure interface {cfg.name}: {e}") from None
             try:
@@ -386,6 +409,8 @@ class WgInterface:
                 loop.remove_reader(self.udp.fileno())  # type: ignore[union-attr]
             self.udp.close()
             self.udp = None
+        if self.lan is not None:  # LAN hook
+            self.lan.close()
         if self.tun is not None:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.tun.fileno())  # type: ignore[union-attr]

@@ -11,6 +11,8 @@ Inputs (all take `now`, seconds on a monotonic clock):
 Outputs (drained by the I/O adapter after each call):
     outbox: list[(datagram, endpoint)]   to send on the UDP socket, in order
     to_tun: list[bytes]                  IP packets to write to the interface
+    to_ext: list[(PublicKey, bytes)]     LAN extension plaintexts (first nibble 5, see
+                                         shoal.lan.extension) from peers flagged `shoal`
     events: list[DeviceEvent]            handshakes done, endpoints changed (for logs/UIs)
 
 Rules (whitepaper 5-6, wireguard-go device/*):
@@ -24,6 +26,12 @@ Rules (whitepaper 5-6, wireguard-go device/*):
   valid tag and a fresh counter (RFC 6479 window), and its inner packet's source address must
   route (allowed IPs) to the very peer whose session carried it.
 - A peer's endpoint follows the source of its last authenticated packet (roaming).
+- LAN extensions (docs/lan.md): `send_extension(peer, plaintexts, now)` seals plaintexts
+  for one peer flagged `PeerConfig.shoal` (no allowed-IPs lookup; staged like `send` when
+  there is no session). A decrypted plaintext whose first nibble is C.LAN_EXT_MARKER from a
+  `shoal` peer goes to `to_ext` whole (padding included: the extension format ignores it),
+  without the allowed-IPs source check (shoal.lan.switch checks origins), and counts as data
+  for the timers; from any other peer it is `rx_inner_malformed`, as in wireguard-go.
 - Bad input from the network never raises out of this module: it is dropped and counted in
   `stats`.
 
@@ -58,6 +66,7 @@ from shoal.wireguard import tai64n
 MAX_TIMER_HANDSHAKES = int(C.REKEY_ATTEMPT_TIME / C.REKEY_TIMEOUT)  # 18 attempts, then give up
 _U32 = struct.Struct("<I")
 _EMPTY = b""
+_EXT = C.LAN_EXT_MARKER
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,6 +105,7 @@ class Device:
         self.random = _random.Random(seed if seed is not None else int.from_bytes(rng(8), "big"))
         self.outbox: list[tuple[bytes, Endpoint]] = []
         self.to_tun: list[bytes] = []
+        self.to_ext: list[tuple[PublicKey, bytes]] = []
         self.events: list[DeviceEvent] = []
         self.stats: Counter[str] = Counter()
         self.peers: dict[PublicKey, Peer] = {}
@@ -136,6 +146,7 @@ class Device:
             allowed_ips=self.allowed_ips(peer),
             endpoint=peer.endpoint,
             persistent_keepalive=peer.persistent_keepalive,
+            shoal=peer.shoal,
         )
 
     def add_peer(self, config: PeerConfig, now: float | None = None) -> Peer:
@@ -158,6 +169,7 @@ class Device:
                 peer.handshake.set_preshared(psk)
             if config.endpoint is not None:
                 peer.endpoint = config.endpoint
+            peer.shoal = config.shoal
         self.set_allowed_ips(peer, config.allowed_ips)
         self.set_persistent_keepalive(peer, config.persistent_keepalive, now)
         return peer
@@ -430,6 +442,27 @@ class Device:
             peer.staged.append(_EMPTY)
         self._flush_staged(peer, now)
 
+    def send_extension(self, peer_key: PublicKey, plaintexts: Iterable[bytes], now: float) -> None:
+        """Seal LAN extension plaintexts for one Shoal peer, in order, on its current session.
+
+        No allowed-IPs lookup: the caller chose the peer. Without a usable session they are
+        staged and a handshake starts, as for `send`. A peer that is unknown or not flagged
+        `shoal` gets nothing (counted): a stock WireGuard peer never sees an extension."""
+        peer = self.peers.get(peer_key)
+        if peer is None:
+            self.stats["ext_no_peer"] += 1
+            return
+        if not peer.shoal:
+            self.stats["ext_not_shoal"] += 1
+            return
+        staged = peer.staged
+        before = len(staged)
+        for p in plaintexts:
+            if p:
+                staged.append(p)
+        if len(staged) != before:
+            self._flush_staged(peer, now)
+
     def send(self, packets: Iterable[bytes], now: float) -> None:
         """IP packets from the interface: route each to its peer and seal it.
 
@@ -576,6 +609,10 @@ class Device:
                 elif version == 6 and m >= 40:
                     length = ((plaintext[4] << 8) | plaintext[5]) + 40
                     source = plaintext[8:24]
+                elif version == _EXT and peer.shoal:  # type: ignore[union-attr]
+                    self.to_ext.append((peer.public_key, plaintext))  # type: ignore[union-attr]
+                    got_data = True
+                    continue
                 else:
                     stats["rx_inner_malformed"] += 1
                     continue
@@ -745,6 +782,10 @@ class Device:
 
     def take_to_tun(self) -> list[bytes]:
         out, self.to_tun = self.to_tun, []
+        return out
+
+    def take_extensions(self) -> list[tuple[PublicKey, bytes]]:
+        out, self.to_ext = self.to_ext, []
         return out
 
     def take_events(self) -> list[DeviceEvent]:

@@ -47,6 +47,7 @@ class PeerConfig:
     allowed_ips: list[IPNetwork] = dataclasses.field(default_factory=list)
     endpoint: Endpoint | None = None
     persistent_keepalive: int = 0  # seconds, 0 = off
+    shoal: bool = False  # a Shoal node: may exchange LAN extension messages (never a stock peer)
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,6 +86,7 @@ class Peer:
         "scheduled",
         "stats",
         "removed",
+        "shoal",
     )
 
     def __init__(self, config: PeerConfig, local_private: PrivateKey) -> None:
@@ -112,6 +114,7 @@ class Peer:
         self.scheduled = math.inf  # earliest deadline currently pushed on the device's heap
         self.stats = PeerStats()
         self.removed = False
+        self.shoal = config.shoal
 
     def next_deadline(self) -> float | None:
         deadlines = [

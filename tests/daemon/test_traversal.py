@@ -50,6 +50,7 @@ class FakePlane:
         self.virtual_endpoints: set[tuple[str, int]] = set()
         self.endpoints: dict[PublicKey, tuple[str, int]] = {}
         self.injected: list[tuple[bytes, tuple[str, int]]] = []
+        self.roams: PublicKey | None = None  # the peer a relayed packet comes from (roaming model)
         net.planes[addr] = self
 
     def send_raw(self, datagrams):  # noqa: ANN001
@@ -61,6 +62,9 @@ class FakePlane:
 
     def inject(self, datagrams, now):  # noqa: ANN001
         self.injected += datagrams
+        for _, ep in datagrams:  # WireGuard roams the sender onto where its packet came from
+            if self.roams is not None:
+                self.endpoints[self.roams] = ep
 
 
 class Net:
@@ -112,6 +116,12 @@ async def test_two_nodes_find_the_direct_path_and_fall_back_to_the_relay() -> No
         await wait_for(lambda: pa.endpoints.get(kb.public_key()) == b_addr and pb.endpoints.get(ka.public_key()) == a_addr)
         row = ta.path_of(kb.public_key())
         assert row is not None and row["path"] == "direct" and row["endpoint"] == "203.0.113.2:2000"
+        # a late packet through the relay (b still thought "relay") must not move a off the direct path
+        pa.roams = kb.public_key()
+        pb.relay_out([(b"\x02\x00\x00\x00late handshake answer", tb._vep_of(ka.public_key()))])
+        await wait_for(lambda: any(d.startswith(b"\x02\x00\x00\x00late") for d, _ in pa.injected))
+        assert pa.endpoints[kb.public_key()] == b_addr
+        pa.roams = None
         # cut the direct path: both sides fall back to the relay (virtual endpoints)
         net.cut.add(frozenset((a_addr, b_addr)))
         await wait_for(lambda: ta.path_of(kb.public_key())["path"] == "relay", timeout=6.0)

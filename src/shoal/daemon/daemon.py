@@ -176,14 +176,18 @@ def self_addresses(node: M.SelfInfo | None) -> list[IPInterface]:
 
 
 async def host_endpoints(port: int, exclude_iface: str) -> list[str]:
-    """'ip:port' for every global address of this host except the overlay interface's."""
+    """'ip:port' for every global address of this host except those of the overlay interface
+    and of layer-2 network TAPs (an address a member got there by DHCP is no way to reach us)."""
     from pyroute2 import AsyncIPRoute
+
+    from shoal.lan.plane import L2_PREFIX
 
     found: list[str] = []
     async with AsyncIPRoute() as ipr:
         skip: set[int] = set()
         async for link in await ipr.link("dump"):
-            if link.get("IFLA_IFNAME") in (exclude_iface, "lo"):
+            name = link.get("IFLA_IFNAME") or ""
+            if name in (exclude_iface, "lo") or name.startswith(L2_PREFIX):
                 skip.add(link.get("index"))
         async for msg in await ipr.addr("dump"):
             if msg.get("index") in skip or msg.get("scope") != 0:

@@ -690,6 +690,7 @@ class Traversal:
                 wg.append((payload, self._vep_of(key)))
         if wg:
             self.plane.inject(wg, now)
+            self._keep_direct({self._vep_key[v] for _, v in wg if v in self._vep_key}, now)
         for code, key in client.errors:
             self.stats[f"relay_error_{code}"] += 1
         client.errors.clear()
@@ -707,6 +708,17 @@ class Traversal:
         if client.ready != was_ready:
             log.info("relay: %s via %s", "accepted us" if client.ready else "lost us", self.relay_mode)
             self._relay_state_changed(now)
+
+    def _keep_direct(self, keys: set[PublicKey], now: float) -> None:
+        """A late packet through the relay (a handshake answer, say) made WireGuard roam the
+        peer onto the relay although a direct path is chosen: point it back. Traversal owns
+        endpoints; WireGuard's roaming is welcome between real addresses only."""
+        for key in keys:
+            eng = self.engines.get(key)
+            path = eng.path if eng is not None else None
+            if path is not None and path.kind is PathKind.DIRECT and path.addr is not None:
+                ep = self._routed_vep(key, path.sock, path.addr) if path.sock else path.addr
+                self.plane.set_endpoint(key, ep, now)
 
     def _relay_state_changed(self, now: float) -> None:
         ready = self.relay is not None and self.relay.ready

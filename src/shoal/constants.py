@@ -322,6 +322,7 @@ HOST_ADDRESS_CHECK = 2.0  # seconds between looks at the host's own addresses (r
 RELAY_UDP_WAIT = 2.0  # seconds to wait for the UDP relay to accept us before trying its WebSocket
 RELAY_SILENCE = 60.0  # a relay connection with no frame from the relay this long is redone
 RELAY_RETRY = 5.0  # seconds between attempts to reach a relay that did not answer
+RELAY_UDP_RETEST = 30.0  # while relaying over WebSocket: try the UDP relay again this often
 RELAY_WS_OPEN_TIMEOUT = 3.0  # a relay WebSocket not open after this long is given up and tried again
 RELAY_WS_QUICK_RETRIES = 3  # after a working relay WebSocket dropped: this many quick retries...
 RELAY_WS_QUICK_RETRY = 0.5  # ...this far apart, before falling back to RELAY_RETRY

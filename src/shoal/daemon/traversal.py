@@ -62,6 +62,7 @@ from shoal.constants import (
     RELAY_MAX_FRAME,
     RELAY_RETRY,
     RELAY_SILENCE,
+    RELAY_UDP_RETEST,
     RELAY_UDP_WAIT,
     RELAY_WS_OPEN_TIMEOUT,
     RELAY_WS_PATH,
@@ -184,6 +185,8 @@ class Traversal:
         self._udp_failed = False  # the UDP relay never answered here: go straight to WebSocket
         self._reauth_sent = False  # re-authentication after an unanswered keepalive is under way
         self._ws_quick = 0  # quick WebSocket retries left after a working one dropped
+        self._udp_retest_at: float | None = None  # while on the WebSocket: next HELLO over UDP
+        self._udp_retest_sent: float | None = None
         self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
@@ -403,8 +406,15 @@ class Traversal:
         for data, src in datagrams:
             if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
                 self._on_disco(data, src, now, via_relay=False)
-            elif data[:2] == RELAY_MAGIC and self.relay_mode == "udp" and src == self.relay_udp:
-                self._relay_rx(data, now)
+            elif data[:2] == RELAY_MAGIC and src == self.relay_udp:
+                if self.relay_mode == "udp":
+                    self._relay_rx(data, now)
+                elif self.relay_mode == "ws" and self._udp_retest_sent is not None:
+                    # the UDP relay answered our re-test HELLO: UDP works (again), use it
+                    log.info("relay: UDP answers again, leaving the WebSocket")
+                    self._udp_failed = False
+                    self._relay_connect(now)
+                    self._relay_state_changed(now)
             elif stun.is_stun(data):
                 if self.probe is None or not self.probe.receive(data, src, now):
                     self.stats["stun_unexpected"] += 1
@@ -585,6 +595,8 @@ class Traversal:
         if self.relay_ws_url is None or self.relay_key is None:
             self._relay_retry_at = now + RELAY_RETRY
             return
+        self._udp_retest_at = now + RELAY_UDP_RETEST if self.relay_udp is not None else None
+        self._udp_retest_sent = None
         self.relay = RelayClient(self.key, self.relay_key)
         self.relay_mode = "ws"
         self._relay_started = self._relay_last_rx = now
@@ -727,6 +739,13 @@ class Traversal:
                 self._emit(key, eng.set_remote_candidates(self._cands.get(key, []), now, relay=ready))
 
     def _relay_timer(self, now: float) -> None:
+        if self.relay_mode == "ws" and self._udp_retest_at is not None and now >= self._udp_retest_at:
+            # UDP may work now (the server was only down when we gave up on it, or we moved):
+            # a HELLO over UDP; any answer from the relay's UDP address switches back
+            assert self.relay_key is not None and self.relay_udp is not None
+            self.plane.send_raw([(RelayClient(self.key, self.relay_key).start(now), self.relay_udp)])
+            self._udp_retest_sent = now
+            self._udp_retest_at = now + RELAY_UDP_RETEST
         client = self.relay
         if client is None:
             if self._relay_retry_at is not None and now >= self._relay_retry_at:
@@ -775,6 +794,8 @@ class Traversal:
         ds = [self._relay_last_rx + RELAY_SILENCE, self._relay_last_ka + self._keepalive_interval()]
         if self._relay_ping_at is not None:
             ds.append(self._relay_ping_at + (RELAY_PONG_TIMEOUT if self._reauth_sent else RELAY_REAUTH_AFTER))
+        if self.relay_mode == "ws" and self._udp_retest_at is not None:
+            ds.append(self._udp_retest_at)
         return min(ds)
 
     # ------------------------------------------------------------------ timers

@@ -302,12 +302,30 @@ def test_node_restart_during_server_outage_uses_the_stored_view(mesh):
 
 
 def _proc_usage(pid: int) -> tuple[int, int]:
-    """(RSS kB, open fds) of a process."""
+    """(RSS kB, open fds) of a process. The fd count is the least of a few samples 0.1 s
+    apart: the daemon opens short-lived sockets on its own schedule (a netlink socket to read
+    its addresses every 2 s), which a single look can catch; a leak never goes away."""
     rss = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    fds = []
+    for i in range(5):
+        if i:
+            time.sleep(0.1)
+        fds.append(len(os.listdir(f"/proc/{pid}/fd")))
+    return rss, min(fds)
+
+
+def _fd_targets(pid: int) -> list[str]:
+    """What a process's fds point at (socket:[inode], anon_inode:[eventpoll], ...), sorted."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}").split("[")[0])
+        except OSError:
+            pass
+    return sorted(out)
 
 
 def _links(mesh: Mesh) -> dict[str, int]:
@@ -346,17 +364,19 @@ def _cycles(mesh: Mesh, n: int) -> None:
         cycle(i)
     time.sleep(1)
     rss0, fds0 = _proc_usage(alice.proc.pid)
+    targets0 = _fd_targets(alice.proc.pid)
     links0, ns0 = _links(mesh), _netns(mesh)
     t0 = time.monotonic()
     for i in range(n):
         cycle(i)
     time.sleep(2)
     rss1, fds1 = _proc_usage(alice.proc.pid)
+    targets1 = _fd_targets(alice.proc.pid)
     links1, ns1 = _links(mesh), _netns(mesh)
     srss, sfds = _proc_usage(mesh.server.proc.pid)
     print(f"{n} cycles in {time.monotonic() - t0:.0f} s: alice RSS {rss0} -> {rss1} kB, fds {fds0} -> {fds1}; "
           f"links {links0} -> {links1}; namespaces {ns0} -> {ns1}; server now RSS {srss} kB, {sfds} fds")
-    assert fds1 <= fds0, "alice leaks file descriptors"
+    assert fds1 <= fds0, f"alice leaks file descriptors: {targets0} -> {targets1}"
     assert rss1 - rss0 < 4096, f"alice RSS grew {rss1 - rss0} kB"
     assert ns0 >= 4 and links1 == links0 and ns1 == ns0
 

@@ -304,7 +304,7 @@ class Daemon:
             if hasattr(self.plane, "side_channel"):
                 port, iface = self.plane.listen_port or 0, self.opts.iface
                 self.traversal = Traversal(
-                    self.key, self.plane, on_candidates=self._on_candidates,
+                    self.key, self.plane, on_candidates=self._on_candidates, server_up=lambda: self.conn is not None,
                     host_endpoints=None if self.opts.endpoints else (lambda: host_endpoints(port, iface)))
                 self.traversal.start(self.endpoints)
                 self.traversal.set_peers(list(self.view.peers.values()))

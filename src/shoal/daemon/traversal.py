@@ -144,6 +144,7 @@ class Traversal:
         host_endpoints: Callable[[], Awaitable[list[str]]] | None = None,
         clock: Callable[[], float] | None = None,
         portmap: bool = True,
+        server_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self.key = key
         self.public_key = key.public_key()
@@ -194,6 +195,7 @@ class Traversal:
         self._timer_at: float | None = None
         self._host_task: asyncio.Task[None] | None = None
         self.portmap = portmap
+        self._server_up = server_up  # the control connection is up (the server is reachable)
         self._mapper: PortMapper | None = None
         self._mapper_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -753,6 +755,10 @@ class Traversal:
             return
         if not client.ready:
             if self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
+                if not self._server_up():
+                    # the server itself is away (restarting?): that says nothing about UDP
+                    self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
+                    return
                 self._udp_failed = True
                 if self.relay_ws_url is not None:
                     log.info("relay: no answer over UDP from %s in %.0f s, trying WebSocket", _addr_text(self.relay_udp), RELAY_UDP_WAIT)  # type: ignore[arg-type]

@@ -72,7 +72,7 @@ class End:
             lines.append(f"PersistentKeepalive = {keepalive}")
         return "\n".join(lines) + "\n"
 
-    def start(self, peers: str, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def start(self, peers: str, workdir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.ifname = unique_ifname("s" if self.kind == "shoal" else "g")
         self.log = workdir / f"{self.ifname}.log"
         iface = f"[Interface]\nPrivateKey = {self.key.to_base64()}\nListenPort = {PORT}\n"
@@ -81,7 +81,7 @@ class End:
             conf.write_text(iface + f"Address = {self.overlay4}/24, {self.overlay6}/64\nMTU = {MTU}\n\n" + peers)
             with open(self.log, "ab") as log:
                 self.proc = self.host.popen(
-                    [sys.executable, "-m", "shoal", "wg", "up", "--foreground", str(conf)],
+                    [sys.executable, "-m", "shoal", "wg", "up", "--foreground", *args, str(conf)],
                     stdout=log, stderr=log, env={**os.environ, "SHOAL_RUN_DIR": str(workdir / "run"), **(env or {})},
                 )
         else:

@@ -149,10 +149,11 @@ class Shoal(Impl):
     name = "shoal"
 
     def __init__(self, extra_env: dict[str, str] | None = None, name: str = "shoal",
-                 python_args: tuple[str, ...] = ("-m", "shoal")) -> None:
+                 python_args: tuple[str, ...] = ("-m", "shoal"), wg_args: tuple[str, ...] = ()) -> None:
         self.extra_env = extra_env or {}
         self.name = name
         self.python_args = python_args  # how to start `shoal` (a variant may wrap it)
+        self.wg_args = wg_args  # extra options of `wg up`
 
     def up(self, me: Side, peer: Side, workdir: Path) -> None:
         conf = workdir / f"{me.ifname}.conf"
@@ -162,7 +163,7 @@ class Shoal(Impl):
         )
         env = {**os.environ, "SHOAL_RUN_DIR": str(workdir / "run"), **self.extra_env}
         log = open(workdir / f"{me.ifname}.log", "ab")
-        me.proc = me.host.popen([sys.executable, *self.python_args, "wg", "up", "--foreground", str(conf)],
+        me.proc = me.host.popen([sys.executable, *self.python_args, "wg", "up", "--foreground", *self.wg_args, str(conf)],
                                 stdout=log, stderr=log, env=env)
         log.close()
         sock = Path("/var/run/wireguard") / f"{me.ifname}.sock"
@@ -271,6 +272,8 @@ def _impl(name: str) -> Impl:
         return Shoal()
     if name == "shoal-tap":  # the node daemon's default interface mode (TAP, docs/lan.md)
         return Shoal(name="shoal-tap", python_args=("-m", "shoal.bench.lanwg"))
+    if name == "shoal-nowarm":  # the latency keeper off (shoal.wg.warm): what it buys, what it costs
+        return Shoal(name="shoal-nowarm", wg_args=("--no-warm",))
     raise BenchError(f"unknown implementation {name!r}")
 
 
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tcp-seconds", type=int)
     p.add_argument("--udp-seconds", type=int)
     p.add_argument("--pings", type=int)
-    p.add_argument("--impl", action="append", choices=["wireguard-go", "shoal", "shoal-tap"],
+    p.add_argument("--impl", action="append", choices=["wireguard-go", "shoal", "shoal-tap", "shoal-nowarm"],
                    help="implementations to run (default both)")
     p.add_argument("--no-doc", action="store_true", help="do not refresh BENCHMARKS.md")
     args = p.parse_args(argv)

@@ -115,6 +115,7 @@ class Options:
     uapi_dir: Path | None = None  # default: /var/run/wireguard, or RUN_DIR/wireguard if RUN_DIR is not the default
     lan: bool = True  # shoal0 is a TAP with broadcast/multicast and layer-2 networks (docs/lan.md); False: TUN
     multicast_route: bool = True  # LAN mode: route 224.0.0.0/4 to shoal0 when the host has no multicast route
+    warm: bool = True  # keep the packet path warm while data flows (shoal.wg.warm)
 
 
 class DataPlane(Protocol):
@@ -286,6 +287,8 @@ class Daemon:
             self.planner.configs(self.view),
         )
         self.plane = self._plane_factory(cfg, self.uapi_dir, self._on_event)
+        if hasattr(self.plane, "warm"):  # WgInterface's latency keeper (shoal.wg.warm)
+            self.plane.warm = self.opts.warm  # type: ignore[attr-defined]
         if self.lan is not None and hasattr(self.plane, "lan"):  # LAN hook: the TAP mode of WgInterface
             self.plane.lan = self.lan  # type: ignore[attr-defined]
             await self.lan.set_view(lan_view(self.view))

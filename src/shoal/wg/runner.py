@@ -32,6 +32,10 @@ LAN mode (the node daemon's default; `shoal wg` never sets it): with `lan` (a
 through `lan.from_interface` (the IP packets it returns go to the engine), what the engine
 decrypts goes out through `lan.deliver` (Ethernet header added, coalesced) and its extension
 messages through `lan.from_peers`. The hook points are marked "LAN hook".
+
+Latency keeper (`warm`, on by default): while data flows, a quiet interface wakes every
+millisecond to poll and to keep its packet path in the CPU caches (`shoal.wg.warm` says why
+and what it costs); it stops WARM_HOLD after the last data packet.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from shoal.tun.link import AsyncLink
 from shoal.tun.device import Tun
 from shoal.udp.socket import UdpSocket
 from shoal.wg import uapi
+from shoal.wg.warm import Tick, WarmSchedule, touch
 from shoal.wg.config import IPInterface, WgConfig
 from shoal.constants import DEFAULT_TIMERS, Timers
 from shoal.wireguard.device import Device, DeviceEvent
@@ -103,6 +108,7 @@ class WgInterface:
         offload: bool = True,
         on_event: Callable[[DeviceEvent, float], None] | None = None,
         lan: LanPlane | None = None,
+        warm: bool = True,
     ) -> None:
         self.config = config
         self.timers = timers
@@ -126,6 +132,9 @@ class WgInterface:
         self.side_channel: Callable[[list[tuple[bytes, tuple[str, int]]], float], None] | None = None
         self.relay_out: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
         self.virtual_endpoints: set[tuple[str, int]] = set()
+        self.warm = warm  # may be changed until run()
+        self._warm: WarmSchedule | None = None
+        self._warm_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ hot path
 
@@ -174,6 +183,8 @@ class WgInterface:
             device.send(packets, now)
             if n < BATCH:
                 break
+        if device.outbox and self._warm is not None:  # sealed for a peer (the host's own
+            self._data_moved(now)  # IPv6 chatter with no route to a peer does not count)
 
     def _on_tun(self) -> None:
         now = self._loop.time()  # type: ignore[union-attr]
@@ -216,12 +227,34 @@ class WgInterface:
     def _after_receive(self, now: float) -> None:
         device = self.device
         wrote = bool(device.to_tun)
+        if (wrote or device.to_ext) and self._warm is not None:
+            self._data_moved(now)
         self._flush()
         if wrote:
             # What we just wrote often has an answer already: the kernel makes ICMP replies
             # and TCP ACKs synchronously inside the write. Take it now, not a wake-up later.
             self._drain_tun(now)
             self._flush()
+
+    def _data_moved(self, now: float) -> None:
+        warm = self._warm
+        warm.last_data = now  # type: ignore[union-attr]
+        if not warm.armed:  # type: ignore[union-attr]
+            self._warm_timer = self._loop.call_at(warm.start(now), self._on_warm)  # type: ignore[union-attr]
+
+    def _on_warm(self) -> None:
+        self._warm_timer = None
+        warm = self._warm
+        if warm is None or self.udp is None:
+            return
+        tick = warm.tick(self._loop.time())  # type: ignore[union-attr]
+        if tick is Tick.STOP:
+            return
+        if tick is Tick.WARM:
+            self._on_tun()  # a packet already waiting is handled now, not at its own wake-up
+            self._on_udp()
+            touch()
+        self._warm_timer = self._loop.call_at(warm.next_at, self._on_warm)  # type: ignore[union-attr, arg-type]
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -384,6 +417,7 @@ class WgInterface:
                 self._uapi_server = await asyncio.start_unix_server(self._serve_uapi, path=str(self.uapi_path))
             finally:
                 os.umask(old_umask)
+            self._warm = WarmSchedule() if self.warm else None
             self._loop.add_reader(self.tun.fileno(), self._on_tun)
             self._loop.add_reader(self.udp.fileno(), self._on_udp)
             self._flush()
@@ -401,6 +435,9 @@ class WgInterface:
         loop = self._loop
         if self._timer is not None:
             self._timer.cancel()
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
         if self._uapi_server is not None:
             self._uapi_server.close()
             self.uapi_path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from shoal.constants import WARM_HOLD, WARM_INTERVAL
 from shoal.lab import HostSpec, Lab, Topology
-from shoal.wg.warm import Tick, WarmSchedule, touch
+from shoal.wg.warm import Rehearsal, Tick, WarmSchedule
 
 from .wglab import End, ping, wait_for_ping
 
@@ -72,9 +72,21 @@ def test_bad_schedule_is_refused(interval, hold):
         WarmSchedule(interval=interval, hold=hold)
 
 
-def test_touch_runs():
-    for _ in range(3):
-        touch()
+def test_rehearsal_moves_its_packet_every_time_and_stays_bounded():
+    r = Rehearsal()
+    for _ in range(2000):
+        assert r.run() == 1
+    # a clock that never moves: no timer ever comes due, the heaps hold one entry per peer
+    assert len(r.a._heap) <= 1 and len(r.b._heap) <= 2
+    assert not r.a.outbox and not r.b.outbox and not r.b.to_tun
+    assert r.b.stats["rx_invalid_or_replayed"] == 0
+    assert sum(p.stats.rx_bytes for p in r.b.peers.values()) > 2000 * 64
+
+
+def test_rehearsal_engines_are_their_own():
+    r1, r2 = Rehearsal(), Rehearsal()
+    keys = {r1.a.public_key, r1.b.public_key, r2.a.public_key, r2.b.public_key}
+    assert len(keys) == 4  # fresh random keys every time: never an interface's key or session
 
 
 # ------------------------------------------------------------------ lab: real processes

@@ -55,7 +55,7 @@ from shoal.tun.link import AsyncLink
 from shoal.tun.device import Tun
 from shoal.udp.socket import UdpSocket
 from shoal.wg import uapi
-from shoal.wg.warm import Tick, WarmSchedule, touch
+from shoal.wg.warm import Rehearsal, Tick, WarmSchedule
 from shoal.wg.config import IPInterface, WgConfig
 from shoal.constants import DEFAULT_TIMERS, Timers
 from shoal.wireguard.device import Device, DeviceEvent
@@ -134,6 +134,7 @@ class WgInterface:
         self.virtual_endpoints: set[tuple[str, int]] = set()
         self.warm = warm  # may be changed until run()
         self._warm: WarmSchedule | None = None
+        self._rehearsal: Rehearsal | None = None
         self._warm_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ hot path
@@ -253,7 +254,7 @@ class WgInterface:
         if tick is Tick.WARM:
             self._on_tun()  # a packet already waiting is handled now, not at its own wake-up
             self._on_udp()
-            touch()
+            self._rehearsal.run()  # type: ignore[union-attr]
         self._warm_timer = self._loop.call_at(warm.next_at, self._on_warm)  # type: ignore[union-attr, arg-type]
 
     def _on_timer(self) -> None:
@@ -417,7 +418,8 @@ class WgInterface:
                 self._uapi_server = await asyncio.start_unix_server(self._serve_uapi, path=str(self.uapi_path))
             finally:
                 os.umask(old_umask)
-            self._warm = WarmSchedule() if self.warm else None
+            if self.warm:
+                self._warm, self._rehearsal = WarmSchedule(), Rehearsal()
             self._loop.add_reader(self.tun.fileno(), self._on_tun)
             self._loop.add_reader(self.udp.fileno(), self._on_udp)
             self._flush()

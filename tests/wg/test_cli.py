@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,6 +88,23 @@ def test_up_show_down(host, tmp_path):
         down = shoal(host, "wg", "down", str(path), env=env)
     assert down.returncode == 0, down.stderr
     assert host.exec(["ip", "link", "show", name], capture_output=True).returncode != 0
+
+
+@lab_test
+def test_up_no_warm_reaches_the_interface_process(host, tmp_path):
+    name = unique_ifname("c")
+    path = tmp_path / f"{name}.conf"
+    path.write_text(conf())
+    env = {"SHOAL_RUN_DIR": str(tmp_path / "run")}
+    up = shoal(host, "wg", "up", "--no-warm", str(path), env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        pid = int((tmp_path / "run" / f"wg-{name}.pid").read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--no-warm" in argv and b"--foreground" in argv
+    finally:
+        down = shoal(host, "wg", "down", str(path), env=env)
+    assert down.returncode == 0, down.stderr
 
 
 @lab_test

@@ -239,7 +239,7 @@ class WgInterface:
 
     def _data_moved(self, now: float) -> None:
         warm = self._warm
-        warm.last_data = now  # type: ignore[union-attr]
+        warm.data(now)  # type: ignore[union-attr]
         if not warm.armed:  # type: ignore[union-attr]
             self._warm_timer = self._loop.call_at(warm.start(now), self._on_warm)  # type: ignore[union-attr]
 
@@ -251,11 +251,12 @@ class WgInterface:
         tick = warm.tick(self._loop.time())  # type: ignore[union-attr]
         if tick is Tick.STOP:
             return
+        # re-armed first: a failing callback below must not leave the keeper armed but dead
+        self._warm_timer = self._loop.call_at(warm.next_at, self._on_warm)  # type: ignore[union-attr, arg-type]
         if tick is Tick.WARM:
             self._on_tun()  # a packet already waiting is handled now, not at its own wake-up
             self._on_udp()
             self._rehearsal.run()  # type: ignore[union-attr]
-        self._warm_timer = self._loop.call_at(warm.next_at, self._on_warm)  # type: ignore[union-attr, arg-type]
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -177,6 +177,187 @@ def test_roaming_follows_last_authenticated_packet():
     assert p.b.peers[p.a_key.public_key()].endpoint == ("198.51.100.5", 4000)
 
 
+
+# ------------------------------------------------------------------ issue 18 F1/F2: endpoint hijack
+
+ATTACKER = ("203.0.113.66", 40000)
+
+
+def victim(p: Pair):
+    """B's view of A after `connect`, with B waiting for an answer to data it sent (so the
+    new-handshake timer is armed): what a forged packet must neither move nor clear."""
+    peer = p.b.peers[p.a_key.public_key()]
+    p.b.send([ipv4(B_IP, A_IP, b"are you there")], p.now)
+    p.b.take_outbox()
+    assert peer.new_handshake_at is not None and peer.endpoint == A_EP
+    return peer
+
+
+def transport_header(index: int, counter: int = 0) -> bytes:
+    return struct.pack("<II", C.MESSAGE_TRANSPORT, index) + counter.to_bytes(8, "little")
+
+
+def assert_untouched(p: Pair, peer, timer: float) -> None:
+    assert peer.endpoint == A_EP
+    assert peer.new_handshake_at == timer
+    assert not [e for e in p.b.take_events() if e.kind == "endpoint-changed"]
+    # and B's next packet still goes to A, not to the attacker
+    p.b.send([ipv4(B_IP, A_IP, b"next")], p.now)
+    assert [ep for _, ep in p.b.take_outbox()] == [A_EP]
+
+
+def connected_victim():
+    p = make_pair()
+    connect(p)
+    peer = victim(p)
+    return p, peer, peer.new_handshake_at, peer.keypairs.current.local_index
+
+
+def test_forged_transport_with_the_live_index_moves_nothing():
+    p, peer, timer, index = connected_victim()
+    assert index != 0
+    p.b.take_events()
+    forged = transport_header(index) + bytes(16)  # zero counter, zero "ciphertext" (a bare tag)
+    p.b.receive([(forged, ATTACKER)], p.now)
+    p.b.receive([(transport_header(index, 7) + bytes(64), ATTACKER)] * 3, p.now)
+    assert p.b.stats["rx_invalid_or_replayed"] == 4
+    assert p.b.take_to_tun() == []
+    assert_untouched(p, peer, timer)
+
+
+def test_forged_packet_after_a_genuine_one_in_the_same_batch_moves_nothing():
+    p, peer, _, index = connected_victim()
+    p.a.send([ipv4(A_IP, B_IP, b"real")], p.now)
+    (real, _), = p.a.take_outbox()
+    forged = transport_header(index, 5) + bytes(32)
+    p.b.receive([(real, A_EP), (forged, ATTACKER)], p.now)
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"real")]
+    assert peer.endpoint == A_EP
+    assert peer.new_handshake_at is None  # the genuine packet counted
+    p.b.send([ipv4(B_IP, A_IP)], p.now)
+    assert [ep for _, ep in p.b.take_outbox()] == [A_EP]
+
+
+def test_replayed_genuine_packet_from_another_address_moves_nothing():
+    p = make_pair()
+    connect(p)
+    p.a.send([ipv4(A_IP, B_IP, b"once")], p.now)
+    (real, _), = p.a.take_outbox()
+    p.b.receive([(real, A_EP)], p.now)
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"once")]
+    peer = victim(p)
+    timer = peer.new_handshake_at
+    p.b.take_events()
+    p.b.receive([(real, ATTACKER)], p.now)  # an on-path attacker replays what it saw
+    assert p.b.take_to_tun() == []
+    assert p.b.stats["rx_invalid_or_replayed"] == 1
+    assert_untouched(p, peer, timer)
+
+
+def test_truncated_packets_with_the_live_index_move_nothing():
+    p = make_pair()
+    connect(p)
+    p.a.send([ipv4(A_IP, B_IP, b"cut me")], p.now)
+    (real, _), = p.a.take_outbox()
+    peer = victim(p)
+    timer = peer.new_handshake_at
+    p.b.take_events()
+    cuts = [real[:k] for k in (1, 4, 8, 15, 16, 17, 31, 32, len(real) - 1)]
+    p.b.receive([(cut, ATTACKER) for cut in cuts], p.now)
+    assert p.b.take_to_tun() == []
+    assert_untouched(p, peer, timer)
+    # the genuine packet itself was not spent by its truncated copies
+    p.b.receive([(real, A_EP)], p.now)
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"cut me")]
+
+
+def test_forged_packet_on_the_unconfirmed_next_session_moves_nothing():
+    p = make_pair()
+    connect(p)
+    peer = p.b.peers[p.a_key.public_key()]
+    p.now += C.REKEY_AFTER_TIME + 1
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    initiation, = [m for m, _ in p.a.take_outbox() if m[0] == C.MESSAGE_INITIATION]
+    p.b.receive([(initiation, A_EP)], p.now)  # B answers: the new session is B's `next`
+    p.b.take_outbox()
+    nxt = peer.keypairs.next
+    assert nxt is not None
+    p.b.take_events()
+    p.b.receive([(transport_header(nxt.local_index) + bytes(16), ATTACKER)], p.now)
+    assert peer.keypairs.next is nxt and peer.endpoint == A_EP
+    assert not p.b.take_events()
+
+
+def test_forged_packet_does_not_rearm_persistent_keepalive():
+    p = make_pair(keepalive=25)
+    connect(p)
+    p.pump()
+    peer = p.b.peers[p.a_key.public_key()]
+    due = peer.persistent_at
+    p.now += 10
+    p.b.receive([(transport_header(peer.keypairs.current.local_index) + bytes(16), ATTACKER)], p.now)
+    assert peer.persistent_at == due and peer.endpoint == A_EP
+
+
+def test_genuine_packet_from_a_new_address_roams():
+    p = make_pair()
+    connect(p)
+    peer = victim(p)
+    p.b.take_events()
+    moved = ("198.51.100.7", 1234)
+    p.a.send([ipv4(A_IP, B_IP, b"roamed")], p.now)
+    (real, _), = p.a.take_outbox()
+    forged = transport_header(peer.keypairs.current.local_index, 99) + bytes(16)
+    p.b.receive([(forged, ATTACKER), (real, moved), (forged, ATTACKER)], p.now)
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"roamed")]
+    assert peer.endpoint == moved and peer.new_handshake_at is None
+    assert [e.endpoint for e in p.b.take_events() if e.kind == "endpoint-changed"] == [moved]
+    p.b.send([ipv4(B_IP, A_IP)], p.now)
+    assert [ep for _, ep in p.b.take_outbox()] == [moved]
+
+
+def test_replayed_or_bad_handshakes_from_another_address_move_nothing():
+    p = make_pair()
+    p.a.send([ipv4(A_IP, B_IP)], p.now)
+    (initiation, _), = p.a.take_outbox()
+    p.b.receive([(initiation, A_EP)], p.now)
+    (response, _), = p.b.take_outbox()
+    p.a.receive([(response, B_EP)], p.now)
+    p.pump()
+    peer_b = p.b.peers[p.a_key.public_key()]
+    peer_a = p.a.peers[p.b_key.public_key()]
+    assert peer_b.endpoint == A_EP and peer_a.endpoint == B_EP
+    p.now += 1
+    bad = bytearray(initiation)
+    bad[40] ^= 1
+    p.b.receive([(initiation, ATTACKER), (bytes(bad), ATTACKER)], p.now)  # replay, then tampered
+    p.a.receive([(response, ATTACKER)], p.now)  # a replayed response: its index is spent
+    assert peer_b.endpoint == A_EP and peer_a.endpoint == B_EP
+    assert p.b.stats["rx_initiation_replayed"] == 1 and p.b.take_outbox() == []
+
+
+def test_handshake_message_mid_batch_never_raises_and_keeps_the_batch():
+    """F2: [live-index packet, the 4 bytes 01 00 00 00, unknown index] from one address raised
+    AttributeError ('NoneType' has no '_recv_aead') and lost the rest of the batch."""
+    p = make_pair()
+    connect(p)
+    peer = p.b.peers[p.a_key.public_key()]
+    p.a.send([ipv4(A_IP, B_IP, b"one"), ipv4(A_IP, B_IP, b"two")], p.now)
+    (one, _), (two, _) = p.a.take_outbox()
+    unknown = transport_header(peer.keypairs.current.local_index ^ 1) + bytes(16)
+    p.b.receive([(one, A_EP), (b"\x01\x00\x00\x00", A_EP), (unknown, A_EP), (two, A_EP)], p.now)
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"one"), ipv4(A_IP, B_IP, b"two")]
+    assert p.b.stats["rx_unknown_index"] == 1 and p.b.stats["rx_malformed"] == 1
+    # the same with a cookie-reply-sized and a response-sized garbage message in between
+    p.a.send([ipv4(A_IP, B_IP, b"three")], p.now)
+    (three, _), = p.a.take_outbox()
+    p.b.receive([(bytes([3, 0, 0, 0]) + bytes(C.MESSAGE_COOKIE_REPLY_SIZE - 4), A_EP),
+                 (unknown, A_EP), (bytes([2, 0, 0, 0]) + bytes(C.MESSAGE_RESPONSE_SIZE - 4), A_EP),
+                 (unknown, A_EP), (three, A_EP)], p.now)
+    assert p.b.take_to_tun() == [ipv4(A_IP, B_IP, b"three")]
+    assert p.b.stats["rx_unknown_index"] == 3
+
+
 # ------------------------------------------------------------------ timers on the fake clock
 
 def test_retransmit_after_rekey_timeout_with_jitter_then_give_up():

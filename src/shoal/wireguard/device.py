@@ -25,7 +25,14 @@ Rules (whitepaper 5-6, wireguard-go device/*):
 - A transport message is accepted only under a live session (age < REJECT_AFTER_TIME), with a
   valid tag and a fresh counter (RFC 6479 window), and its inner packet's source address must
   route (allowed IPs) to the very peer whose session carried it.
-- A peer's endpoint follows the source of its last authenticated packet (roaming).
+- A peer's endpoint follows the source of its last authenticated packet (roaming), and
+  only such a packet counts as "received" for the timers (it clears the new-handshake timer,
+  re-arms persistent keepalive): a transport message whose tag fails or whose counter is a
+  replay, a truncated or unknown-index message, or a handshake message that fails any check
+  (mac1, cookie, AEAD, TAI64N replay, flood limit, unknown index) moves nothing, whatever
+  its source address (issue 18 F1: the receiver index is cleartext on every packet, so a
+  stranger who reads one can forge the header, not the tag). Per batch, `receive` notes the
+  endpoint of the last run of authenticated packets per peer.
 - LAN extensions (docs/lan.md): `send_extension(peer, plaintexts, now)` seals plaintexts
   for one peer flagged `PeerConfig.shoal` (no allowed-IPs lookup; staged like `send` when
   there is no session). A decrypted plaintext whose first nibble is C.LAN_EXT_MARKER from a
@@ -67,6 +74,7 @@ MAX_TIMER_HANDSHAKES = int(C.REKEY_ATTEMPT_TIME / C.REKEY_TIMEOUT)  # 18 attempt
 _U32 = struct.Struct("<I")
 _EMPTY = b""
 _EXT = C.LAN_EXT_MARKER
+_UNVETTED = object()  # receive(): "the next transport packet must be vetted" (F2)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -547,7 +555,9 @@ class Device:
         """Datagrams from the UDP socket. Never raises on bad input; drops and counts it.
 
         The transport path is written out inline: it runs once per packet, and per-peer
-        bookkeeping (endpoint, timers) is done once per batch for the peers that were seen.
+        bookkeeping (endpoint, timers) is done once per batch for the peers that sent an
+        authenticated, non-replayed packet (from that packet's source: the last one wins).
+        A handshake message first settles the bookkeeping of the packets before it.
         """
         indices = self._indices
         reject_after = self.timers.reject_after_time
@@ -556,10 +566,15 @@ class Device:
         routes = self.routes.lookup
         stats = self.stats
         touched: dict[int, tuple[Peer, Endpoint, bool]] = {}
-        last_keypair: Keypair | None = None  # the keypair of the previous packet, already vetted
+        # The current run: consecutive transport packets under one vetted keypair from one
+        # endpoint. `last_keypair` is _UNVETTED (never an index-table value, not even None)
+        # when the next packet must be vetted again. `authed`: a packet of the run passed
+        # its tag and replay checks; only then does the run count (endpoint, timers).
+        last_keypair: object = _UNVETTED
         last_source = b""
         last_endpoint: Endpoint | None = None
         got_data = False
+        authed = False
         peer: Peer | None = None
         unpack = _U32.unpack_from
         for data, endpoint in datagrams:
@@ -573,12 +588,13 @@ class Device:
                     if now - keypair.created >= reject_after:  # type: ignore[union-attr]
                         stats["rx_expired_session"] += 1
                         continue
-                    if peer is not None:
+                    if authed:
                         self._note_batch(touched, peer, last_endpoint, got_data)  # type: ignore[arg-type]
                     peer = keypair.peer  # type: ignore[union-attr]
-                    last_keypair = keypair  # type: ignore[assignment]
+                    last_keypair = keypair
                     last_endpoint = endpoint
                     got_data = False
+                    authed = False
                     last_source = b""
                 counter_bytes = data[8:16]
                 try:
@@ -591,6 +607,7 @@ class Device:
                 if not keypair.replay.validate_counter(int.from_bytes(counter_bytes, "little"), reject_messages):  # type: ignore[union-attr]
                     stats["rx_invalid_or_replayed"] += 1
                     continue
+                authed = True
                 if peer.keypairs.next is keypair:  # type: ignore[union-attr]
                     # the initiator used the session we answered: it is confirmed
                     self._free(peer.keypairs.promote_next(keypair))  # type: ignore[union-attr, arg-type]
@@ -627,15 +644,28 @@ class Device:
                 to_tun.append(plaintext if length == m else plaintext[:length])
                 got_data = True
             elif n >= 4 and data[0] in (C.MESSAGE_INITIATION, C.MESSAGE_RESPONSE, C.MESSAGE_COOKIE_REPLY):
+                # rare: settle what came before, so a session the message installs (and the
+                # endpoint it authenticated) is not overridden by older packets of the batch
+                if authed:
+                    self._note_batch(touched, peer, last_endpoint, got_data)  # type: ignore[arg-type]
+                    authed = got_data = False
+                if touched:
+                    self._received(touched, now)
+                    touched = {}
                 try:
                     self._receive_handshake_message(data, endpoint, now)
                 except Exception:  # noqa: BLE001 - a peer must never crash the engine
                     stats["rx_handshake_error"] += 1
-                last_keypair = None  # a handshake may have rotated sessions
+                last_keypair = _UNVETTED  # a handshake may have rotated sessions
             else:
                 stats["rx_malformed"] += 1
-        if peer is not None:
+        if authed:
             self._note_batch(touched, peer, last_endpoint, got_data)  # type: ignore[arg-type]
+        if touched:
+            self._received(touched, now)
+
+    def _received(self, touched: dict[int, tuple[Peer, Endpoint, bool]], now: float) -> None:
+        """Per-peer bookkeeping for the runs of authenticated packets noted in `touched`."""
         for peer, endpoint, got_data in touched.values():
             if peer.removed:
                 continue
@@ -651,7 +681,8 @@ class Device:
 
     @staticmethod
     def _note_batch(touched: dict[int, tuple[Peer, Endpoint, bool]], peer: Peer, endpoint: Endpoint, got_data: bool) -> None:
-        """Remember that `peer` sent authenticated packets in this batch (last endpoint wins)."""
+        """Remember that `peer` sent authenticated packets in this batch (last endpoint wins).
+        Only for a run with at least one packet that passed its tag and replay checks."""
         previous = touched.get(id(peer))
         touched[id(peer)] = (peer, endpoint, got_data or (previous is not None and previous[2]))
 

@@ -16,9 +16,11 @@ def test_learn_rules() -> None:
     t = MacTable(aging=300)
     assert t.learn("n", M1, "ben", 0.0) == "new"
     assert t.learn("n", M1, "ben", 1.0) == "refresh"
-    assert t.learn("n", M1, "cat", 2.0) == "moved"
+    assert t.learn("n", M1, "cat", 2.0) == "claimed"  # ben's entry is live: bound to ben
+    assert t.lookup("n", M1, 2.0) == "ben" and t.moves["n"] == 0 and t.stats["claimed"] == 1
+    assert t.learn("n", M1, "cat", 301.0) == "moved"  # ben's entry aged out: a real move
     assert t.moves["n"] == 1
-    assert t.lookup("n", M1, 2.0) == "cat"
+    assert t.lookup("n", M1, 301.0) == "cat"
     assert t.learn("n", bytes.fromhex("01005e0000fb"), "ben", 0.0) == "invalid"
     assert t.learn("n", b"\xff" * 6, "ben", 0.0) == "invalid"
     assert t.learn("n", bytes(6), "ben", 0.0) == "invalid"
@@ -101,7 +103,13 @@ def test_matches_model(steps: list[tuple[str, int, str, float]]) -> None:
     for network, m, port, gap in steps:
         now += gap
         mac = bytes((2, 0, 0, 0, 0, m))
-        t.learn(network, mac, port, now)
+        before = t.lookup(network, mac, now)
+        verdict = t.learn(network, mac, port, now)
+        if before is not None and before != port and port != LOCAL:
+            assert verdict == "claimed"  # a live MAC of another port is never taken by a peer
+        if verdict == "claimed":
+            assert t.lookup(network, mac, now) == before
+            continue
         model[(network, mac)] = (port, now)
         assert len(t) <= 6 and all(len(t.entries(n)) <= 4 for n in ("x", "y"))
         for (n, k), (p, seen) in model.items():
@@ -111,3 +119,39 @@ def test_matches_model(steps: list[tuple[str, int, str, float]]) -> None:
             if now - seen >= 5:
                 assert got is None
         assert t.lookup(network, mac, now) == port  # what was just learned is always found
+
+
+# ------------------------------------------------------------------ issue 18 F16: MAC binding
+
+def test_a_member_cannot_take_another_members_live_mac() -> None:
+    t = MacTable(aging=300)
+    t.learn("n", M1, "ben", 0.0)
+    for when in (1.0, 150.0, 299.9):
+        assert t.learn("n", M1, "eve", when) == "claimed"
+    assert t.lookup("n", M1, 299.9) == "ben" and t.stats["claimed"] == 3
+    t.learn("n", M1, "ben", 299.9)  # ben keeps using it: still ben's
+    assert t.learn("n", M1, "eve", 500.0) == "claimed"
+
+
+def test_a_member_cannot_take_our_mac() -> None:
+    t = MacTable(aging=300)
+    t.learn("n", M1, LOCAL, 0.0)
+    assert t.learn("n", M1, "eve", 1.0) == "claimed" and t.lookup("n", M1, 1.0) == LOCAL
+    t.pin_local(M2)
+    for when in (0.0, 1000.0):  # pinned: never, even with no live entry
+        assert t.learn("n", M2, "eve", when) == "claimed" and t.lookup("n", M2, when) is None
+    assert t.learn("n", M2, LOCAL, 1.0) == "new"
+
+
+def test_legitimate_moves_still_work() -> None:
+    t = MacTable(aging=300)
+    t.learn("n", M1, "ben", 0.0)
+    assert t.learn("n", M1, LOCAL, 1.0) == "moved"  # the VM moved to us: our interface wins
+    t.learn("n", M2, "ben", 0.0)
+    t.forget_port("ben")  # ben left
+    assert t.learn("n", M2, "cat", 1.0) == "new"
+    t.learn("n", M3, "cat", 0.0)
+    t.learn("n", M1, "cat", 2.0)  # M1 is LOCAL and live: refused
+    t.retain("n", {"ben"})  # cat went offline in n: its MACs there are freed, LOCAL's kept
+    assert t.lookup("n", M3, 3.0) is None and t.lookup("n", M1, 3.0) == LOCAL
+    assert t.learn("n", M3, "ben", 3.0) == "new"

@@ -304,8 +304,42 @@ def test_sim_l2_isolation_vlan_lldp_and_mac_move() -> None:
     assert mesh.l2_iface["ann"] == [("retro", tagged)] and mesh.l2_iface["ben"] == [("retro", tagged)]
     assert mesh.l2_iface["dan"] == []
     mesh.clear()
-    # cat_mac shows up behind ben (a VM moved): ann's table follows, the move is counted
-    mesh.nodes["ben"].from_l2_interface("retro", ethernet2(BROADCAST, cat_mac, 0x88B5, b"moved"), 1.0)
+    # ben claims cat_mac while cat's entry is live (issue 18 F16): refused, dropped, counted
+    mesh.nodes["ben"].from_l2_interface("retro", ethernet2(BROADCAST, cat_mac, 0x88B5, b"stolen"), 1.0)
     mesh.run(1.0)
-    assert mesh.nodes["ann"].macs.lookup("retro", cat_mac, 1.0) == "ben"
+    assert mesh.nodes["ann"].macs.lookup("retro", cat_mac, 1.0) == "cat"
+    assert mesh.nodes["ann"].stats["rx-l2-mac-claimed"] == 1 and mesh.l2_iface["ann"] == []
+    # cat_mac shows up behind ben after cat's entry aged out (a VM moved): ann's table follows
+    later = C.LAN_MAC_AGING + 1.0
+    mesh.nodes["ben"].from_l2_interface("retro", ethernet2(BROADCAST, cat_mac, 0x88B5, b"moved"), later)
+    mesh.run(later)
+    assert mesh.nodes["ann"].macs.lookup("retro", cat_mac, later) == "ben"
     assert mesh.nodes["ann"].stats["rx-l2-mac-moved"] == 1
+
+
+# ------------------------------------------------------------------ issue 18 F16: MAC binding
+
+def test_l2_member_cannot_steal_another_members_or_our_unicast() -> None:
+    mesh = Mesh()
+    ann, ben = mesh.nodes["ann"], mesh.nodes["ben"]
+    cat_mac, ann_vm = MAC("02:cc:00:00:00:03"), MAC("02:aa:00:00:00:01")
+    mesh.nodes["cat"].from_l2_interface("retro", ethernet2(BROADCAST, cat_mac, 0x88B5, b"hello"), 0.0)
+    ann.from_l2_interface("retro", ethernet2(BROADCAST, ann_vm, 0x88B5, b"me"), 0.0)
+    mesh.run(0.0)
+    mesh.clear()
+    # ben (a member gone bad) claims cat's MAC, ann's VM's MAC and ann's own interface MAC
+    for stolen in (cat_mac, ann_vm, ann.mac):
+        ben.from_l2_interface("retro", ethernet2(BROADCAST, stolen, 0x88B5, b"mine now"), 1.0)
+    mesh.run(1.0)
+    assert ann.stats["rx-l2-mac-claimed"] == 3 and mesh.l2_iface["ann"] == []
+    # ann's unicast to cat still goes to cat only
+    ann.from_l2_interface("retro", ethernet2(cat_mac, ann_vm, 0x88B5, b"for cat"), 2.0)
+    assert [peer for peer, _ in ann.to_peers] == ["cat"]
+    mesh.run(2.0)
+    # cat goes offline in retro: its MACs are freed, so a move is possible again
+    retro = [NetworkState("retro", "l2", True, frozenset({"ann", "ben"}))]
+    ann.set_view(retro, {"ben": ADDRS["ben"]})
+    assert ann.macs.lookup("retro", cat_mac, 3.0) is None
+    ben.from_l2_interface("retro", ethernet2(BROADCAST, cat_mac, 0x88B5, b"moved"), 3.0)
+    mesh.run(3.0)
+    assert ann.macs.lookup("retro", cat_mac, 3.0) == "ben"

@@ -10,9 +10,19 @@ Rules of `learn(network, mac, port, now)` (result in the "verdict" column):
     condition                                         effect                          verdict
     ------------------------------------------------  ------------------------------  ---------
     mac is a group address (I/G bit) or all zero      nothing                         "invalid"
+    port is a peer and mac is pinned as ours          nothing, counted                "claimed"
     not in the table                                  add (evicting if full, below)   "new"
     in the table on the same port                     refresh its time                "refresh"
-    in the table on another port (live or expired)   move it there, count the move   "moved"
+    on another port, expired, or port is LOCAL        move it there, count the move   "moved"
+    on another port, live, and port is a peer         nothing, counted                "claimed"
+
+Port binding (issue 18 F16): a MAC belongs to the port it was first learned on while that
+entry is live, so a member cannot claim another member's MAC (or one of ours) to steal its
+unicast frames; the caller drops a frame whose source MAC is "claimed". Legitimate moves
+still work: after the old entry has aged out (`aging`, C.LAN_MAC_AGING: a VM that moved
+stops refreshing it on its old port), when the old member left or went offline
+(`forget_port`, `retain`), and always towards LOCAL (our own interface is authoritative).
+MACs pinned with `pin_local` (this node's own interface MACs) are never learned from a peer.
 
 - An entry not refreshed for `aging` seconds is expired: `lookup` ignores it (the frame is
   flooded) and `expire(now)` removes it.
@@ -20,11 +30,12 @@ Rules of `learn(network, mac, port, now)` (result in the "verdict" column):
   new MAC into a full table first drops expired entries, then the least recently refreshed
   one of that network (or, for the total bound, of the whole table). Flooding is the safe
   fallback, so evicting never misdirects a frame.
-- Moves are counted per network (`moves`): a MAC flapping between ports means a loop or a
-  member spoofing another's MAC; the daemon logs it (a layer-2 network trusts its members
-  like a switch without port security, docs/lan.md).
+- Moves are counted per network (`moves`), refused claims in `stats["claimed"]`: either
+  means a loop, a VM that moved, or a member spoofing another's MAC; the daemon logs them
+  (docs/lan.md, trust model).
 - `forget_port(port)` drops every entry of a member that left or went offline;
-  `forget_network(network)` drops a whole table.
+  `retain(network, ports)` drops the entries of one network whose peer port is not in
+  `ports` (members that left it or went offline); `forget_network(network)` drops a table.
 
 Owner: one table per node, mutated only by the task running the LAN engine.
 """
@@ -32,7 +43,7 @@ Owner: one table per node, mutated only by the task running the LAN engine.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 
 from shoal import constants as C
 
@@ -52,6 +63,11 @@ class MacTable:
         self._total = 0
         self.moves: Counter[Hashable] = Counter()
         self.stats: Counter[str] = Counter()
+        self._pinned: set[bytes] = set()  # this node's own MACs: never learned from a peer
+
+    def pin_local(self, mac: bytes) -> None:
+        """`mac` is one of this node's own interface MACs (in every network)."""
+        self._pinned.add(bytes(mac))
 
     def __len__(self) -> int:
         return self._total
@@ -61,11 +77,17 @@ class MacTable:
         if len(mac) != 6 or mac[0] & 1 or mac == bytes(6):
             self.stats["invalid"] += 1
             return "invalid"
+        if port != LOCAL and mac in self._pinned:
+            self.stats["claimed"] += 1
+            return "claimed"
         table = self._tables.get(network)
         if table is None:
             table = self._tables[network] = OrderedDict()
         entry = table.get(mac)
         if entry is not None:
+            if entry[0] != port and port != LOCAL and now - entry[1] < self.aging:
+                self.stats["claimed"] += 1  # bound to another live port: refused
+                return "claimed"
             table.move_to_end(mac)
             table[mac] = (port, now)
             if entry[0] == port:
@@ -141,6 +163,17 @@ class MacTable:
                 self._total -= 1
             if not table:
                 del self._tables[network]
+
+    def retain(self, network: Hashable, ports: Collection[Hashable]) -> None:
+        """Drop `network`'s entries learned on a peer port that is not in `ports`."""
+        table = self._tables.get(network)
+        if table is None:
+            return
+        for mac in [m for m, (p, _t) in table.items() if p != LOCAL and p not in ports]:
+            del table[mac]
+            self._total -= 1
+        if not table:
+            del self._tables[network]
 
     def forget_network(self, network: Hashable) -> None:
         table = self._tables.pop(network, None)

@@ -65,7 +65,7 @@ L2_PREFIX = "shoal-"
 IN6_ADDR_GEN_MODE_NONE = 1
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 _ETH_IPV4 = C.ETHERTYPE_IPV4.to_bytes(2, "big")
-LOGGED = ("egress-storm-dropped", "rx-storm-dropped", "rx-l2-mac-moved", "rx-bad-origin", "rx-ext-malformed",
+LOGGED = ("egress-storm-dropped", "rx-storm-dropped", "rx-l2-mac-moved", "rx-l2-mac-claimed", "rx-bad-origin", "rx-ext-malformed",
           "rx-unknown-peer", "rx-refused-", "l2-open-failed")
 
 

@@ -36,8 +36,11 @@ Rules:
   then per kind: IP: receive-side storm bucket (sender, network), `ip_origin_ok`; IGMP/MLD
   reports feed the snooping table and are not written (no report suppression in our kernel);
   the packet is written with source MAC mac_for(inner source) and the group/broadcast MAC.
-  FRAME: the source MAC is learned against the sender, group-addressed frames pass the
-  receive-side storm bucket, and the frame is written byte for byte. Nothing received is ever
+  FRAME: group-addressed frames pass the receive-side storm bucket, the source MAC is
+  learned against the sender (a MAC bound to another live member or pinned as ours is
+  "claimed": the frame is dropped and counted `rx-l2-mac-claimed`, see mactable), and the
+  frame is written byte for byte. A member that leaves a network or goes offline loses its
+  MACs there at the next view. Nothing received is ever
   sent on to another peer.
 - Snooping (per network, `snooping` set of network ids): multicast that is not link-local is
   sent only to members that reported the group (or never reported anything).
@@ -100,6 +103,7 @@ class LanSwitch:
         self.egress = StormLimiter(storm_rate, storm_burst)
         self.ingress = StormLimiter(storm_rate, storm_burst)
         self.macs = MacTable()
+        self.macs.pin_local(self._mac_bytes)  # our IP interface's MAC is never a peer's
         self.memberships = Memberships()
         self.to_engine: list[bytes] = []
         self.to_peers: list[tuple[str, bytes]] = []
@@ -116,8 +120,12 @@ class LanSwitch:
             self.macs.forget_port(gone)
             self.ingress.forget(gone)
             self.memberships.forget(gone)
-        for network_id in [n for n in self.macs.networks() if n not in self.networks]:
-            self.macs.forget_network(network_id)
+        for network_id in self.macs.networks():
+            net = self.networks.get(network_id)
+            if net is None:
+                self.macs.forget_network(network_id)
+            else:  # a member that left or went offline frees its MACs (they may move)
+                self.macs.retain(network_id, net.online)
         self.peers = dict(peers)
         self._peer_packed = {node: addrs.packed() for node, addrs in peers.items()}
         self._answer_for.clear()
@@ -262,7 +270,11 @@ class LanSwitch:
         if frame[0] & 1 and not self.ingress.allow(node_id, network_id, now):
             self.stats["rx-storm-dropped"] += 1
             return
-        if self.macs.learn(network_id, frame[6:12], node_id, now) == "moved":
+        verdict = self.macs.learn(network_id, frame[6:12], node_id, now)
+        if verdict == "claimed":  # another member's live MAC, or ours (issue 18 F16)
+            self.stats["rx-l2-mac-claimed"] += 1
+            return
+        if verdict == "moved":
             self.stats["rx-l2-mac-moved"] += 1
         self.to_l2_interface.append((network_id, frame))
         self.stats["rx-l2-delivered"] += 1

@@ -186,6 +186,19 @@ class Mesh:
         self.nodes[host_name] = node
         return node.start()
 
+    def joined(self, *hosts: str, network: str = "net", password: str = "pw-lab-mesh") -> list[NodeProc]:
+        """Start the server and a node per host, log them all in; the first creates `network`
+        and the others join it. Returns the nodes in order."""
+        self.server.start()
+        key = self.server.key()
+        nodes = [self.add_node(h, h) for h in hosts]
+        for n in nodes:
+            n.cli("login", self.server.url, "--server-key", key)
+        nodes[0].cli("create", network, "--password", password)
+        for n in nodes[1:]:
+            n.cli("join", network, "--password", password)
+        return nodes
+
     def close(self) -> None:
         for node in self.nodes.values():
             node.stop()

@@ -138,6 +138,17 @@ STUN_CHANGE_PORT = 0x02  # CHANGE-REQUEST flag B
 STUN_ERROR_BAD_REQUEST = 400
 STUN_ERROR_UNKNOWN_ATTRIBUTE = 420
 
+# --- issue 18 F14: STUN reflection limits (shoal.nat.responder) ----------------------------
+# Token buckets per source: an IPv4 address (IPv6: its /64) and its prefix (IPv4 /24, IPv6 /48).
+# A node sends a few Binding requests per refresh (every 4-20 s) and about ten per netcheck.
+STUN_RATE_PER_ADDRESS = 20.0  # answers per second to one source address...
+STUN_BURST_PER_ADDRESS = 50
+STUN_RATE_PER_PREFIX = 200.0  # ...and to one source prefix
+STUN_BURST_PER_PREFIX = 400
+STUN_RATE_MAX_SOURCES = 16384  # buckets kept per level (full ones are forgotten first, then the oldest)
+STUN_PREFIX_V4 = 24
+STUN_PREFIX_V6 = 48
+
 # Client retransmission (RFC 5389 section 7.2.1 uses RTO 500 ms, Rc 7, Rm 16: 39.5 s to
 # give up; netcheck wants an answer within seconds, so fewer, faster tries).
 STUN_RTO = 0.25  # first retransmission after this, doubling each time

@@ -17,13 +17,16 @@ of WS_QUEUE_LIMIT frames: a session that cannot keep up loses frames, counted as
 `ws_queue_full`, like a congested UDP path, instead of buffering without bound).
 
 Standalone membership (`shoal relay`): the relay reads the coordination server's SQLite
-store (DATA_DIR/shoal.db, read-only) every RELAY_MEMBERSHIP_REFRESH seconds and relays
-between two node keys only when both are approved, online members of a common network
-(`StoreMembership`). Inside the server process (`shoal.server.app`) the core answers
+store (DATA_DIR/shoal.db, read-only) when it changed, looked at every
+RELAY_MEMBERSHIP_REFRESH seconds, one row per membership (never the member pairs), and
+relays between two node keys only when both are present, approved, online members of a
+common network (`StoreMembership`: the server core's rule, presence included). Inside the server process (`shoal.server.app`) the core answers
 (`Core.may_relay`), and the server's HTTP port also takes relay WebSocket sessions
 (`serve_stream`).
 The relay authenticates nodes against the server's static key (DATA_DIR/server.key), which
-every node pins at login, so no new key is distributed.
+every node pins at login, so no new key is distributed. (Issue 18 F13 left for the relay
+tickets of issue 14: a relay key of its own needs the server to hand nodes that key, a
+control-protocol change; and signed tickets remove the database read.)
 """
 
 from __future__ import annotations
@@ -208,37 +211,62 @@ class RelayService:
 
 
 class StoreMembership:
-    """Membership oracle from the server's SQLite store: (src, dst) share a network where both
-    are approved and online members. Refreshed by `refresh()` (the service calls it every
-    RELAY_MEMBERSHIP_REFRESH seconds); a failed read keeps the last answer and logs."""
+    """Membership oracle from the server's SQLite store, with the server core's rule
+    (`Core.is_peer`): (src, dst) are two different nodes, both present (`nodes.present`,
+    written through by the server), approved (not pending) and online members of a common
+    network.
+
+    Loading (issue 18 F13): one row per membership that counts (O(memberships), never the
+    O(N^2) member pairs), kept as node key -> frozenset of network ids; a question is a set
+    intersection. `refresh()` (every RELAY_MEMBERSHIP_REFRESH seconds) first asks SQLite's
+    `PRAGMA data_version` on its one read-only connection and reloads only when another
+    connection committed since; a failed read keeps the last answer and logs."""
 
     _QUERY = """
-        SELECT a.public_key, b.public_key
-        FROM memberships ma
-        JOIN memberships mb ON ma.network_id = mb.network_id AND ma.node_id != mb.node_id
-        JOIN nodes a ON a.node_id = ma.node_id
-        JOIN nodes b ON b.node_id = mb.node_id
-        WHERE ma.pending = 0 AND mb.pending = 0 AND ma.online = 1 AND mb.online = 1
+        SELECT n.public_key, m.network_id
+        FROM memberships m JOIN nodes n ON n.node_id = m.node_id
+        WHERE m.pending = 0 AND m.online = 1 AND n.present = 1
     """
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self._pairs: frozenset[tuple[bytes, bytes]] = frozenset()
+        self._nets: dict[bytes, frozenset[str]] = {}
+        self._con: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self.loads = 0  # reloads done
+        self.rows_loaded = 0  # rows read by the last reload
 
     def refresh(self) -> None:
         try:
-            con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=1.0)
-            try:
-                rows = con.execute(self._QUERY).fetchall()
-            finally:
-                con.close()
+            if self._con is None:
+                self._con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
+                self._version = None
+            version = self._con.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return
+            rows = self._con.execute(self._QUERY).fetchall()
         except sqlite3.Error as exc:
             log.warning("relay: cannot read memberships from %s: %s (keeping the last ones)", self.db_path, exc)
+            self.close()
             return
-        self._pairs = frozenset((bytes(a), bytes(b)) for a, b in rows)
+        nets: dict[bytes, set[str]] = {}
+        for key, network in rows:
+            nets.setdefault(bytes(key), set()).add(network)
+        self._nets = {k: frozenset(v) for k, v in nets.items()}
+        self._version = version
+        self.loads += 1
+        self.rows_loaded = len(rows)
+
+    def close(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._con.close()
+            self._con = None
 
     def __call__(self, src: bytes, dst: bytes) -> bool:
-        return (bytes(src), bytes(dst)) in self._pairs
+        src, dst = bytes(src), bytes(dst)
+        a, b = self._nets.get(src), self._nets.get(dst)
+        return src != dst and a is not None and b is not None and not a.isdisjoint(b)
 
 
 async def _refresh_loop(refresh: Callable[[], None], interval: float) -> None:

@@ -299,6 +299,13 @@ RELAY_WS_PATH = "/relay"  # WebSocket endpoint (standalone `shoal relay` and the
 RELAY_PORT = 3480  # default UDP and WebSocket port of a standalone `shoal relay`
 RELAY_MEMBERSHIP_REFRESH = 2.0  # standalone `shoal relay`: seconds between reads of the server's memberships
 
+# --- issue 18 F11: relay AUTH limits (shoal.relay.engine), after the membership check
+RELAY_AUTH_RATE_PER_ADDRESS = 10.0  # AUTHs per second from one UDP source address (IPv6: /64)...
+RELAY_AUTH_BURST_PER_ADDRESS = 20
+RELAY_AUTH_RATE_PER_PREFIX = 50.0  # ...and from one /24 (IPv6: /48)
+RELAY_AUTH_BURST_PER_PREFIX = 100
+RELAY_AUTH_MAX_SOURCES = 16384  # buckets kept per level
+
 
 # --- Disco: path discovery and hole punching (issue #5 part 3; wire format: shoal.nat.disco,
 # engine: shoal.nat.paths). DISCO_MAGIC never starts a WireGuard message (type byte 1..4 then

@@ -204,8 +204,10 @@ def test_relay_command(tmp_path: Path) -> None:
     (tmp_path / "server.key").write_text(key.to_base64())
     (tmp_path / "server.key").chmod(0o600)
     con = sqlite3.connect(tmp_path / "shoal.db")
-    con.executescript("CREATE TABLE nodes (node_id TEXT, public_key BLOB);"
+    con.executescript("CREATE TABLE nodes (node_id TEXT, public_key BLOB, present BOOLEAN);"
                       "CREATE TABLE memberships (network_id TEXT, node_id TEXT, pending BOOLEAN, online BOOLEAN);")
+    con.execute("INSERT INTO nodes VALUES ('n', ?, 1)", (bytes(_key("node").public_key()),))  # a present node may bind
+    con.commit()
     con.close()
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

@@ -40,6 +40,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 import websockets
@@ -49,9 +50,9 @@ from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_POR
 from shoal.relay.engine import Binding, MayRelay, RelayEngine, RelayLimits, StreamBinding, UdpBinding
 from shoal.server.cli import DEFAULT_DATA_DIR
 from shoal.udp.socket import UdpSocket
-from shoal.wireguard.keys import PrivateKey
+from shoal.wireguard.keys import PrivateKey, PublicKey
 
-__all__ = ["RelayService", "StoreMembership", "relay", "main", "WS_QUEUE_LIMIT"]
+__all__ = ["RelayService", "StoreMembership", "core_may_bind", "relay", "main", "WS_QUEUE_LIMIT"]
 
 log = logging.getLogger("shoal.relay")
 
@@ -222,6 +223,7 @@ class StoreMembership:
     `PRAGMA data_version` on its one read-only connection and reloads only when another
     connection committed since; a failed read keeps the last answer and logs."""
 
+    _PRESENT = "SELECT public_key FROM nodes WHERE present = 1"
     _QUERY = """
         SELECT n.public_key, m.network_id
         FROM memberships m JOIN nodes n ON n.node_id = m.node_id
@@ -231,6 +233,7 @@ class StoreMembership:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self._nets: dict[bytes, frozenset[str]] = {}
+        self._present: frozenset[bytes] = frozenset()
         self._con: sqlite3.Connection | None = None
         self._version: int | None = None
         self.loads = 0  # reloads done
@@ -245,6 +248,7 @@ class StoreMembership:
             if version == self._version:
                 return
             rows = self._con.execute(self._QUERY).fetchall()
+            present = self._con.execute(self._PRESENT).fetchall()
         except sqlite3.Error as exc:
             log.warning("relay: cannot read memberships from %s: %s (keeping the last ones)", self.db_path, exc)
             self.close()
@@ -253,6 +257,7 @@ class StoreMembership:
         for key, network in rows:
             nets.setdefault(bytes(key), set()).add(network)
         self._nets = {k: frozenset(v) for k, v in nets.items()}
+        self._present = frozenset(bytes(k) for (k,) in present)
         self._version = version
         self.loads += 1
         self.rows_loaded = len(rows)
@@ -263,10 +268,28 @@ class StoreMembership:
                 self._con.close()
             self._con = None
 
+    def may_bind(self, key: bytes) -> bool:
+        """The relay's binding rule (issue 18 F11, as `core_may_bind`): a present node."""
+        return bytes(key) in self._present
+
     def __call__(self, src: bytes, dst: bytes) -> bool:
         src, dst = bytes(src), bytes(dst)
         a, b = self._nets.get(src), self._nets.get(dst)
         return src != dst and a is not None and b is not None and not a.isdisjoint(b)
+
+
+def core_may_bind(core: Any) -> Callable[[bytes], bool]:
+    """The relay's binding rule inside the server (issue 18 F11): the key is a node the core
+    knows and that is present (logged in, or inside its presence grace)."""
+
+    def may_bind(key: bytes) -> bool:
+        try:
+            rec = core.node_by_key(PublicKey(bytes(key)))
+        except (TypeError, ValueError):
+            return False
+        return rec is not None and core.is_present(rec.node_id)
+
+    return may_bind
 
 
 async def _refresh_loop(refresh: Callable[[], None], interval: float) -> None:
@@ -276,9 +299,10 @@ async def _refresh_loop(refresh: Callable[[], None], interval: float) -> None:
 
 
 async def run(private_key: PrivateKey, may_relay: MayRelay, host: str, port: int,
-              refresh: Callable[[], None] | None = None, limits: RelayLimits = RelayLimits()) -> None:
+              refresh: Callable[[], None] | None = None, limits: RelayLimits = RelayLimits(),
+              may_bind: Callable[[bytes], bool] | None = None) -> None:
     """Serve until SIGINT/SIGTERM."""
-    service = RelayService(RelayEngine(private_key, may_relay, limits=limits), host, port)
+    service = RelayService(RelayEngine(private_key, may_relay, may_bind=may_bind, limits=limits), host, port)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -319,7 +343,7 @@ def relay(
     membership = StoreMembership(db)
     membership.refresh()
     typer.echo(f"relay {key.public_key().fingerprint()} on udp+ws {host}:{port} (path {RELAY_WS_PATH})")
-    asyncio.run(run(key, membership, host, port, membership.refresh))
+    asyncio.run(run(key, membership, host, port, membership.refresh, may_bind=membership.may_bind))
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ so:
     clients read it, and they are refused anyway), SOFTWARE and a FINGERPRINT the client did
     not use are added only while they fit in the request's size; an error's reason phrase
     is cut to fit. A 20-byte request got 88 bytes (4.4x) before; now 56 (2.8x) on an RFC 5780
-    server, 32 (1.6x) on a one-address one; a request of 88 bytes or more is never amplified.
+    server, 44 (2.2x) on a one-address one; a request of 88 bytes or more is never amplified.
     PADDING is never echoed (it cannot make a reply larger than the request).
   - RESPONSE-PORT with PADDING -> 400 (RFC 5780 section 7.5: the server MUST NOT process such
     a request). RESPONSE-PORT otherwise keeps its RFC 5780 meaning: a spoofer picks the

@@ -138,6 +138,17 @@ STUN_CHANGE_PORT = 0x02  # CHANGE-REQUEST flag B
 STUN_ERROR_BAD_REQUEST = 400
 STUN_ERROR_UNKNOWN_ATTRIBUTE = 420
 
+# --- issue 18 F14: STUN reflection limits (shoal.nat.responder) ----------------------------
+# Token buckets per source: an IPv4 address (IPv6: its /64) and its prefix (IPv4 /24, IPv6 /48).
+# A node sends a few Binding requests per refresh (every 4-20 s) and about ten per netcheck.
+STUN_RATE_PER_ADDRESS = 20.0  # answers per second to one source address...
+STUN_BURST_PER_ADDRESS = 50
+STUN_RATE_PER_PREFIX = 200.0  # ...and to one source prefix
+STUN_BURST_PER_PREFIX = 400
+STUN_RATE_MAX_SOURCES = 16384  # buckets kept per level (full ones are forgotten first, then the oldest)
+STUN_PREFIX_V4 = 24
+STUN_PREFIX_V6 = 48
+
 # Client retransmission (RFC 5389 section 7.2.1 uses RTO 500 ms, Rc 7, Rm 16: 39.5 s to
 # give up; netcheck wants an answer within seconds, so fewer, faster tries).
 STUN_RTO = 0.25  # first retransmission after this, doubling each time
@@ -287,6 +298,13 @@ RELAY_MAX_NODES = 65536  # authenticated bindings at once
 RELAY_WS_PATH = "/relay"  # WebSocket endpoint (standalone `shoal relay` and the server's HTTP port)
 RELAY_PORT = 3480  # default UDP and WebSocket port of a standalone `shoal relay`
 RELAY_MEMBERSHIP_REFRESH = 2.0  # standalone `shoal relay`: seconds between reads of the server's memberships
+
+# --- issue 18 F11: relay AUTH limits (shoal.relay.engine), after the membership check
+RELAY_AUTH_RATE_PER_ADDRESS = 10.0  # AUTHs per second from one UDP source address (IPv6: /64)...
+RELAY_AUTH_BURST_PER_ADDRESS = 20
+RELAY_AUTH_RATE_PER_PREFIX = 50.0  # ...and from one /24 (IPv6: /48)
+RELAY_AUTH_BURST_PER_PREFIX = 100
+RELAY_AUTH_MAX_SOURCES = 16384  # buckets kept per level
 
 
 # --- Disco: path discovery and hole punching (issue #5 part 3; wire format: shoal.nat.disco,

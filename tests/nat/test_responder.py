@@ -40,7 +40,8 @@ def test_local_endpoints_and_misuse() -> None:
 
 
 def test_plain_binding() -> None:
-    reply = responder().handle(stun.binding_request(TXID), CLIENT, (A1, P1))
+    # a request padded (SOFTWARE) to the size of the full answer gets every attribute
+    reply = responder().handle(stun.binding_request(TXID, software="x" * 60), CLIENT, (A1, P1))
     assert reply is not None and reply.local == (A1, P1) and reply.dst == CLIENT
     m = stun.decode(reply.data)
     assert (m.method, m.cls, m.transaction_id) == (STUN_METHOD_BINDING, STUN_CLASS_SUCCESS, TXID)
@@ -48,6 +49,71 @@ def test_plain_binding() -> None:
     assert m.response_origin() == (A1, P1)
     assert m.other_address() == (A2, P2)
     assert m.software() == "shoal-test" and m.fingerprint
+    # the smallest request gets the essential RFC 5780 answer only
+    m = stun.decode(responder().handle(stun.binding_request(TXID, fingerprint=False), CLIENT, (A1, P1)).data)  # type: ignore[union-attr]
+    assert m.xor_mapped_address() == CLIENT and m.response_origin() == (A1, P1) and m.other_address() == (A2, P2)
+    assert m.mapped_address() is None and m.software() is None
+
+
+def _amplification(r: StunResponder, requests: list[bytes], now: float | None = None) -> float:
+    for i, req in enumerate(requests):
+        r.handle(req, (CLIENT[0], 40000 + i), (A1, P1), now)
+    return r.stats["bytes_out"] / r.stats["bytes_in"]
+
+
+# issue 18 F14: before, every request got an 88-byte answer (4.4x for a 20-byte request)
+@pytest.mark.parametrize("addresses, ports, request_kw, limit", [
+    ([A1, A2], [P1, P2], {"fingerprint": False}, 56 / 20),   # header + XOR-MAPPED + RESPONSE-ORIGIN + OTHER-ADDRESS
+    ([A1, A2], [P1, P2], {}, 64 / 28),                      # ... + FINGERPRINT, as asked
+    ([A1], [P1], {"fingerprint": False}, 44 / 20),           # no OTHER-ADDRESS on a one-address server
+    ([A1, A2], [P1, P2], {"software": "y" * 80}, 1.0),      # a request as big as the full answer: no amplification
+])
+def test_amplification_factor_is_bounded(addresses: list[str], ports: list[int], request_kw: dict, limit: float) -> None:
+    r = StunResponder(addresses, ports, software="shoal-test")
+    factor = _amplification(r, [stun.binding_request(TXID, **request_kw)] * 10)
+    print(f"amplification {factor:.2f} (limit {limit:.2f}) for {request_kw}")
+    assert factor <= limit + 1e-9
+
+
+def test_error_replies_are_not_larger_than_the_request_allows() -> None:
+    r = responder()
+    unknown = stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID, ((0x0042, b"abcd"),)), fingerprint=False)
+    reply = r.handle(unknown, CLIENT, (A1, P1))
+    assert reply is not None and len(reply.data) <= 20 + 8 + 8 and stun.decode(reply.data).error_code()[0] == 420  # type: ignore[index]
+    assert stun.decode(reply.data).unknown_attributes() == [0x0042]
+
+
+def test_response_port_with_padding_is_refused() -> None:
+    req = stun.encode(Message(STUN_METHOD_BINDING, STUN_CLASS_REQUEST, TXID,
+                              ((0x0027, b"\x10\x00\x00\x00"), (0x0026, bytes(1200)))))
+    reply = responder().handle(req, CLIENT, (A1, P1))
+    assert reply is not None and reply.dst == CLIENT and len(reply.data) <= len(req)
+    assert stun.decode(reply.data).error_code()[0] == 400  # type: ignore[index]
+
+
+def test_rate_limit_per_address_and_prefix() -> None:
+    from shoal.constants import STUN_BURST_PER_ADDRESS, STUN_BURST_PER_PREFIX, STUN_RATE_PER_ADDRESS
+
+    r = responder()
+    req = stun.binding_request(TXID)
+    answered = sum(r.handle(req, CLIENT, (A1, P1), 100.0) is not None for _ in range(1000))
+    assert answered == STUN_BURST_PER_ADDRESS and r.stats["dropped:rate-limited:address"] == 1000 - answered
+    # another address in another prefix is unaffected; the first refills at its rate
+    assert r.handle(req, ("198.51.100.7", 1), (A1, P1), 100.0) is not None
+    later = sum(r.handle(req, CLIENT, (A1, P1), 101.0) is not None for _ in range(1000))
+    assert later == int(STUN_RATE_PER_ADDRESS)
+    # many addresses of one /24: the prefix bucket caps them together
+    r = responder()
+    got = sum(r.handle(req, (f"192.0.2.{i % 250 + 1}", 9), (A1, P1), 5.0) is not None for i in range(5000))
+    assert got == STUN_BURST_PER_PREFIX and r.stats["dropped:rate-limited:prefix"] > 0
+    # IPv6: one /64 is one source
+    r6 = StunResponder(["2001:db8::1"], [P1])
+    got = sum(r6.handle(req, (f"2001:db8:1:2::{i:x}", 9), ("2001:db8::1", P1), 5.0) is not None for i in range(1, 500))
+    assert got == STUN_BURST_PER_ADDRESS
+    # a flood's amplification towards one victim is bounded in bytes per second
+    r = responder()
+    _amplification(r, [req] * 10000, now=7.0)
+    assert r.stats["bytes_out"] <= STUN_BURST_PER_ADDRESS * 64
 
 
 @pytest.mark.parametrize("arrived, change_ip, change_port, origin, other", [
@@ -82,8 +148,10 @@ def test_unknown_comprehension_required_attribute_gets_420() -> None:
     r = responder()
     m = stun.decode(r.handle(req, CLIENT, (A1, P1)).data)  # type: ignore[union-attr]
     assert m.cls == STUN_CLASS_ERROR and m.transaction_id == TXID
-    assert m.error_code() == (420, "Unknown Attribute") and m.unknown_attributes() == [0x0077]
-    assert r.stats["error:420"] == 1
+    code, reason = m.error_code()  # type: ignore[misc]
+    assert code == 420 and "Unknown Attribute".startswith(reason) and m.unknown_attributes() == [0x0077]
+    assert len(r.handle(req, CLIENT, (A1, P1)).data) <= len(req)  # type: ignore[union-attr]  # the reason is cut to fit
+    assert r.stats["error:420"] == 2
 
 
 def test_response_port_changes_the_port_never_the_address() -> None:

@@ -367,3 +367,63 @@ def test_fuzz_engine_never_raises(datas: list[bytes], kind: int) -> None:
 _FUZZ_ENGINE = RelayEngine(RELAY_KEY, everyone)
 _fuzz_cl: dict[Binding, RelayClient] = {}
 login(_FUZZ_ENGINE, A, A_EP, _fuzz_cl)
+
+
+# ---------------------------------------------------------------- issue 18 F11: AUTH floods
+
+def _auth_attempt(eng: RelayEngine, key: PrivateKey, ep: Binding, now: float, *, forge: bool = False) -> RelayClient:
+    c = RelayClient(key, eng.public_key)
+    eng.receive(c.start(now), ep, now)
+    (chal, _), = eng.take_outbox()
+    auth = c.receive(chal, now)[0]
+    if forge:
+        auth = auth[:-16] + bytes(16)
+    eng.receive(auth, ep, now)
+    for data, _ in eng.take_outbox():
+        c.receive(data, now)
+    return c
+
+
+def test_random_key_flood_binds_nothing_and_spends_no_shared_budget() -> None:
+    """Before: every fresh key with a valid proof was bound and spent the global X25519 budget,
+    so a flood of 200/s filled the table and locked real nodes out (drop_auth_rate_limited)."""
+    members = {bytes(A.public_key()), bytes(B.public_key())}
+    eng = RelayEngine(RELAY_KEY, everyone, may_bind=lambda k: bytes(k) in members,
+                      limits=RelayLimits(auth_rate=200, auth_burst=400))
+    for i in range(2000):  # 10 s of a 200/s flood in 1 s, from many addresses of many prefixes
+        _auth_attempt(eng, PrivateKey.generate(), UdpBinding(f"203.0.{i % 200}.{i % 250 + 1}", 40000 + i), 0.5 + i / 2000)
+    assert len(eng) == 0 and eng.stats["auth_ok"] == 0
+    assert eng.stats["drop_auth_not_member"] == 2000 and eng.stats["drop_auth_rate_limited"] == 0
+    clients: dict[Binding, RelayClient] = {}
+    login(eng, A, A_EP, clients, now=1.6)
+    login(eng, B, B_EP, clients, now=1.6)
+    assert len(eng) == 2
+
+
+def test_forged_proofs_for_a_member_cost_one_x25519() -> None:
+    members = {bytes(A.public_key())}
+    eng = RelayEngine(RELAY_KEY, everyone, may_bind=lambda k: bytes(k) in members,
+                      limits=RelayLimits(auth_rate=1, auth_burst=1))
+    for i in range(50):
+        _auth_attempt(eng, A, UdpBinding(f"198.51.{i}.9", 1000 + i), 0.0, forge=True)
+    assert eng.stats["drop_auth_forged"] == 50 and eng.stats["drop_auth_rate_limited"] == 0
+    assert _auth_attempt(eng, A, A_EP, 0.0).ready  # the one global token was spent once, k is cached
+
+
+def test_auth_from_one_source_is_rate_limited_per_address_and_prefix() -> None:
+    from shoal.constants import RELAY_AUTH_BURST_PER_ADDRESS, RELAY_AUTH_BURST_PER_PREFIX
+
+    eng = RelayEngine(RELAY_KEY, everyone, may_bind=lambda k: True, limits=RelayLimits(auth_rate=1e9, auth_burst=1e9))
+    ok = sum(_auth_attempt(eng, PrivateKey.generate(), UdpBinding("192.0.2.9", 3000 + i), 0.0).ready for i in range(60))
+    assert ok == RELAY_AUTH_BURST_PER_ADDRESS and eng.stats["drop_auth_rate_limited_address"] == 60 - ok
+    ok = sum(_auth_attempt(eng, PrivateKey.generate(), UdpBinding(f"198.51.100.{i + 1}", 3000), 0.0).ready for i in range(200))
+    assert ok == RELAY_AUTH_BURST_PER_PREFIX and eng.stats["drop_auth_rate_limited_prefix"] == 200 - ok
+    assert _auth_attempt(eng, A, UdpBinding("203.0.113.5", 1), 0.0).ready  # another prefix is unaffected
+
+
+def test_binding_oracle_failure_fails_closed() -> None:
+    def broken(_k: bytes) -> bool:
+        raise RuntimeError("db gone")
+
+    eng = RelayEngine(RELAY_KEY, everyone, may_bind=broken)
+    assert not _auth_attempt(eng, A, A_EP, 0.0).ready and eng.stats["oracle_error"] == 1 and len(eng) == 0

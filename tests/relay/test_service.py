@@ -204,8 +204,10 @@ def test_relay_command(tmp_path: Path) -> None:
     (tmp_path / "server.key").write_text(key.to_base64())
     (tmp_path / "server.key").chmod(0o600)
     con = sqlite3.connect(tmp_path / "shoal.db")
-    con.executescript("CREATE TABLE nodes (node_id TEXT, public_key BLOB);"
+    con.executescript("CREATE TABLE nodes (node_id TEXT, public_key BLOB, present BOOLEAN);"
                       "CREATE TABLE memberships (network_id TEXT, node_id TEXT, pending BOOLEAN, online BOOLEAN);")
+    con.execute("INSERT INTO nodes VALUES ('n', ?, 1)", (bytes(_key("node").public_key()),))  # a present node may bind
+    con.commit()
     con.close()
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -238,32 +240,59 @@ def test_relay_command(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
-def test_store_membership(tmp_path: Path) -> None:
-    db = tmp_path / "shoal.db"
+def _store(db: Path) -> sqlite3.Connection:
     con = sqlite3.connect(db)
     con.executescript("""
-        CREATE TABLE nodes (node_id TEXT PRIMARY KEY, public_key BLOB);
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE nodes (node_id TEXT PRIMARY KEY, public_key BLOB, present BOOLEAN);
         CREATE TABLE memberships (network_id TEXT, node_id TEXT, pending BOOLEAN, online BOOLEAN);
     """)
-    ka, kb, kc, kd = (bytes(_key(n).public_key()) for n in ("a", "b", "c", "d"))
-    con.executemany("INSERT INTO nodes VALUES (?, ?)", [("a", ka), ("b", kb), ("c", kc), ("d", kd)])
+    return con
+
+
+def test_store_membership(tmp_path: Path) -> None:
+    db = tmp_path / "shoal.db"
+    con = _store(db)
+    ka, kb, kc, kd, ke = (bytes(_key(n).public_key()) for n in ("a", "b", "c", "d", "e"))
+    con.executemany("INSERT INTO nodes VALUES (?, ?, ?)", [("a", ka, 1), ("b", kb, 1), ("c", kc, 1), ("d", kd, 1), ("e", ke, 0)])
     con.executemany("INSERT INTO memberships VALUES (?, ?, ?, ?)", [
         ("n1", "a", 0, 1), ("n1", "b", 0, 1), ("n1", "c", 1, 1),  # c pending
         ("n2", "c", 0, 1), ("n2", "d", 0, 0),  # d offline there
+        ("n1", "e", 0, 1),  # e not present (issue 18 F13: one rule with the server core)
     ])
     con.commit()
     oracle = StoreMembership(db)
     oracle.refresh()
     assert oracle(ka, kb) and oracle(kb, ka)
-    assert not oracle(ka, kc) and not oracle(kc, kd) and not oracle(ka, ka)
+    assert not oracle(ka, kc) and not oracle(kc, kd) and not oracle(ka, ka) and not oracle(ka, ke)
     con.execute("UPDATE memberships SET online = 1 WHERE node_id = 'd'")
     con.commit()
-    con.close()
     oracle.refresh()
     assert oracle(kc, kd)
+    loads = oracle.loads
+    oracle.refresh()  # nothing committed since: no reload
+    assert oracle.loads == loads
+    con.close()
+    oracle.close()
     db.unlink()
     oracle.refresh()  # unreadable: keeps the last answer
     assert oracle(kc, kd)
+
+
+def test_store_membership_loads_memberships_not_pairs(tmp_path: Path) -> None:
+    """Issue 18 F13: 400 members of one network are 400 rows (the old query read 159,600 pairs)."""
+    db = tmp_path / "shoal.db"
+    con = _store(db)
+    keys = [bytes(PrivateKey.from_seed(i.to_bytes(32, "big")).public_key()) for i in range(400)]
+    con.executemany("INSERT INTO nodes VALUES (?, ?, 1)", [(f"n{i}", k) for i, k in enumerate(keys)])
+    con.executemany("INSERT INTO memberships VALUES ('net', ?, 0, 1)", [(f"n{i}",) for i in range(400)])
+    con.commit()
+    con.close()
+    oracle = StoreMembership(db)
+    oracle.refresh()
+    assert oracle.rows_loaded == 400
+    assert oracle(keys[0], keys[399]) and not oracle(keys[5], keys[5])
+    oracle.close()
 
 
 _BLASTER = r"""

@@ -30,8 +30,19 @@ Only the holder of the node's private key (or the relay's) can compute k, so a v
 proves the key; the relay's answer proves the relay to the node. A nonce is accepted once
 (replays are refused until it expires), only from the binding it was issued to (a captured
 AUTH replayed from elsewhere fails) and only fresh. A spoofed UDP source never sees the
-challenge. Each AUTH costs one X25519, so attempts are limited globally (token bucket
-RELAY_AUTH_RATE/s) before that work; k is cached per key after a success.
+challenge.
+
+AUTH checks (issue 18 F11), cheapest and unspoofable first, so that strangers spend nothing
+shared: nonce MAC (bound to this binding: a spoofed source never saw it), freshness, replay;
+then `may_bind(key)` (the key is a node the server knows and that is present: random keys
+are refused here, before any X25519 or shared budget: drop_auth_not_member); then, for a
+UDP source, its own token buckets (`shoal.nat.sourcelimit`: RELAY_AUTH_RATE_PER_ADDRESS/s
+per address or IPv6 /64, RELAY_AUTH_RATE_PER_PREFIX/s per /24 or /48:
+drop_auth_rate_limited_address / _prefix, no answer); then k: cached per key (k depends on
+the key alone, so it is kept whether or not the proof verifies, at most RELAY_MAX_NODES keys,
+oldest dropped first), else one X25519 under the global bucket RELAY_AUTH_RATE/s
+(drop_auth_rate_limited); then the proof. Without `may_bind` (tests, in-memory meshes) every
+proven key may bind.
 
 Bindings. A successful AUTH binds the key to that binding with a fresh random 8-byte token;
 SEND and KEEPALIVE must carry it and come from that binding (an off-path spoofer of the
@@ -53,7 +64,7 @@ dropped and counted under `stats[reason]`):
 
 Auth refusals: drop_auth_forged (bad nonce MAC or bad proof or weak key),
 drop_auth_replayed, drop_auth_stale (challenge too old or from the future),
-drop_auth_rate_limited, drop_full (RELAY_MAX_NODES bound). `may_relay` is the membership
+drop_auth_not_member, drop_auth_rate_limited(_address, _prefix), drop_full (RELAY_MAX_NODES bound). `may_relay` is the membership
 oracle (the server core answers "do these two nodes share a network where both are online");
 it is asked for every frame, so membership changes apply at once.
 """
@@ -70,7 +81,12 @@ from typing import NamedTuple, Union
 
 from shoal.constants import (
     RELAY_AUTH_BURST,
+    RELAY_AUTH_BURST_PER_ADDRESS,
+    RELAY_AUTH_BURST_PER_PREFIX,
+    RELAY_AUTH_MAX_SOURCES,
     RELAY_AUTH_RATE,
+    RELAY_AUTH_RATE_PER_ADDRESS,
+    RELAY_AUTH_RATE_PER_PREFIX,
     RELAY_BINDING_TIMEOUT,
     RELAY_BURST_BYTES,
     RELAY_BURST_PACKETS,
@@ -80,12 +96,13 @@ from shoal.constants import (
     RELAY_RATE_PACKETS,
     RELAY_TOKEN_SIZE,
 )
+from shoal.nat.sourcelimit import SourceLimiter
 from shoal.relay import frames as f
 from shoal.wireguard.crypto import DH, KDF1, MAC, WeakKeyError, constant_time_eq
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = [
-    "UdpBinding", "StreamBinding", "Binding", "RelayLimits", "RelayEngine", "MayRelay",
+    "UdpBinding", "StreamBinding", "Binding", "RelayLimits", "RelayEngine", "MayRelay", "MayBind",
     "auth_key", "node_proof", "relay_proof", "KDF_LABEL",
 ]
 
@@ -110,6 +127,7 @@ class StreamBinding(NamedTuple):
 
 Binding = Union[UdpBinding, StreamBinding]
 MayRelay = Callable[[bytes, bytes], bool]
+MayBind = Callable[[bytes], bool]
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,7 @@ class RelayEngine:
         private_key: PrivateKey,
         may_relay: MayRelay,
         *,
+        may_bind: MayBind | None = None,
         limits: RelayLimits = RelayLimits(),
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -179,6 +198,10 @@ class RelayEngine:
         self._private = private_key
         self.public_key: PublicKey = private_key.public_key()
         self._may_relay = may_relay
+        self._may_bind = may_bind
+        self._sources = SourceLimiter(rate=RELAY_AUTH_RATE_PER_ADDRESS, burst=RELAY_AUTH_BURST_PER_ADDRESS,
+                                      prefix_rate=RELAY_AUTH_RATE_PER_PREFIX, prefix_burst=RELAY_AUTH_BURST_PER_PREFIX,
+                                      max_keys=RELAY_AUTH_MAX_SOURCES)
         self.limits = limits
         self._rng = rng
         self._secret = rng(32)
@@ -294,6 +317,16 @@ class RelayEngine:
         self._auth_tokens -= 1
         return True
 
+    def _bindable(self, key: bytes) -> bool:
+        if self._may_bind is None:
+            return True
+        try:
+            return bool(self._may_bind(key))
+        except Exception:  # the oracle's bug must not take the relay down; fail closed
+            log.exception("relay: binding oracle failed")
+            self.stats["oracle_error"] += 1
+            return False
+
     def _refuse(self, reason: str, frame: f.Auth, binding: Binding) -> None:
         self.stats[reason] += 1
         self._outbox.append((f.Error(f.ERR_AUTH_REFUSED, frame.node_key).encode(), binding))
@@ -311,6 +344,14 @@ class RelayEngine:
         if nonce in self._used:
             self._refuse("drop_auth_replayed", frame, binding)
             return
+        if not self._bindable(key):
+            self._refuse("drop_auth_not_member", frame, binding)
+            return
+        if isinstance(binding, UdpBinding):
+            refused = self._sources.allow(binding.ip, now)
+            if refused is not None:
+                self.stats[f"drop_auth_rate_limited_{refused}"] += 1  # no answer: the client retries later
+                return
         k = self._keys.get(key)
         if k is None:
             if not self._take_auth_token(now):
@@ -321,6 +362,9 @@ class RelayEngine:
             except WeakKeyError:
                 self._refuse("drop_auth_forged", frame, binding)
                 return
+            if len(self._keys) >= self.limits.max_nodes:
+                del self._keys[next(iter(self._keys))]
+            self._keys[key] = k  # k depends on the key only: a forged proof cannot make us redo the X25519
         if not constant_time_eq(frame.proof, node_proof(k, nonce, key, self.public_key)):
             self._refuse("drop_auth_forged", frame, binding)
             return
@@ -328,9 +372,6 @@ class RelayEngine:
             self.stats["drop_full"] += 1
             self._outbox.append((f.Error(f.ERR_FULL, key).encode(), binding))
             return
-        if len(self._keys) >= self.limits.max_nodes:
-            self._keys.clear()
-        self._keys[key] = k
         expires = issued + self.limits.challenge_ttl
         self._used[nonce] = expires
         heapq.heappush(self._used_heap, (expires, nonce))

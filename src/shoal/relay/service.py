@@ -17,13 +17,16 @@ of WS_QUEUE_LIMIT frames: a session that cannot keep up loses frames, counted as
 `ws_queue_full`, like a congested UDP path, instead of buffering without bound).
 
 Standalone membership (`shoal relay`): the relay reads the coordination server's SQLite
-store (DATA_DIR/shoal.db, read-only) every RELAY_MEMBERSHIP_REFRESH seconds and relays
-between two node keys only when both are approved, online members of a common network
-(`StoreMembership`). Inside the server process (`shoal.server.app`) the core answers
+store (DATA_DIR/shoal.db, read-only) when it changed, looked at every
+RELAY_MEMBERSHIP_REFRESH seconds, one row per membership (never the member pairs), and
+relays between two node keys only when both are present, approved, online members of a
+common network (`StoreMembership`: the server core's rule, presence included). Inside the server process (`shoal.server.app`) the core answers
 (`Core.may_relay`), and the server's HTTP port also takes relay WebSocket sessions
 (`serve_stream`).
 The relay authenticates nodes against the server's static key (DATA_DIR/server.key), which
-every node pins at login, so no new key is distributed.
+every node pins at login, so no new key is distributed. (Issue 18 F13 left for the relay
+tickets of issue 14: a relay key of its own needs the server to hand nodes that key, a
+control-protocol change; and signed tickets remove the database read.)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 import websockets
@@ -46,9 +50,9 @@ from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_POR
 from shoal.relay.engine import Binding, MayRelay, RelayEngine, RelayLimits, StreamBinding, UdpBinding
 from shoal.server.cli import DEFAULT_DATA_DIR
 from shoal.udp.socket import UdpSocket
-from shoal.wireguard.keys import PrivateKey
+from shoal.wireguard.keys import PrivateKey, PublicKey
 
-__all__ = ["RelayService", "StoreMembership", "relay", "main", "WS_QUEUE_LIMIT"]
+__all__ = ["RelayService", "StoreMembership", "core_may_bind", "relay", "main", "WS_QUEUE_LIMIT"]
 
 log = logging.getLogger("shoal.relay")
 
@@ -208,37 +212,84 @@ class RelayService:
 
 
 class StoreMembership:
-    """Membership oracle from the server's SQLite store: (src, dst) share a network where both
-    are approved and online members. Refreshed by `refresh()` (the service calls it every
-    RELAY_MEMBERSHIP_REFRESH seconds); a failed read keeps the last answer and logs."""
+    """Membership oracle from the server's SQLite store, with the server core's rule
+    (`Core.is_peer`): (src, dst) are two different nodes, both present (`nodes.present`,
+    written through by the server), approved (not pending) and online members of a common
+    network.
 
+    Loading (issue 18 F13): one row per membership that counts (O(memberships), never the
+    O(N^2) member pairs), kept as node key -> frozenset of network ids; a question is a set
+    intersection. `refresh()` (every RELAY_MEMBERSHIP_REFRESH seconds) first asks SQLite's
+    `PRAGMA data_version` on its one read-only connection and reloads only when another
+    connection committed since; a failed read keeps the last answer and logs."""
+
+    _PRESENT = "SELECT public_key FROM nodes WHERE present = 1"
     _QUERY = """
-        SELECT a.public_key, b.public_key
-        FROM memberships ma
-        JOIN memberships mb ON ma.network_id = mb.network_id AND ma.node_id != mb.node_id
-        JOIN nodes a ON a.node_id = ma.node_id
-        JOIN nodes b ON b.node_id = mb.node_id
-        WHERE ma.pending = 0 AND mb.pending = 0 AND ma.online = 1 AND mb.online = 1
+        SELECT n.public_key, m.network_id
+        FROM memberships m JOIN nodes n ON n.node_id = m.node_id
+        WHERE m.pending = 0 AND m.online = 1 AND n.present = 1
     """
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self._pairs: frozenset[tuple[bytes, bytes]] = frozenset()
+        self._nets: dict[bytes, frozenset[str]] = {}
+        self._present: frozenset[bytes] = frozenset()
+        self._con: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self.loads = 0  # reloads done
+        self.rows_loaded = 0  # rows read by the last reload
 
     def refresh(self) -> None:
         try:
-            con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=1.0)
-            try:
-                rows = con.execute(self._QUERY).fetchall()
-            finally:
-                con.close()
+            if self._con is None:
+                self._con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
+                self._version = None
+            version = self._con.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return
+            rows = self._con.execute(self._QUERY).fetchall()
+            present = self._con.execute(self._PRESENT).fetchall()
         except sqlite3.Error as exc:
             log.warning("relay: cannot read memberships from %s: %s (keeping the last ones)", self.db_path, exc)
+            self.close()
             return
-        self._pairs = frozenset((bytes(a), bytes(b)) for a, b in rows)
+        nets: dict[bytes, set[str]] = {}
+        for key, network in rows:
+            nets.setdefault(bytes(key), set()).add(network)
+        self._nets = {k: frozenset(v) for k, v in nets.items()}
+        self._present = frozenset(bytes(k) for (k,) in present)
+        self._version = version
+        self.loads += 1
+        self.rows_loaded = len(rows)
+
+    def close(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._con.close()
+            self._con = None
+
+    def may_bind(self, key: bytes) -> bool:
+        """The relay's binding rule (issue 18 F11, as `core_may_bind`): a present node."""
+        return bytes(key) in self._present
 
     def __call__(self, src: bytes, dst: bytes) -> bool:
-        return (bytes(src), bytes(dst)) in self._pairs
+        src, dst = bytes(src), bytes(dst)
+        a, b = self._nets.get(src), self._nets.get(dst)
+        return src != dst and a is not None and b is not None and not a.isdisjoint(b)
+
+
+def core_may_bind(core: Any) -> Callable[[bytes], bool]:
+    """The relay's binding rule inside the server (issue 18 F11): the key is a node the core
+    knows and that is present (logged in, or inside its presence grace)."""
+
+    def may_bind(key: bytes) -> bool:
+        try:
+            rec = core.node_by_key(PublicKey(bytes(key)))
+        except (TypeError, ValueError):
+            return False
+        return rec is not None and core.is_present(rec.node_id)
+
+    return may_bind
 
 
 async def _refresh_loop(refresh: Callable[[], None], interval: float) -> None:
@@ -248,9 +299,10 @@ async def _refresh_loop(refresh: Callable[[], None], interval: float) -> None:
 
 
 async def run(private_key: PrivateKey, may_relay: MayRelay, host: str, port: int,
-              refresh: Callable[[], None] | None = None, limits: RelayLimits = RelayLimits()) -> None:
+              refresh: Callable[[], None] | None = None, limits: RelayLimits = RelayLimits(),
+              may_bind: Callable[[bytes], bool] | None = None) -> None:
     """Serve until SIGINT/SIGTERM."""
-    service = RelayService(RelayEngine(private_key, may_relay, limits=limits), host, port)
+    service = RelayService(RelayEngine(private_key, may_relay, may_bind=may_bind, limits=limits), host, port)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -291,7 +343,7 @@ def relay(
     membership = StoreMembership(db)
     membership.refresh()
     typer.echo(f"relay {key.public_key().fingerprint()} on udp+ws {host}:{port} (path {RELAY_WS_PATH})")
-    asyncio.run(run(key, membership, host, port, membership.refresh))
+    asyncio.run(run(key, membership, host, port, membership.refresh, may_bind=membership.may_bind))
 
 
 def main() -> None:

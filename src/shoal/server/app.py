@@ -62,7 +62,7 @@ from shoal.control.transport import (
 )
 from shoal.constants import RELAY_PORT, RELAY_WS_PATH
 from shoal.relay.engine import RelayEngine
-from shoal.relay.service import RelayService
+from shoal.relay.service import RelayService, core_may_bind
 from shoal.server.core import PRESENCE_GRACE, Close, Core, Effects, Send
 from shoal.server.passwords import PasswordHasher
 from shoal.server.store import Store, load_or_create_server_key
@@ -315,7 +315,7 @@ async def serve(
         control = ControlServer(core, store, key)
         relay: RelayService | None = None
         if relay_port is not None:
-            relay = RelayService(RelayEngine(key, core.may_relay), host, relay_port, udp=bool(relay_port), ws=False)
+            relay = RelayService(RelayEngine(key, core.may_relay, may_bind=core_may_bind(core)), host, relay_port, udp=bool(relay_port), ws=False)
             try:
                 await relay.start()
             except OSError as e:

@@ -4,7 +4,8 @@ Owns: one UDP socket per local STUN endpoint (address x port: up to four, A1:P1,
 A2:P1, A2:P2 for RFC 5780) and sending each reply from the socket the responder names. Each
 socket is bound to one address (never the wildcard), so a reply leaves from exactly the
 address and port the client must see; sockets are never connected (ICMP errors from gone
-clients are ignored). All protocol decisions are the responder's; counters are in
+clients are ignored). The clock (time.monotonic) for the responder's per-source rate limit
+is read here. All protocol decisions are the responder's; counters are in
 `responder.stats` plus `stats` here.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from shoal.nat.responder import StunResponder
@@ -58,7 +60,7 @@ class StunListener:
 
     def _received(self, data: bytes, src: Address, local: Address) -> None:
         self.stats["received"] += 1
-        reply = self.responder.handle(data, src, local)
+        reply = self.responder.handle(data, src, local, time.monotonic())
         if reply is None:
             return
         transport = self.transports.get(reply.local)

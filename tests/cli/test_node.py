@@ -84,3 +84,36 @@ def test_list_and_status_show_the_lan_bits():
     status = {**STATUS, "networks": [l2], "interface": {**STATUS["interface"], "mode": "tap"}}
     assert "ipx (n2) - layer 2 on shoal-n2, locked, approval manual, broadcast off" in render(render_list, status)
     assert "shoal0 (Ethernet-like TAP), UDP port" in render(render_status, status)
+
+
+def _login_answer(url: str) -> dict:
+    return {"ok": True, "trusted_on_first_use": True, "fingerprint": "FpFpFpFp", "public_key": "KEYKEY",
+            "server": url, "node": {"nickname": "ann", "node_id": "me1", "ipv4": "100.64.1.1", "ipv6": "fd00::1"}}
+
+
+def test_login_over_plain_http_warns_loudly_with_the_fingerprint(tmp_path, monkeypatch):
+    """F18: trust on first use over plain http says so loudly and shows the fingerprint to compare."""
+    from shoal.daemon.localapi import ApiClient
+
+    monkeypatch.setattr(ApiClient, "call", lambda self, m, e, b=None: _login_answer(b["server"]))
+    r = CliRunner().invoke(app, ["login", "http://192.0.2.1:8080", "--socket", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "WARNING" in r.output and "plain http" in r.output and "FpFpFpFp" in r.output
+    assert "--server-key" in r.output
+    r = CliRunner().invoke(app, ["login", "https://192.0.2.1:8443", "--socket", str(tmp_path / "s")])
+    assert r.exit_code == 0 and "WARNING" not in r.output and "FpFpFpFp" in r.output
+
+
+def test_login_https_against_a_plain_server_gets_a_clear_error(tmp_path, monkeypatch):
+    """F18: the raw `SSL: WRONG_VERSION_NUMBER` becomes a line that says what to do."""
+    from shoal.daemon.localapi import ApiClient, ApiError
+
+    def call(self, m, e, b=None):  # noqa: ANN001, ANN202
+        raise ApiError("cannot reach https://192.0.2.1:8080/v1/server-key: [SSL: WRONG_VERSION_NUMBER] "
+                       "wrong version number (_ssl.c:1006)", "unreachable")
+
+    monkeypatch.setattr(ApiClient, "call", call)
+    r = CliRunner().invoke(app, ["login", "https://192.0.2.1:8080", "--socket", str(tmp_path / "s")])
+    assert r.exit_code == 1
+    assert "does not answer TLS" in r.output and "http://192.0.2.1:8080" in r.output
+    assert "WRONG_VERSION_NUMBER" not in r.output

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from shoal.daemon import identity
-from shoal.daemon.identity import IdentityError, ServerPin
+from shoal.daemon.identity import IdentityError, ServerPin, load_or_create_node_key, load_pin, save_pin
 from shoal.wireguard.keys import PrivateKey
 
 
@@ -27,6 +27,22 @@ def test_readable_key_is_refused(tmp_path):
     os.chmod(tmp_path / "node.key", 0o644)
     with pytest.raises(IdentityError, match="chmod 600"):
         identity.load_or_create_node_key(tmp_path)
+
+
+def test_open_state_dir_or_pin_is_refused(tmp_path):
+    """F20: an existing state dir (or server.json) that group/others can reach is refused."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chmod(state, 0o755)
+    with pytest.raises(IdentityError, match="chmod 700"):
+        load_or_create_node_key(state)
+    assert not (state / "node.key").exists()
+    os.chmod(state, 0o700)
+    key, _ = load_or_create_node_key(state)
+    save_pin(state, ServerPin("http://192.0.2.1:8080", key.public_key()))
+    os.chmod(state / "server.json", 0o666)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        load_pin(state)
 
 
 def test_damaged_key_is_refused_not_replaced(tmp_path):
@@ -94,5 +110,21 @@ def test_stored_view_is_refused_when_edited_truncated_unsealed_or_another_nodes(
 
 def test_damaged_pin_is_reported(tmp_path):
     (tmp_path / "server.json").write_text("{not json")
+    os.chmod(tmp_path / "server.json", 0o600)
     with pytest.raises(IdentityError, match="logout"):
         identity.load_pin(tmp_path)
+
+
+def test_state_writes_never_follow_a_planted_temp_file(tmp_path):
+    """F20: the old writer opened the predictable .NAME.<pid>.tmp with O_CREAT|O_TRUNC, following
+    a symlink planted there; the writes now use a fresh O_EXCL temp file."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    state = tmp_path / "state"
+    key, _ = load_or_create_node_key(state)
+    (state / f".server.json.{os.getpid()}.tmp").symlink_to(victim)
+    (state / f".view.bin.{os.getpid()}.tmp").symlink_to(victim)
+    save_pin(state, ServerPin("http://192.0.2.1:8080", key.public_key()))
+    identity.save_view(state, key, b"frame")
+    assert victim.read_bytes() == b"keep"
+    assert load_pin(state).url == "http://192.0.2.1:8080"

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.daemon.localapi import (
-    MAX_BODY_BYTES, MAX_HEADER_BYTES, HttpError, RequestParser, authorized, response_bytes,
+    MAX_BODY_BYTES, MAX_HEADER_BYTES, ApiServer, HttpError, RequestParser, authorized, response_bytes,
 )
 
 
@@ -71,8 +77,61 @@ def test_response_is_json_with_length():
 
 
 def test_access_rule():
-    assert authorized(0, {0}, 0)
+    assert authorized(0, {0}, None)  # root only by default
     assert authorized(0, {1000}, 5)  # root always
-    assert authorized(1000, {1000, 5}, 5)  # member of the socket's group
+    assert authorized(1000, {1000, 5}, 5)  # member of the configured --socket-group
     assert not authorized(1000, {1000}, 5)
-    assert not authorized(65534, {65534}, 0)
+    assert not authorized(65534, {65534}, None)
+
+
+def test_gid_0_alone_is_not_root():
+    """F19: without --socket-group the API is root (uid 0) only; a process whose primary or
+    supplementary group is 0 is not root."""
+    assert not authorized(65534, {0}, None)
+    assert not authorized(65534, {65534, 0}, None)
+    assert not authorized(65534, {0}, 5)
+
+
+def _serve_and_connect(user: int, group: int, extra_groups: list[int], socket_group: int | None) -> str:
+    """Start a real ApiServer, connect from a child process with the given credentials, return
+    the status line it got."""
+    async def main() -> str:
+        d = Path(tempfile.mkdtemp(prefix="shoal-api-test-"))
+        os.chmod(d, 0o755)
+        server = ApiServer(d / "shoald.sock", {("GET", "/v1/status"): _status}, group=socket_group)
+        try:
+            await server.start()
+            os.chmod(server.path, 0o666)  # let any process connect: the credential rule must decide
+            code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+                    "s.sendall(b'GET /v1/status HTTP/1.1\\r\\n\\r\\n'); print(s.recv(4096).decode())")
+            p = await asyncio.to_thread(subprocess.run, ["/usr/bin/python3", "-I", "-c", code, str(server.path)],
+                                        capture_output=True, text=True, user=user, group=group,
+                                        extra_groups=extra_groups, timeout=20)
+            return p.stdout.split("\r\n", 1)[0] or p.stderr
+        finally:
+            await server.close()
+            shutil.rmtree(d, ignore_errors=True)
+    return asyncio.run(main())
+
+
+async def _status(body: dict) -> dict:
+    return {"state": "x"}
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"),
+                                reason="needs root and a system python to run a child as another user")
+
+
+@needs_root
+def test_real_socket_refuses_gid_0_without_socket_group():
+    assert _serve_and_connect(65534, 0, [], None).startswith("HTTP/1.1 403")
+    assert _serve_and_connect(65534, 65534, [0], None).startswith("HTTP/1.1 403")
+    assert _serve_and_connect(0, 0, [], None).startswith("HTTP/1.1 200")
+
+
+@needs_root
+def test_real_socket_admits_the_socket_group_by_supplementary_groups():
+    """The configured group admits by the kernel's record of the peer's groups (SO_PEERGROUPS)."""
+    assert _serve_and_connect(65534, 65534, [4242], 4242).startswith("HTTP/1.1 200")
+    assert _serve_and_connect(65534, 4242, [], 4242).startswith("HTTP/1.1 200")
+    assert _serve_and_connect(65534, 65534, [0], 4242).startswith("HTTP/1.1 403")

@@ -29,6 +29,32 @@ def test_server_key_made_once_with_mode_0600(tmp_path: Path) -> None:
         load_or_create_server_key(d)
 
 
+def test_existing_open_data_dir_is_refused(tmp_path: Path) -> None:
+    """F20: a data dir group/others can reach is refused at start, not used."""
+    d = tmp_path / "data"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    with pytest.raises(PermissionError, match="chmod 700"):
+        load_or_create_server_key(d)
+    assert not (d / KEY_NAME).exists()
+
+
+async def test_db_is_made_0600_and_an_open_existing_db_is_refused(tmp_path: Path) -> None:
+    """F20: SQLite alone would make shoal.db 0644 (umask 022); an existing readable db is refused."""
+    d = tmp_path / "data"
+    old = os.umask(0o022)
+    try:
+        store = await Store.open(d)
+        await store.close()
+    finally:
+        os.umask(old)
+    for name in os.listdir(d):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o600, name
+    os.chmod(d / DB_NAME, 0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        await Store.open(d)
+
+
 async def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> None:
     store = await Store.open(tmp_path)
     try:

@@ -119,13 +119,34 @@ def login(
     socket: Optional[Path] = SocketOpt,
 ) -> None:
     """Log this node in to a coordination server (pins the server's key)."""
-    r = _call(socket, "POST", "/v1/login", {"server": server, "server_key": server_key})
+    from shoal.daemon.daemon import default_socket
+
+    try:
+        r = ApiClient(socket or default_socket()).call("POST", "/v1/login", {"server": server, "server_key": server_key})
+    except ApiError as e:
+        _fail(_login_error(server, e.message))
+        raise AssertionError("unreachable") from None
     if r["trusted_on_first_use"]:
-        out.print(f"Trusting the server key on first use: fingerprint [bold]{r['fingerprint']}[/] "
-                  f"(key {r['public_key']}). Check it with the server's operator.")
+        if str(r.get("server", server)).lower().startswith("https://"):
+            out.print(f"Trusting the server key on first use (fetched over https): fingerprint "
+                      f"[bold]{r['fingerprint']}[/] (key {r['public_key']}). Check it with the server's operator.")
+        else:
+            out.print("[bold red]WARNING: the server key was fetched over plain http and trusted on first use.[/] "
+                      "Anyone on the path could have handed you their own key. Compare this fingerprint with the one "
+                      f"`shoal server` printed: [bold]{r['fingerprint']}[/] (key {r['public_key']}); if they differ, "
+                      "run `shoal logout` and log in again with --server-key KEY (or over https://).")
     node = r["node"]
     out.print(f"Logged in to {r['server']} as [bold]{node['nickname']}[/] (node {node['node_id']}), "
               f"address {node['ipv4']} / {node['ipv6']}")
+
+
+def _login_error(server: str, message: str) -> str:
+    """One line for a failed login; a TLS client talking to a plain-http server gets told so."""
+    if "WRONG_VERSION_NUMBER" in message or "wrong version number" in message.lower():
+        plain = "http://" + server.split("://", 1)[-1]
+        return (f"{server} does not answer TLS (it looks like a plain-http server): use {plain}, "
+                "or put the server behind a TLS proxy for https://")
+    return message
 
 
 @app.command()

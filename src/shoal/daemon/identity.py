@@ -23,7 +23,10 @@ Files in the state directory (default /var/lib/shoal, mode 0700):
                  another node, an edited or a truncated one is refused (the daemon starts
                  with an empty view and waits for the server, saying why in its log).
 
-Writes are atomic (temp file + rename) so a crash never leaves half a file.
+Writes are atomic (a fresh 0600 temp file made with O_EXCL, fsync, rename:
+`shoal.securefile.write_private`) so a crash never leaves half a file and a planted temp
+file or symlink is never followed. An existing state dir or file that group/others can reach,
+that is not ours or is a symlink is refused with the chmod/chown that fixes it.
 """
 
 from __future__ import annotations
@@ -31,12 +34,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from shoal.securefile import PrivateFileError, check_private_file, ensure_private_dir, write_private
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 NODE_KEY = "node.key"
@@ -51,20 +53,19 @@ class IdentityError(RuntimeError):
     """The state directory holds something we must not use; the message says what and how to fix."""
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def _write_atomic(path: Path, data: bytes) -> None:
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        write_private(path, data)
+    except PrivateFileError as e:
+        raise IdentityError(str(e)) from None
 
 
 def ensure_state_dir(state_dir: Path) -> None:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Make the state dir 0700, or refuse an existing one group/others can reach (or a symlink)."""
+    try:
+        ensure_private_dir(state_dir)
+    except PrivateFileError as e:
+        raise IdentityError(str(e)) from None
 
 
 def load_or_create_node_key(state_dir: Path) -> tuple[PrivateKey, bool]:
@@ -72,16 +73,13 @@ def load_or_create_node_key(state_dir: Path) -> tuple[PrivateKey, bool]:
     ensure_state_dir(state_dir)
     path = state_dir / NODE_KEY
     try:
-        st = path.stat()
-    except FileNotFoundError:
+        exists = check_private_file(path)
+    except PrivateFileError as e:
+        raise IdentityError(str(e)) from None
+    if not exists:
         key = PrivateKey.generate()
-        _write_atomic(path, key.to_base64().encode() + b"\n", 0o600)
+        _write_atomic(path, key.to_base64().encode() + b"\n")
         return key, True
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise IdentityError(
-            f"{path} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"run: chmod 600 {path}"
-        )
     try:
         return PrivateKey.from_base64(path.read_text()), False
     except (ValueError, UnicodeDecodeError) as e:
@@ -128,17 +126,20 @@ class ServerPin:
 def load_pin(state_dir: Path) -> ServerPin | None:
     path = state_dir / SERVER_PIN
     try:
+        check_private_file(path)
         data = json.loads(path.read_text())
         return ServerPin(normalize_server_url(data["url"]), PublicKey.from_base64(data["public_key"]))
     except FileNotFoundError:
         return None
+    except PrivateFileError as e:
+        raise IdentityError(str(e)) from None
     except (ValueError, KeyError, TypeError) as e:
         raise IdentityError(f"{path} is damaged ({e}); run `shoal logout` and log in again") from None
 
 
 def save_pin(state_dir: Path, pin: ServerPin) -> None:
     ensure_state_dir(state_dir)
-    _write_atomic(state_dir / SERVER_PIN, (json.dumps(pin.to_json(), indent=1) + "\n").encode(), 0o600)
+    _write_atomic(state_dir / SERVER_PIN, (json.dumps(pin.to_json(), indent=1) + "\n").encode())
 
 
 def clear_pin(state_dir: Path) -> None:
@@ -171,7 +172,7 @@ def open_view(node_key: PrivateKey, data: bytes) -> bytes:
 
 
 def save_view(state_dir: Path, node_key: PrivateKey, frame: bytes) -> None:
-    _write_atomic(state_dir / VIEW_FILE, seal_view(node_key, frame), 0o600)
+    _write_atomic(state_dir / VIEW_FILE, seal_view(node_key, frame))
 
 
 def load_view(state_dir: Path, node_key: PrivateKey) -> bytes | None:

@@ -66,7 +66,8 @@ class ServerProc:
         return f"http://{self.addr}:{self.port}"
 
     def start(self) -> "ServerProc":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # the server refuses a data dir group/others can reach (F20)
         with open(self.log, "ab") as log:
             self.proc = self.host.popen([*SHOAL, "server", "--data-dir", str(self.data_dir),
                                          "--listen", f"{self.addr}:{self.port}"],

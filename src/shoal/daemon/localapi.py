@@ -15,9 +15,12 @@ answering):
 `RequestParser` is sans-IO (bytes in, a `Request` or "need more" out); anything malformed
 raises `HttpError(status, message)`, which the server answers as a JSON error.
 
-Access (checked per connection with SO_PEERCRED): root, or a process whose primary or
-supplementary groups include the socket file's group; everyone else gets 403. The socket is
-made with mode 0660.
+Access (checked per connection from the kernel's credentials of the peer, taken at connect
+time, never from /proc by pid): uid 0 (SO_PEERCRED) always; and only when the daemon was started
+with `--socket-group G`, a process whose primary gid (SO_PEERCRED) or supplementary groups
+(SO_PEERGROUPS) include G. Without `--socket-group` the API is root only: gid 0 alone admits
+nobody. Everyone else gets 403. The socket is made with mode 0660 (owner root, group G or
+root's), so the kernel's own permission check on connect() agrees with this rule.
 
 Endpoints are listed in `shoal.daemon.daemon.Daemon.routes`; the CLI uses `ApiClient`.
 """
@@ -146,9 +149,13 @@ def error_payload(code: str, message: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------ access rule
 
 
-def authorized(uid: int, gids: set[int], socket_gid: int) -> bool:
-    """Root, or a member of the socket's group."""
-    return uid == 0 or socket_gid in gids
+def authorized(uid: int, gids: set[int], group: int | None) -> bool:
+    """uid 0 always; a member of `group` (the configured --socket-group) only if one was set."""
+    return uid == 0 or (group is not None and group in gids)
+
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+_MAX_PEER_GROUPS = 256  # Python caps getsockopt buffers at 1024 bytes; more groups: primary gid only
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -157,13 +164,16 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return struct.unpack("3i", raw)
 
 
-def process_groups(pid: int, gid: int) -> set[int]:
-    """The primary gid plus the supplementary groups of process `pid` (from /proc)."""
+def peer_groups(sock: socket.socket, gid: int) -> set[int]:
+    """The peer's primary gid plus its supplementary groups as the kernel recorded them at
+    connect time (SO_PEERGROUPS); just the primary gid where the kernel lacks the option."""
     groups = {gid}
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                groups.update(int(g) for g in line.split()[1:])
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_PEER_GROUPS)
+    except OSError:
+        return groups
+    n = len(raw) // 4
+    groups.update(struct.unpack(f"{n}I", raw[:4 * n]))
     return groups
 
 
@@ -211,7 +221,7 @@ class ApiServer:
         try:
             sock = writer.get_extra_info("socket")
             pid, uid, gid = peer_credentials(sock)
-            allowed = authorized(uid, process_groups(pid, gid), os.stat(self.path).st_gid)
+            allowed = authorized(uid, peer_groups(sock, gid) if self.group is not None else {gid}, self.group)
             parser = RequestParser()
             request = None
             while request is None:  # read the request first, so that a refusal is read as an answer

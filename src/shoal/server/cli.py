@@ -3,6 +3,9 @@
 On start it prints the server key's fingerprint and the line to give clients
 (`shoal login http://ADDR:PORT --server-key <base64>`), one per local address when it
 listens on a wildcard address. Logs go to stderr; SIGINT/SIGTERM stop it cleanly.
+Before anything listens it checks --data-dir (made 0700 if missing): an existing dir, or a
+server.key / shoal.db(-wal/-shm) in it, that group/others can reach, that is not ours or is a
+symlink is refused with exit 1 and the chmod that fixes it (`shoal.securefile`).
 
 STUN (shoal.server.stunlistener): UDP on --stun-port (default 3478) and --stun-alt-port
 (3479) of up to two addresses (--stun-addr, repeatable; default the listen address plus one
@@ -85,6 +88,16 @@ def server(
     if not 0 <= relay_port <= 65535:
         typer.echo(f"shoal server: --relay-port {relay_port} is not a port number", err=True)
         raise typer.Exit(2)
+    try:  # F20: refuse a data dir (or key/db in it) that group/others can reach, before anything runs
+        from shoal.server.store import DB_NAME, KEY_NAME
+        from shoal.securefile import check_private_file, ensure_private_dir
+
+        ensure_private_dir(data_dir)
+        for name in (KEY_NAME, DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+            check_private_file(data_dir / name)
+    except OSError as exc:
+        typer.echo(f"shoal server: {exc}", err=True)
+        raise typer.Exit(1) from None
     wildcard = ipaddress.ip_address(host).is_unspecified
     addrs = _local_addresses(socket.AF_INET6 if ":" in host else socket.AF_INET) if wildcard else [host]
     from shoal import __version__

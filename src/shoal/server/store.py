@@ -5,11 +5,14 @@ in `shoal/server/migrations/versions`, which `Store.open` runs up to head on eve
 loading the core's records, and applying the core's write intents (`shoal.server.core.Persist`)
 one batch per transaction, in order.
 
-    DATA_DIR/            mode 0700, made on first start
+    DATA_DIR/            mode 0700, made on first start; an existing one that group/others can
+                         reach, not ours or a symlink is refused at start (`shoal.securefile`)
       server.key         the server's X25519 private key, base64, mode 0600 (refused if
-                         group/other can read it); made on first start
+                         group/other can reach it); made on first start, atomically
       shoal.db           SQLite (WAL journal, synchronous=NORMAL: a committed batch survives
-                         a crash of the server process; a power cut may lose the last ones)
+                         a crash of the server process; a power cut may lose the last ones);
+                         created 0600 before SQLite opens it (-wal/-shm take its mode); an
+                         existing one (or -wal/-shm) group/others can reach is refused
 
     nodes        node_id PK, public_key UNIQUE, nickname, ipv4 UNIQUE, ipv6 UNIQUE,
                  endpoints (JSON list), present, created_at
@@ -26,8 +29,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from shoal.server.core import (
     BanRec, DeleteMember, DeleteNetwork, MemberRec, NetworkRec, NodeRec, Persist, PutBan,
     PutMember, PutNetwork, PutNode, make_ula_prefix,
 )
+from shoal.securefile import check_private_file, create_private_empty, ensure_private_dir, write_private
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = ["Store", "Loaded", "load_or_create_server_key", "DB_NAME", "KEY_NAME"]
@@ -100,19 +102,14 @@ settings_t = sa.Table(
 
 
 def load_or_create_server_key(data_dir: Path) -> PrivateKey:
-    """DATA_DIR/server.key (made with mode 0600 on first use); refuses a key others can read."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """DATA_DIR/server.key (made with mode 0600 on first use); refuses a data dir or key file
+    that group/others can reach, or a symlink (`shoal.securefile`)."""
+    ensure_private_dir(data_dir)
     path = data_dir / KEY_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(f"{path} is readable by group/others (mode {mode:04o}); chmod 600 it") from None
+    if check_private_file(path):
         return PrivateKey.from_base64(path.read_text())
     key = PrivateKey.generate()
-    with os.fdopen(fd, "w") as f:
-        f.write(key.to_base64() + "\n")
+    write_private(path, (key.to_base64() + "\n").encode())
     return key
 
 
@@ -154,7 +151,10 @@ class Store:
 
     @classmethod
     async def open(cls, data_dir: Path) -> Store:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(data_dir)
+        create_private_empty(data_dir / DB_NAME)  # SQLite would make it 0644; its -wal/-shm copy its mode
+        for side in ("-wal", "-shm", "-journal"):
+            check_private_file(data_dir / (DB_NAME + side))
         engine = create_async_engine(f"sqlite+aiosqlite:///{data_dir / DB_NAME}")
         sa.event.listen(engine.sync_engine, "connect", _pragmas)
         async with engine.begin() as conn:

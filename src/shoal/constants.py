@@ -355,3 +355,47 @@ RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticat
 RELAY_PONG_TIMEOUT = 3.0  # a keepalive unanswered this long: the relay connection is redone
 BIRTHDAY_HOLD = 10.0  # birthday sockets no chosen path uses close this long after their last send
 VIRTUAL_ENDPOINT_PREFIX = "100::"  # RFC 6666 discard-only: relayed peers' endpoints inside the engine
+
+# --- Control channel: admission before Noise completes (issue 18 F7; shoal.control.limits,
+# used by shoal.server.app). A control session is "unauthenticated" from the WebSocket accept
+# until the node's first transport frame decrypts. Refusals happen before any X25519 work:
+# the WebSocket is closed at once with CLOSE_TRY_AGAIN_LATER (1013, RFC 6455 "Try Again Later").
+CONTROL_HANDSHAKE_TIMEOUT = 5.0  # seconds from the WebSocket accept to the node's first frame
+CONTROL_PREAUTH_MAX = 512  # unauthenticated sessions at once, the whole server
+CONTROL_PREAUTH_PER_ADDR = 16  # ...from one source address
+CONTROL_PREAUTH_PER_PREFIX = 64  # ...from one source prefix (below)
+CONTROL_PREFIX_V4 = 24  # prefix lengths that group source addresses (a home, an office, a host)
+CONTROL_PREFIX_V6 = 56
+# Handshake starts (token buckets: burst, then per second), so X25519 work is bounded too.
+# A login storm after a server restart (a whole office behind one NAT) fits in the bursts;
+# what does not is refused with 1013 and the daemon retries with its backoff.
+CONTROL_HANDSHAKE_BURST_PER_ADDR = 32
+CONTROL_HANDSHAKE_RATE_PER_ADDR = 4.0
+CONTROL_HANDSHAKE_BURST_PER_PREFIX = 128
+CONTROL_HANDSHAKE_RATE_PER_PREFIX = 16.0
+CONTROL_HANDSHAKE_BURST = 1000  # the whole server (one server handshake: about 0.5 ms of CPU)
+CONTROL_HANDSHAKE_RATE = 400.0
+CONTROL_ADMISSION_MAX_ENTRIES = 65536  # source addresses / prefixes remembered (least recent dropped)
+CONTROL_REPLAY_CACHE = 65536  # message1 ephemeral keys remembered: a replay is refused before X25519
+
+# --- Control channel: per-session rate limits (issue 18 F8; shoal.control.limits). One token
+# bucket per message class and session: (burst, per second). A request over its limit is
+# answered Result(ok=False, code="rate_limited") and not carried out; a Ping or PeerReport
+# over its limit is dropped; Candidates and ResyncRequest are coalesced (only the latest is
+# carried out: a Candidates at most every CONTROL_CANDIDATES_COALESCE, a resync when its
+# bucket allows). Every message over a limit
+# also takes a token from the session's excess bucket; when that is empty the session gets
+# Error(code="rate_limited") and is closed with CLOSE_RATE_LIMITED (4029).
+CONTROL_RATE_CHEAP = (50, 20.0)  # Ping, PeerReport (answered to the sender only)
+CONTROL_RATE_FANOUT = (20, 2.0)  # requests that change what co-members see (SetOnline, SetNickname, ...)
+CONTROL_RATE_PASSWORD = (4, 0.5)  # requests that may hash a password (CreateNetwork, JoinNetwork, SetPassword)
+CONTROL_RATE_CANDIDATES = (20, 2.0)  # Candidates arriving (those carried out: one per CONTROL_CANDIDATES_COALESCE)
+CONTROL_RATE_RESYNC = (4, 0.2)  # ResyncRequest (a whole FullView each)
+CONTROL_CANDIDATES_COALESCE = 0.5  # seconds: Candidates within this of the last carried out wait, latest wins
+CONTROL_RATE_EXCESS = (100, 5.0)  # messages over their limit a session may send before it is closed
+
+# --- Control channel: large views (issue 18 F9; shoal.control.messages.split_view). A view
+# message that encodes to more than VIEW_PART_BYTES is sent as parts (a FullView or ViewUpdate
+# with more=True, then ViewUpdates), each at most VIEW_PART_BYTES unless one record is bigger
+# (a record always fits MAX_SERVER_FRAME by the field limits).
+VIEW_PART_BYTES = 1024 * 1024

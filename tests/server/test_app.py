@@ -214,3 +214,153 @@ async def test_silent_pinging_node_is_dropped_and_its_peers_told_to_check(
         await alice.wait_for(lambda: m.CheckPeer(node_id=bob.node_id, active=True) in alice.checks, timeout=3)
         assert alice.closed is None and await bob.wait_closed(3) is not None
         assert bob.node_id in alice.mirror.peers and net  # in grace: nobody tears down
+
+
+# ------------------------------------------------------------------ issue 18 F7: before the handshake
+
+
+async def test_unauthenticated_sessions_are_capped_per_address_and_refused_before_x25519(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.constants import CONTROL_PREAUTH_PER_ADDR
+    from shoal.control import noise
+    from shoal.control.transport import ServerBusy
+
+    async with running(tmp_path) as r:
+        idle = [await websockets.connect(url(r)) for _ in range(CONTROL_PREAUTH_PER_ADDR)]  # never send message1
+        await asyncio.sleep(0.2)
+        m1 = ClientHandshake(key("alice"), r.server_key.public_key()).message1()  # (client-side X25519)
+        calls = []
+        real_dh = noise.DH
+        monkeypatch.setattr(noise, "DH", lambda *a: calls.append(1) or real_dh(*a))
+        async with websockets.connect(url(r)) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.send(m1)
+                await asyncio.wait_for(ws.recv(), 2)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert calls == []  # refused before any X25519
+        monkeypatch.setattr(noise, "DH", real_dh)
+        with pytest.raises(ServerBusy):
+            await connect(url(r), key("alice"), r.server_key.public_key(), timeout=5)
+        for ws in idle:
+            await ws.close()
+        await asyncio.sleep(0.2)
+        alice = await login(r, "alice")  # the slots came back
+        assert await alice.ping(1) < 5
+        assert r.control.stats["refused"] >= 2
+        await alice.close()
+
+
+async def test_idle_handshake_is_dropped_within_the_handshake_timeout(tmp_path: Path) -> None:
+    from shoal.constants import CONTROL_HANDSHAKE_TIMEOUT
+
+    async with running(tmp_path) as r:
+        loop = asyncio.get_running_loop()
+        async with websockets.connect(url(r)) as ws:
+            t0 = loop.time()
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), CONTROL_HANDSHAKE_TIMEOUT + 3)
+            took = loop.time() - t0
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4002
+        assert took < CONTROL_HANDSHAKE_TIMEOUT + 1 and CONTROL_HANDSHAKE_TIMEOUT <= 5
+
+
+async def test_replayed_message1_is_refused_before_x25519(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.control import noise
+
+    async with running(tmp_path) as r:
+        hs = ClientHandshake(key("alice"), r.server_key.public_key())
+        m1 = hs.message1()
+        async with websockets.connect(url(r)) as real:  # alice's real session, by hand
+            await real.send(m1)
+            session, _ = hs.read_message2(await real.recv())
+            await real.send(session.encrypt(m.encode(m.Login())))
+            first = m.decode_server(session.decrypt(await real.recv()))
+            assert isinstance(first, m.LoginOk)
+            calls = []
+            real_dh = noise.DH
+            monkeypatch.setattr(noise, "DH", lambda *a: calls.append(1) or real_dh(*a))
+            async with websockets.connect(url(r)) as ws:  # the attacker replays her message1
+                await ws.send(m1)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    extra = await asyncio.wait_for(ws.recv(), 2)
+                    pytest.fail(f"the replay got an answer: {extra!r}")
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4002
+            assert "replayed" in closed.value.rcvd.reason
+            assert calls == []  # no X25519 for a replay
+            assert r.control.replays.replays == 1
+            assert r.control.stats["sessions"] == 1
+
+
+# ------------------------------------------------------------------ issue 18 F8: per-session limits
+
+
+async def _flood_setup(r: Running) -> tuple[ControlClient, ControlClient, ControlClient, str]:
+    alice, bob, mallory = [await login(r, n, nickname=n) for n in ("alice", "bob", "mallory")]
+    net = (await alice.request(m.CreateNetwork, name="lan", password="pw")).network_id
+    for c in (bob, mallory):
+        assert (await c.request(m.JoinNetwork, name="lan", password="pw")).ok
+    for c in (alice, bob):
+        await c.wait_for(lambda c=c: mallory.node_id in c.mirror.peers)
+    return alice, bob, mallory, net
+
+
+async def test_candidates_flood_is_coalesced_and_the_flooder_closed_not_its_peers(tmp_path: Path) -> None:
+    async with running(tmp_path) as r:
+        alice, bob, mallory, _net = await _flood_setup(r)
+        updates = []
+        bob.on_view = lambda c, now: updates.append(now)
+        for i in range(3000):
+            try:
+                await mallory.conn.send(m.Candidates(candidates=[m.Candidate(kind="reflexive",
+                                                                             addr=f"198.51.100.9:{1024 + i}")]))
+            except Exception:  # noqa: BLE001 - closed by the server for flooding
+                break
+        closed = await mallory.wait_closed(10)
+        assert closed is not None  # 4029 after the Error (or the socket torn down mid-flood)
+        assert any(e.code == "rate_limited" for e in mallory.errors)
+        assert r.control.stats["rate_limited"] == 1
+        assert await bob.ping(1) < 1 and await alice.ping(2) < 1
+        assert bob.closed is None and alice.closed is None
+        assert len(updates) <= 10, f"bob got {len(updates)} view updates from one flooder"
+        await bob.close()
+        await alice.close()
+
+
+async def test_candidates_burst_latest_wins_and_requests_over_the_limit_are_refused(tmp_path: Path) -> None:
+    from shoal.constants import CONTROL_RATE_FANOUT
+
+    async with running(tmp_path) as r:
+        alice, bob, mallory, _net = await _flood_setup(r)
+        updates = []
+        bob.on_view = lambda c, now: updates.append(now)
+        for i in range(10):  # a NAT switch: a burst, well inside the limits
+            await mallory.conn.send(m.Candidates(candidates=[m.Candidate(kind="reflexive",
+                                                                         addr=f"198.51.100.9:{2000 + i}")]))
+        want = [m.Candidate(kind="reflexive", addr="198.51.100.9:2009")]
+        await bob.wait_for(lambda: bob.mirror.peers[mallory.node_id].candidates == want, timeout=5)
+        assert len(updates) <= 3  # the first at once, the latest when due
+        results = [await mallory.request(m.SetNickname, nickname=f"m{i}") for i in range(CONTROL_RATE_FANOUT[0] + 3)]
+        assert [x.ok for x in results[:CONTROL_RATE_FANOUT[0]]] == [True] * CONTROL_RATE_FANOUT[0]
+        refused = [x for x in results if not x.ok]
+        assert refused and {x.code for x in refused} == {"rate_limited"}  # (a token may refill meanwhile)
+        assert mallory.closed is None  # a few over the limit: refused, not closed
+        for c in (alice, bob, mallory):
+            await c.close()
+
+
+async def test_a_failing_sender_closes_its_session_with_a_logged_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with running(tmp_path) as r:
+        alice = await login(r, "alice")
+        s = next(iter(r.control._sessions.values()))
+
+        async def broken(msg: object) -> None:
+            raise ValueError("FullView encodes to 5000000 bytes, over 4194304")
+
+        s.conn.send = broken  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="shoal.server"):
+            await alice.conn.send(m.Ping(nonce=5))
+            closed = await alice.wait_closed(5)
+        assert closed is not None and getattr(closed, "code", None) == 1011
+        assert "sending Pong failed" in caplog.text
+        assert r.control.stats["sender_failures"] == 1

@@ -26,6 +26,17 @@ Close codes (the reason is one line for humans, at most 123 bytes):
     4002  protocol error: malformed/oversized/undecryptable/unexpected frame, handshake
           timeout, or a node that could not prove its key. Only that session is closed.
     4003  banned (sent by the server logic).
+    4008  too slow: the node did not read its messages and its send queue filled up.
+    4029  rate limited: the node kept sending more than its limits (shoal.control.limits);
+          an Error(code "rate_limited") comes first.
+    1013  try again later: the server refused the session before the handshake (too many
+          handshakes in progress or started, from this address, its prefix, or in all;
+          shoal.control.limits.Admission). Nothing was read; the node retries later.
+          The node reports `ServerBusy` (a ConnectError).
+
+Handshake (server side). `accept` gives the node CONTROL_HANDSHAKE_TIMEOUT seconds from the
+accept to its first transport frame. A message1 whose ephemeral key a `ReplayCache` has
+seen before (a replay) is refused with 4002 before any X25519 work.
 
 GET /v1/server-key (served by the server) returns {"public_key": base64, "fingerprint": fp}.
 """
@@ -46,9 +57,12 @@ import websockets
 from websockets.asyncio.client import ClientConnection as _WsClient
 from websockets.asyncio.server import ServerConnection as _WsServer
 
+from shoal.constants import CONTROL_HANDSHAKE_TIMEOUT
 from shoal.control import messages
+from shoal.control.limits import ReplayCache
 from shoal.control.messages import MAX_CLIENT_FRAME, MAX_SERVER_FRAME, ClientMessage, ServerMessage
 from shoal.control.noise import (
+    DHLEN,
     MAX_MESSAGE_LEN,
     MESSAGE1_MIN_LEN,
     ClientHandshake,
@@ -64,11 +78,15 @@ __all__ = [
     "CLOSE_KEY_MISMATCH",
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_BANNED",
+    "CLOSE_TOO_SLOW",
+    "CLOSE_RATE_LIMITED",
+    "CLOSE_TRY_AGAIN_LATER",
     "MAX_CLIENT_WS_MESSAGE",
     "MAX_SERVER_WS_MESSAGE",
     "TransportError",
     "ConnectError",
     "ServerKeyMismatch",
+    "ServerBusy",
     "ProtocolFailure",
     "ConnectionClosed",
     "AcceptFailed",
@@ -88,6 +106,9 @@ log = logging.getLogger(__name__)
 CLOSE_KEY_MISMATCH = 4001
 CLOSE_PROTOCOL_ERROR = 4002
 CLOSE_BANNED = 4003
+CLOSE_TOO_SLOW = 4008
+CLOSE_RATE_LIMITED = 4029
+CLOSE_TRY_AGAIN_LATER = 1013
 MAX_CLIENT_WS_MESSAGE = ciphertext_len(MAX_CLIENT_FRAME)
 MAX_SERVER_WS_MESSAGE = ciphertext_len(MAX_SERVER_FRAME)
 _MAX_REASON = 123  # RFC 6455: control frame payload 125 bytes, 2 of them the code
@@ -101,6 +122,10 @@ class TransportError(Exception):
 
 class ConnectError(TransportError):
     """The server could not be reached, or the handshake did not finish (network, timeout)."""
+
+
+class ServerBusy(ConnectError):
+    """The server refused the session before the handshake (1013): retry later."""
 
 
 class ServerKeyMismatch(TransportError):
@@ -247,6 +272,9 @@ async def connect(url: str, node_key: PrivateKey, server_public: PublicKey, *,
         if closed.code == CLOSE_KEY_MISMATCH:
             m = _CLAIM.search(closed.reason)
             raise ServerKeyMismatch(url, server_public, m.group(1) if m else None) from None
+        if closed.code == CLOSE_TRY_AGAIN_LATER:
+            raise ServerBusy(f"the control server at {url} is busy and refused the connection "
+                             f"({closed.reason or 'try again later'}); retrying later") from None
         raise ConnectError(f"the control server at {url} closed the connection during the handshake: "
                            f"{closed}") from None
     except BaseException:
@@ -367,10 +395,12 @@ class ServerConnection:
             await _close_quietly(self._ws, code, reason)
 
 
-async def accept(ws: ServerSocket, server_key: PrivateKey, *, timeout: float = 10.0) -> ServerConnection:
+async def accept(ws: ServerSocket, server_key: PrivateKey, *, timeout: float = CONTROL_HANDSHAKE_TIMEOUT,
+                 replays: ReplayCache | None = None) -> ServerConnection:
     """Run the server side of the handshake on an accepted WebSocket. Returns once the node
     proved its key (its first frame decrypted; `recv()` returns that message first).
-    Raises AcceptFailed after closing the socket with the code that says why."""
+    Raises AcceptFailed after closing the socket with the code that says why. With
+    `replays`, a message1 whose ephemeral key was seen before is refused before any X25519."""
     hs = ServerHandshake(server_key)
 
     async def refuse(code: int, reason: str) -> AcceptFailed:
@@ -382,6 +412,8 @@ async def accept(ws: ServerSocket, server_key: PrivateKey, *, timeout: float = 1
             m1 = await _receive(ws)
             if len(m1) > MAX_MESSAGE_LEN:
                 raise await refuse(CLOSE_PROTOCOL_ERROR, f"protocol error: handshake message of {len(m1)} bytes")
+            if replays is not None and replays.seen(m1[:DHLEN]):
+                raise await refuse(CLOSE_PROTOCOL_ERROR, "protocol error: replayed handshake")
             try:
                 node_public, _payload = hs.read_message1(m1)
             except HandshakeFailed as exc:
@@ -391,6 +423,8 @@ async def accept(ws: ServerSocket, server_key: PrivateKey, *, timeout: float = 1
                 if len(m1) < MESSAGE1_MIN_LEN:
                     raise await refuse(CLOSE_PROTOCOL_ERROR, "protocol error: truncated handshake") from None
                 raise await refuse(CLOSE_PROTOCOL_ERROR, f"handshake failed: {exc}") from None
+            if replays is not None:
+                replays.remember(m1[:DHLEN])
             await ws.send_bytes(hs.message2())
             conn = ServerConnection(ws, hs.split(), node_public)
             first = await _receive(ws)

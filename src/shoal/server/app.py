@@ -19,17 +19,37 @@ the outgoing messages to the sessions' queues in the same order. So a node is to
 something only once it is on disk, and every node receives its ViewUpdates in version order.
 Effects without writes skip the writer only when it is idle (order is kept either way).
 
-Sessions. Each WebSocket gets a reader (this handler: recv -> core.receive) and a sender task
-draining a bounded queue (SEND_QUEUE_LIMIT messages). A node that cannot keep up (queue full)
-is disconnected with 4008 instead of being buffered forever; like any dropped connection it
-keeps its presence for the grace period. A node that pings (Login lists "check_peer") and
+Admission (issue 18 F7). Before a byte of the handshake is read, `shoal.control.limits.Admission`
+decides whether this WebSocket may try: caps on unauthenticated sessions (in all, per source
+address, per source prefix) and token buckets on handshake starts (per address, per prefix,
+in all). A refused one is closed at once with 1013 (try again later) and costs no X25519;
+refusals are logged as a count (at most every REFUSAL_LOG_INTERVAL). An admitted one has
+CONTROL_HANDSHAKE_TIMEOUT seconds to complete the handshake and send its first frame; a
+message1 replayed from one seen before (`ReplayCache`) is refused before any X25519.
+
+Sessions. Each WebSocket gets a reader (this handler: recv -> limiter -> core.receive) and a
+sender task draining a bounded queue (SEND_QUEUE_LIMIT messages). A node that cannot keep up
+(queue full) is disconnected with 4008 instead of being buffered forever; like any dropped
+connection it keeps its presence for the grace period. If sending fails for any other reason
+(a bug: e.g. a message over the frame limit), the sender logs the error and closes the
+session with 1011: a sender task never dies silently.
+
+Rate limits (issue 18 F8). Every message of a logged-in session passes its
+`shoal.control.limits.SessionLimiter` before the core sees it: a request over its class limit
+is answered Result(ok=False, code "rate_limited") here (through `_emit`, so Results stay in
+request order), a Ping/PeerReport over it is dropped, Candidates and ResyncRequest are held
+and only the latest is handed to the core when due (a timer per session, `_release_held`), so
+superseded Candidates never fan out to co-members. A session that stays over its limits gets
+Error(code "rate_limited") and is closed with 4029; its victims keep their sessions. A node that pings (Login lists "check_peer") and
 stays silent for SILENCE_TIMEOUT is treated as gone (blackholed path). Malformed, oversized, undecryptable, unknown or
 out-of-order frames close only that session (4002 from the transport or the core) and are
-logged with the reason. Close codes used here: 4002 protocol error, 4008 too slow, 1001
-server shutting down; the core's codes (1000 logout, 4000 replaced) pass through.
+logged with the reason. Close codes used here: 4002 protocol error, 4008 too slow, 4029 rate
+limited, 1013 try again later, 1011 server error, 1001 server shutting down; the core's codes
+(1000 logout, 4000 replaced) pass through.
 
-Attribute owners: `_sessions` is mutated by the session handlers; `core` only through
-`_call`; the writer task owns `_batches`; the timer task calls `core.handle_timer`.
+Attribute owners: `_sessions` is mutated by the session handlers; `admission` by `handle`;
+a session's `limiter` and `timer` by its handler and its timer callback; `core` only through
+`_emit`-ed calls on the loop; the writer task owns `_batches`; the timer task calls `core.handle_timer`.
 """
 
 from __future__ import annotations
@@ -49,8 +69,13 @@ import uvicorn
 from litestar import Litestar, Response, get, websocket
 from litestar.connection import WebSocket
 
+from shoal.constants import CONTROL_HANDSHAKE_TIMEOUT
 from shoal.control import messages as m
+from shoal.control.limits import Admission, ReplayCache, SessionLimiter, Ticket, Verdict
 from shoal.control.transport import (
+    CLOSE_RATE_LIMITED,
+    CLOSE_TOO_SLOW,
+    CLOSE_TRY_AGAIN_LATER,
     MAX_CLIENT_WS_MESSAGE,
     AcceptFailed,
     ConnectionClosed,
@@ -73,9 +98,10 @@ __all__ = ["ControlServer", "build_app", "serve", "Running", "SEND_QUEUE_LIMIT",
 log = logging.getLogger("shoal.server")
 
 SEND_QUEUE_LIMIT = 1024
-CLOSE_TOO_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
-HANDSHAKE_TIMEOUT = 10.0
+CLOSE_INTERNAL_ERROR = 1011
+HANDSHAKE_TIMEOUT = CONTROL_HANDSHAKE_TIMEOUT
+REFUSAL_LOG_INTERVAL = 10.0  # refused handshakes are logged as a count at most this often
 WS_MAX_SIZE = max(MAX_CLIENT_WS_MESSAGE, 65535)  # uvicorn drops bigger frames (1009) before we see them
 
 
@@ -87,6 +113,8 @@ class _Session:
     queue: asyncio.Queue[m.ServerMessage | Close] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE_LIMIT))
     closing: bool = False
     sender: asyncio.Task[None] | None = None
+    limiter: SessionLimiter | None = None
+    timer: asyncio.TimerHandle | None = None  # releases the limiter's held messages
 
 
 class ControlServer:
@@ -104,7 +132,11 @@ class ControlServer:
         self._inflight = 0  # effects handed to the writer and not yet dispatched
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"sessions": 0, "protocol_errors": 0, "too_slow": 0, "commits": 0}
+        self.admission = Admission(clock())
+        self.replays = ReplayCache()
+        self._refused_logged = (float("-inf"), 0)  # when we last logged refusals, and the count then
+        self.stats = {"sessions": 0, "protocol_errors": 0, "too_slow": 0, "commits": 0, "refused": 0,
+                      "rate_limited": 0, "sender_failures": 0}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -188,6 +220,7 @@ class ControlServer:
 
     # ------------------------------------------------------------ sessions
     async def _sender(self, s: _Session) -> None:
+        item: m.ServerMessage | Close | None = None
         try:
             while True:
                 item = await s.queue.get()
@@ -198,17 +231,42 @@ class ControlServer:
                 await s.conn.send(item)
         except ConnectionClosed:
             return
+        except Exception as exc:  # never die silently: the session ends, with the reason logged
+            self.stats["sender_failures"] += 1
+            log.error("session %d (%s): sending %s failed, closing the session: %s: %s", s.sid, s.peer,
+                      type(item).__name__, type(exc).__name__, exc, exc_info=exc)
+            s.closing = True
+            await s.conn.close(CLOSE_INTERNAL_ERROR, f"server error sending {type(item).__name__}")
+
+    def _log_refused(self, peer: str, reason: str) -> None:
+        """Refusals come in floods: log the first, then a count at most every REFUSAL_LOG_INTERVAL."""
+        now = self.clock()
+        last, count = self._refused_logged
+        if now - last >= REFUSAL_LOG_INTERVAL:
+            more = self.stats["refused"] - 1 - count
+            log.warning("control connection from %s refused before the handshake: %s%s", peer, reason,
+                        f" ({more} more refused in the last {now - last:.0f} s)" if more > 0 and last > 0 else "")
+            self._refused_logged = (now, self.stats["refused"])
 
     async def handle(self, ws: ServerSocket, remote_ip: str | None) -> None:
         """One control session, from the Noise handshake to the end of the connection."""
         peer = remote_ip or "?"
+        ticket = self.admission.admit(remote_ip, self.clock())
+        if not isinstance(ticket, Ticket):  # refused before reading a byte: no X25519 work
+            self.stats["refused"] += 1
+            self._log_refused(peer, ticket)
+            with contextlib.suppress(Exception):
+                await ws.close(CLOSE_TRY_AGAIN_LATER, ticket[:120])
+            return
         try:
-            conn = await accept(ws, self.server_key, timeout=HANDSHAKE_TIMEOUT)
+            conn = await accept(ws, self.server_key, timeout=HANDSHAKE_TIMEOUT, replays=self.replays)
         except AcceptFailed as exc:
             log.info("control connection from %s refused: %s", peer, exc)
             return
+        finally:
+            self.admission.release(ticket)
         sid = next(self._sid)
-        s = _Session(sid, conn, f"{peer} {conn.node_public.fingerprint()}")
+        s = _Session(sid, conn, f"{peer} {conn.node_public.fingerprint()}", limiter=SessionLimiter(self.clock()))
         self._sessions[sid] = s
         self.stats["sessions"] += 1
         s.sender = asyncio.create_task(self._sender(s), name=f"shoal-send-{sid}")
@@ -224,13 +282,15 @@ class ControlServer:
                         break
                 else:
                     msg = await conn.recv()
-                self._emit(self.core.receive(sid, msg, self.clock()))
+                self._limited(s, msg)
         except ConnectionClosed as exc:
             reason = f"connection closed ({exc.code}) {exc.reason}".strip()
         except ProtocolFailure as exc:
             self.stats["protocol_errors"] += 1
             reason = f"protocol error: {exc}"
         finally:
+            if s.timer is not None:
+                s.timer.cancel()
             log.info("session %d (%s) ended: %s", sid, s.peer, reason)
             self._sessions.pop(sid, None)
             self._emit(self.core.disconnect(sid, self.clock()))
@@ -241,6 +301,50 @@ class ControlServer:
                     pass
             s.sender.cancel()
             await conn.close(1000, "")
+
+    # ------------------------------------------------------------ per-session limits (F8)
+    def _limited(self, s: _Session, msg: m.ClientMessage) -> None:
+        """Hand one message to the core as the session's limiter says (shoal.control.limits)."""
+        assert s.limiter is not None
+        now = self.clock()
+        if self.core.session_node(s.sid) is None:  # before Login (and after the core closed it)
+            self._emit(self.core.receive(s.sid, msg, now))
+            return
+        verdict = s.limiter.check(msg, now)
+        if verdict is Verdict.PASS:
+            self._emit(self.core.receive(s.sid, msg, now))
+        elif verdict is Verdict.REFUSE:
+            self._emit(Effects(out=[Send(s.sid, s.conn.node_public, m.Result(
+                req_id=msg.req_id, ok=False, code="rate_limited", message=s.limiter.limit_text(msg)))]))  # type: ignore[union-attr]
+        elif verdict is Verdict.HOLD:
+            self._arm(s)
+        elif verdict is Verdict.CLOSE:
+            self.stats["rate_limited"] += 1
+            log.warning("session %d (%s): over its rate limits for too long (%s), closing", s.sid, s.peer,
+                        s.limiter.stats)
+            text = "too many messages: over the rate limits for too long; closing"
+            self._emit(Effects(out=[Send(s.sid, s.conn.node_public, m.Error(code="rate_limited", message=text)),
+                                    Close(s.sid, CLOSE_RATE_LIMITED, "rate limited")]))
+        # Verdict.DROP: nothing
+
+    def _arm(self, s: _Session) -> None:
+        assert s.limiter is not None
+        deadline = s.limiter.next_deadline()
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock())
+            s.timer = asyncio.get_running_loop().call_later(delay, self._release_held, s)
+
+    def _release_held(self, s: _Session) -> None:
+        s.timer = None
+        if s.closing or s.sid not in self._sessions or s.limiter is None:
+            return
+        now = self.clock()
+        for msg in s.limiter.due(now):
+            self._emit(self.core.receive(s.sid, msg, now))
+        self._arm(s)
 
 
 def build_app(server: ControlServer, relay: RelayService | None = None) -> Litestar:

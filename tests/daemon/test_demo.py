@@ -17,7 +17,7 @@ def test_product_demo_succeeds_and_cleans_up():
     lines: list[str] = []
     assert product_demo(out=lines.append) == 0, "\n".join(lines)
     text = "\n".join(lines)
-    assert "Trusting the server key on first use" in text
+    assert "fetched over plain http and trusted on first use" in text  # the loud TOFU warning (issue 18 F18)
     assert "Joined network lan-party" in text and "wrong password" in text
     assert "direct via 203.0.113." in text and "rtt min/avg/max" in text
     assert "no peer 'cat'" in text and "tunnel cut" in text and "(wrong!)" not in text

@@ -348,6 +348,10 @@ RELAY_UDP_RETEST = 30.0  # while relaying over WebSocket: try the UDP relay agai
 RELAY_WS_OPEN_TIMEOUT = 3.0  # a relay WebSocket not open after this long is given up and tried again
 RELAY_WS_QUICK_RETRIES = 3  # after a working relay WebSocket dropped: this many quick retries...
 RELAY_WS_QUICK_RETRY = 0.5  # ...this far apart, before falling back to RELAY_RETRY
+RELAY_WS_QUICK_OPEN_TIMEOUT = 1.5  # ...each given this long to open (not RELAY_WS_OPEN_TIMEOUT):
+#                           a roamed host's first SYN can leave through a NAT whose conntrack
+#                           still holds the old mapping, and its retransmissions then die the
+#                           same way; a fresh connection from a new port gets through
 RELAY_ACTIVE_KEEPALIVE = 0.5  # keepalive period while a peer is reached through the relay...
 RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticate again on the
 #                           same transport (the relay does not answer a KEEPALIVE from an address

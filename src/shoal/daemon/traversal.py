@@ -66,6 +66,7 @@ from shoal.constants import (
     RELAY_UDP_WAIT,
     RELAY_WS_OPEN_TIMEOUT,
     RELAY_WS_PATH,
+    RELAY_WS_QUICK_OPEN_TIMEOUT,
     RELAY_WS_QUICK_RETRIES,
     RELAY_WS_QUICK_RETRY,
     STUN_PORT,
@@ -613,9 +614,10 @@ class Traversal:
         self._ws_queue = None
 
     async def _ws_run(self, url: str, client: RelayClient, queue: asyncio.Queue[bytes]) -> None:
+        open_timeout = RELAY_WS_QUICK_OPEN_TIMEOUT if self._ws_quick > 0 else RELAY_WS_OPEN_TIMEOUT
         try:
             async with websockets.connect(url, max_size=RELAY_MAX_FRAME, compression=None,
-                                          open_timeout=RELAY_WS_OPEN_TIMEOUT, close_timeout=2) as ws:
+                                          open_timeout=open_timeout, close_timeout=2) as ws:
                 log.info("relay: WebSocket %s open", url)
 
                 async def sender() -> None:
@@ -717,6 +719,8 @@ class Traversal:
             self._relay_ping_at, self._reauth_sent = None, False
             if self.relay_mode == "udp":
                 self._udp_failed = False
+            else:
+                self._ws_quick = 0  # open again: the next drop starts a fresh round of quick retries
         if was_ready and not client.ready:  # the relay forgot us (our address changed): re-authenticating
             self._relay_started = now
         if client.ready != was_ready:

@@ -13,11 +13,12 @@ import websockets
 
 from shoal.control import messages as m
 from shoal.control.noise import ClientHandshake
-from shoal.control.transport import ServerKeyMismatch, connect, fetch_server_key
+from shoal.control.transport import ConnectError, ServerKeyMismatch, connect, control_url, fetch_server_key
 from shoal.server import app as server_app
 from shoal.server.app import Running, serve
 from shoal.server.core import Close
 from shoal.server.testclient import ControlClient
+from shoal.testing.tls import self_signed
 from shoal.wireguard.keys import PrivateKey
 
 from .helpers import FAST_HASHER
@@ -26,10 +27,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @asynccontextmanager
-async def running(data_dir: Path, grace: float = 30.0) -> AsyncIterator[Running]:
+async def running(data_dir: Path, grace: float = 30.0, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Running]:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[Running] = loop.create_future()
-    task = asyncio.create_task(serve(data_dir, "127.0.0.1", 0, ready=ready.set_result, grace=grace, hasher=FAST_HASHER))
+    task = asyncio.create_task(serve(data_dir, "127.0.0.1", 0, ready=ready.set_result, grace=grace, hasher=FAST_HASHER,
+                                     tls=tls))
     done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # serve failed: raise its error
@@ -83,6 +85,36 @@ async def test_login_networks_and_presence_fan_out(tmp_path: Path) -> None:
         assert closed is not None and getattr(closed, "code", None) == 1000
         for c in (alice, bob):
             await c.close()
+
+
+async def test_tls_key_fetch_and_control_over_https_and_wss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, tkey = self_signed(tmp_path / "tls", "127.0.0.1")
+    async with running(tmp_path / "data", tls=(cert, tkey)) as r:
+        base = f"https://127.0.0.1:{r.port}"
+        # a client that does not trust the certificate gets nothing (verification is on)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing.pem"))
+        with pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await fetch_server_key(base)
+        # plain http at the TLS port: refused, nothing learnt
+        with pytest.raises(ConnectError):
+            await fetch_server_key(f"http://127.0.0.1:{r.port}")
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert await fetch_server_key(base) == r.server_key.public_key()
+        alice = await ControlClient.login(control_url(base), key("alice"), r.server_key.public_key(), nickname="alice")
+        assert control_url(base).startswith("wss://")
+        res = await alice.request(m.CreateNetwork, name="tls", password="pw-tls-net")
+        assert res.ok, res
+        await alice.close()
+
+
+async def test_tls_pair_that_does_not_match_is_refused_before_listening(tmp_path: Path) -> None:
+    cert, _ = self_signed(tmp_path / "a", "127.0.0.1")
+    _, other = self_signed(tmp_path / "b", "127.0.0.1")
+    with pytest.raises(OSError, match="not a usable certificate and key"):
+        await serve(tmp_path / "data", "127.0.0.1", 0, tls=(cert, other))
+    with pytest.raises(OSError, match="no such file"):
+        await serve(tmp_path / "data", "127.0.0.1", 0, tls=(tmp_path / "missing.crt", other))
+    assert not (tmp_path / "data").exists()  # refused before the data dir was touched
 
 
 async def test_wrong_server_key_is_refused_loudly(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from shoal.daemon.localapi import ApiClient
 from shoal.lab.lab import Host
+from shoal.testing.tls import self_signed
 
 SERVER_PORT = 8080
 START_TIMEOUT = 20.0
@@ -56,6 +57,7 @@ class ServerProc:
     addr: str
     port: int = SERVER_PORT
     proc: subprocess.Popen[Any] | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key): HTTPS on the HTTP port
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,29 +65,32 @@ class ServerProc:
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.addr}:{self.port}"
+
+    def _fetch(self, code: str, **kw: Any) -> subprocess.CompletedProcess[Any]:
+        env = {**os.environ, "SSL_CERT_FILE": str(self.tls[0])} if self.tls else None
+        return self.host.exec(["python3", "-c", f"import urllib.request;{code}"], capture_output=True, env=env, **kw)
 
     def start(self) -> "ServerProc":
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # the server refuses a data dir group/others can reach (F20)
         with open(self.log, "ab") as log:
+            tls = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []
             self.proc = self.host.popen([*SHOAL, "server", "--data-dir", str(self.data_dir),
-                                         "--listen", f"{self.addr}:{self.port}"],
+                                         "--listen", f"{self.addr}:{self.port}", *tls],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"shoal server exited with {self.proc.returncode}:\n{_tail(self.log)}")
-            p = self.host.exec(["python3", "-c", f"import urllib.request;urllib.request.urlopen('{self.url}/v1/server-key', timeout=1)"],
-                               capture_output=True)
+            p = self._fetch(f"urllib.request.urlopen('{self.url}/v1/server-key', timeout=1)")
             if p.returncode == 0:
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"shoal server did not answer within {START_TIMEOUT:.0f} s:\n{_tail(self.log)}")
 
     def key(self) -> str:
-        p = self.host.exec(["python3", "-c", f"import urllib.request;print(urllib.request.urlopen('{self.url}/v1/server-key').read().decode())"],
-                           capture_output=True, text=True, timeout=10)
+        p = self._fetch(f"print(urllib.request.urlopen('{self.url}/v1/server-key').read().decode())", text=True, timeout=10)
         return json.loads(p.stdout)["public_key"]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -98,6 +103,7 @@ class NodeProc:
     base: Path
     nickname: str
     proc: subprocess.Popen[Any] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (SSL_CERT_FILE for a TLS server)
 
     def __post_init__(self) -> None:
         self.state_dir = self.base / "state"
@@ -111,7 +117,7 @@ class NodeProc:
 
     def start(self) -> "NodeProc":
         self.base.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SHOAL_RUN_DIR": str(self.run_dir)}
+        env = {**os.environ, **self.env, "SHOAL_RUN_DIR": str(self.run_dir)}
         with open(self.log, "ab") as log:
             self.proc = self.host.popen([*SHOAL, "daemon", "--state-dir", str(self.state_dir), "--socket", str(self.socket),
                                          "--nickname", self.nickname],
@@ -175,15 +181,20 @@ class NodeProc:
 class Mesh:
     """Server + nodes in one lab; `close()` stops everything and removes the files."""
 
-    def __init__(self, lab: Any, server_port: int = SERVER_PORT) -> None:
-        """`server_port`: the server's HTTP port (443 when a udp-blocked host must reach it)."""
+    def __init__(self, lab: Any, server_port: int = SERVER_PORT, tls: bool = False) -> None:
+        """`server_port`: the server's HTTP port (443 when a udp-blocked host must reach it).
+        `tls`: the server speaks HTTPS with a fresh self-signed certificate for its address,
+        which the daemons (and only they) trust through SSL_CERT_FILE."""
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix=f"shoal-mesh-{os.getpid()}-"))
-        self.server = ServerProc(lab.server, self.dir / "server", lab.server.addrs[0], server_port)
+        addr = lab.server.addrs[0]
+        self.server = ServerProc(lab.server, self.dir / "server", addr, server_port,
+                                 tls=self_signed(self.dir / "tls", addr, "server") if tls else None)
+        self.node_env = {"SSL_CERT_FILE": str(self.server.tls[0])} if self.server.tls else {}
         self.nodes: dict[str, NodeProc] = {}
 
     def add_node(self, host_name: str, nickname: str | None = None) -> NodeProc:
-        node = NodeProc(self.lab.host(host_name), self.dir / host_name, nickname or host_name)
+        node = NodeProc(self.lab.host(host_name), self.dir / host_name, nickname or host_name, env=self.node_env)
         self.nodes[host_name] = node
         return node.start()
 

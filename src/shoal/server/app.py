@@ -8,6 +8,11 @@ Owns: the HTTP surface and the order in which things happen.
     WS   /relay           relay sessions (`shoal.relay.service.RelayService.serve_stream`),
                           for nodes that reach the server only over TCP (UDP blocked)
 
+TLS. With `tls=(cert, key)` (PEM files; `shoal server --tls-cert/--tls-key`) the HTTP port
+speaks only HTTPS: the key fetch, /control and /relay become https/wss. The Noise session
+inside /control still pins the server key, so TLS adds privacy for the first-use key fetch
+and passes proxies that only allow TLS; it is not what authenticates the server to a node.
+
 Relay. Unless turned off, the server process runs one `RelayEngine` under the server's key
 (which every node pins) with `Core.may_relay` as its membership oracle: UDP on the relay
 port (default RELAY_PORT) of the listen address and WebSocket at /relay on the HTTP port.
@@ -60,6 +65,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -393,6 +399,27 @@ class Running:
     server_key: PrivateKey
     control: ControlServer
     uvicorn: uvicorn.Server
+    tls: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+def load_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context from a PEM certificate chain and its key, or OSError saying which file
+    is wrong (missing, unreadable, not PEM, key not matching the certificate)."""
+    for what, path in (("certificate", cert), ("key", key)):
+        if not Path(path).is_file():
+            raise OSError(f"TLS {what} {path}: no such file")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as e:
+        raise OSError(f"TLS: {cert} and {key} are not a usable certificate and key ({e.reason or e})") from None
+    except OSError as e:
+        raise OSError(f"TLS: cannot read {e.filename or cert}: {e.strerror}") from None
+    return ctx
 
 
 async def serve(
@@ -404,8 +431,13 @@ async def serve(
     grace: float = PRESENCE_GRACE,
     hasher: PasswordHasher | None = None,
     relay_port: int | None = RELAY_PORT,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
-    """Run the server until uvicorn is told to exit (SIGINT/SIGTERM, or `Running.uvicorn.should_exit`)."""
+    """Run the server until uvicorn is told to exit (SIGINT/SIGTERM, or `Running.uvicorn.should_exit`).
+    `tls`: (certificate chain, private key) PEM files; checked before anything is opened
+    (`load_tls` raises OSError with a clear message for a missing or unusable pair)."""
+    if tls is not None:
+        load_tls(*tls)
     key = load_or_create_server_key(data_dir)
     store = await Store.open(data_dir)
     try:
@@ -430,6 +462,7 @@ async def serve(
             build_app(control, relay), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
             ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0,
             lifespan="on", log_level="warning", timeout_graceful_shutdown=3, access_log=False,
+            ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
         )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -438,7 +471,7 @@ async def serve(
         sock.listen(2048)  # connections wait in the backlog until uvicorn accepts
         userver = uvicorn.Server(config)
         bound = sock.getsockname()
-        running = Running(host, bound[1], key, control, userver)
+        running = Running(host, bound[1], key, control, userver, tls=tls is not None)
         log.info("serving %d nodes, %d networks on %s:%d (pid %d)", len(core.nodes), len(core.networks),
                  host, bound[1], os.getpid())
         if ready is not None:

@@ -1,7 +1,7 @@
 """`shoal server --data-dir DIR --listen HOST:PORT`: run the coordination server.
 
 On start it prints the server key's fingerprint and the line to give clients
-(`shoal login http://ADDR:PORT --server-key <base64>`), one per local address when it
+(`shoal login http://ADDR:PORT, https:// with --tls-cert --server-key <base64>`), one per local address when it
 listens on a wildcard address. Logs go to stderr; SIGINT/SIGTERM stop it cleanly.
 Before anything listens it checks --data-dir (made 0700 if missing): an existing dir, or a
 server.key / shoal.db(-wal/-shm) in it, that group/others can reach, that is not ours or is a
@@ -10,6 +10,12 @@ symlink is refused with exit 1 and the chmod that fixes it (`shoal.securefile`).
 STUN (shoal.server.stunlistener): UDP on --stun-port (default 3478) and --stun-alt-port
 (3479) of up to two addresses (--stun-addr, repeatable; default the listen address plus one
 more local address), so nodes can run RFC 5780 NAT discovery; --stun-port 0 turns it off.
+
+TLS: --tls-cert FILE --tls-key FILE (PEM) make the HTTP port HTTPS (the key fetch, /control
+and /relay become https/wss; clients log in with https://). A missing or unusable pair is
+refused with exit 1 before anything listens. Without them the port is plain HTTP: the Noise
+session pins the server key either way, but a first login without --server-key then trusts
+whatever key the path hands over (the client warns about it).
 
 Relay (shoal.relay, inside the server process): UDP on --relay-port (default 3480) of the
 listen address, and WebSocket at /relay on the HTTP port; --relay-port 0 keeps only the
@@ -72,6 +78,8 @@ def server(
     stun_addr: list[str] = typer.Option([], "--stun-addr", help="address answering STUN (repeat for the second)"),
     relay_port: int = typer.Option(RELAY_PORT, "--relay-port", help="UDP port of the built-in relay (0: WebSocket relay only)"),
     no_relay: bool = typer.Option(False, "--no-relay", help="do not relay at all (nodes that cannot punch through stay apart)"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate chain: serve HTTPS/WSS on the HTTP port"),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert"),
 ) -> None:
     """Run the coordination server (nodes log in here)."""
     from shoal.server.app import Running, serve
@@ -88,6 +96,18 @@ def server(
     if not 0 <= relay_port <= 65535:
         typer.echo(f"shoal server: --relay-port {relay_port} is not a port number", err=True)
         raise typer.Exit(2)
+    if (tls_cert is None) != (tls_key is None):
+        typer.echo("shoal server: --tls-cert and --tls-key go together", err=True)
+        raise typer.Exit(2)
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    if tls is not None:
+        from shoal.server.app import load_tls
+
+        try:
+            load_tls(*tls)
+        except OSError as exc:
+            typer.echo(f"shoal server: {exc}", err=True)
+            raise typer.Exit(1) from None
     try:  # F20: refuse a data dir (or key/db in it) that group/others can reach, before anything runs
         from shoal.server.store import DB_NAME, KEY_NAME
         from shoal.securefile import check_private_file, ensure_private_dir
@@ -118,7 +138,7 @@ def server(
         typer.echo(f"shoal server: listening on {_url_host(r.host)}:{r.port}, data in {data_dir}")
         typer.echo(f"server key fingerprint: {pub.fingerprint()}")
         for a in (addrs or ["127.0.0.1"])[:8]:
-            typer.echo(f"give clients: shoal login http://{_url_host(a)}:{r.port} --server-key {pub.to_base64()}")
+            typer.echo(f"give clients: shoal login {r.scheme}://{_url_host(a)}:{r.port} --server-key {pub.to_base64()}")
 
     # SIGTERM before uvicorn runs stops us at once; while it runs, uvicorn shuts down cleanly
     # and then re-raises the signal, which this handler turns into a normal exit (status 0).
@@ -127,7 +147,8 @@ def server(
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        asyncio.run(run_with_stun(serve(data_dir, host, port, ready=ready, relay_port=None if no_relay else relay_port),
+        asyncio.run(run_with_stun(serve(data_dir, host, port, ready=ready, relay_port=None if no_relay else relay_port,
+                                        tls=tls),
                                   responder, typer.echo))
     except (PermissionError, OSError) as exc:
         typer.echo(f"shoal server: {exc}", err=True)

@@ -75,7 +75,7 @@ RATELIMIT_MAX_ENTRIES = 65536  # Linux wireguard ratelimiter.c: max_entries = 8 
 DEFAULT_MTU = 1420
 MAX_PEERS = 1 << 16
 
-# The interface's latency keeper (shoal.wg.warm; why and what it costs: BENCHMARKS.md).
+# The interface's latency keeper (shoal.dataplane.warm; why and what it costs: BENCHMARKS.md).
 WARM_INTERVAL = 0.001  # while data flows, wake this often when no packet woke us
 WARM_HOLD = 2.0  # keep warm this long after the last data packet; then no wake-ups at all
 

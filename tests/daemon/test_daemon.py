@@ -21,8 +21,7 @@ from shoal.control import transport
 from shoal.daemon import identity
 from shoal.daemon.daemon import Daemon, Options
 from shoal.daemon.localapi import ApiClient, ApiError
-from shoal.wg.config import WgConfig
-from shoal.wireguard.device import Device
+from shoal.testing.plane import MemoryPlane
 from shoal.wireguard.keys import PrivateKey
 
 SERVER_KEY = PrivateKey.from_seed(b"server")
@@ -40,38 +39,6 @@ def network(nid: str, members: list[str]) -> M.NetworkInfo:
     return M.NetworkInfo(network_id=nid, name=f"net-{nid}", owner_id="me1", kind="ip", locked=False, approval="auto",
                          members=[M.MemberInfo(node_id=m, nickname=m, role="owner" if m == "me1" else "member", online=True)
                                   for m in members])
-
-
-class FakePlane:
-    """WgInterface's run-time surface over a real sans-IO Device, no I/O."""
-
-    def __init__(self, config: WgConfig, uapi_dir: Path, on_event) -> None:  # noqa: ANN001
-        self.config = config
-        self.device = Device(config.interface.private_key)
-        self.ready = asyncio.Event()
-        self.addresses = list(config.interface.addresses)
-        self.set_peers_calls = 0
-        for p in config.peers:
-            self.device.add_peer(p)
-
-    @property
-    def listen_port(self) -> int:
-        return 41641
-
-    def set_peers(self, peers) -> None:  # noqa: ANN001
-        self.set_peers_calls += 1
-        wanted = {p.public_key for p in peers}
-        for key in [k for k in self.device.peers if k not in wanted]:
-            self.device.remove_peer(key)
-        for p in peers:
-            self.device.add_peer(p)
-
-    async def set_addresses(self, addresses) -> None:  # noqa: ANN001
-        self.addresses = list(addresses)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self.ready.set()
-        await stop.wait()
 
 
 class FakeConn:
@@ -153,9 +120,9 @@ class Harness:
         self.server = server
         self.sock = sock or tmp / "run" / "shoald.sock"
         self.opts = Options(state_dir=tmp / "state", run_dir=tmp / "run", socket_path=self.sock,
-                            endpoints=["203.0.113.1:41641"])
+                            endpoints=["203.0.113.1:41641"], lan=False, traversal=False)
         self.daemon = Daemon(self.opts, connect=server.connect, fetch_server_key=server.fetch_key,
-                             plane_factory=FakePlane, pinger=FakePinger())
+                             plane_factory=MemoryPlane, pinger=FakePinger())
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -175,7 +142,7 @@ class Harness:
         return await asyncio.to_thread(ApiClient(self.sock, timeout=10).call, method, path, body)
 
     @property
-    def plane(self) -> FakePlane:
+    def plane(self) -> MemoryPlane:
         return self.daemon.plane  # type: ignore[return-value]
 
     def engine_peers(self) -> set:

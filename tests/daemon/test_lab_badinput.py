@@ -13,7 +13,7 @@ import time
 import pytest
 
 from shoal.constants import DISCO_MAGIC, RELAY_PORT
-from shoal.daemon.labmesh import Mesh
+from shoal.lab.mesh import Mesh
 from shoal.lab import HostSpec, Lab, Topology
 from shoal.nat.disco import DiscoCodec, Ping
 from shoal.relay import frames as f

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from shoal.daemon.labmesh import Mesh
+from shoal.lab.mesh import Mesh
 from shoal.lab import HostSpec, Lab, Topology
 
 pytestmark = [

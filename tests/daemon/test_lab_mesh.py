@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from shoal.daemon.labmesh import Mesh
+from shoal.lab.mesh import Mesh
 from shoal.daemon.localapi import ApiError
 from shoal.lab import HostSpec, Lab, Topology
 from shoal.wireguard.keys import PublicKey

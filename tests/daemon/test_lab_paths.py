@@ -3,7 +3,7 @@ a udp-blocked host can reach it and its WebSocket relay) and real `shoal daemon`
 
 1. Connectivity matrix: every unordered pair of the lab's NAT types (same-type pairs behind
    two distinct NATs) plus LAN peers behind one NAT with and without hairpinning, all built at
-   once (shoal.daemon.labpaths). Each pair passes overlay pings both ways; both sides' status
+   once (shoal.lab.matrix). Each pair passes overlay pings both ways; both sides' status
    shows the expected path (table below) and `shoal list` agrees; the time to first packet
    is printed (and bounded at 10 s).
 2. Relay: a relayed pair upgrades to direct within 10 s once a direct path opens
@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from shoal.constants import RELAY_PORT
-from shoal.daemon.labmesh import Mesh
-from shoal.daemon.labpaths import (
+from shoal.lab.mesh import Mesh
+from shoal.lab.matrix import (
     FirstReply,
     MatrixRun,
     Pair,

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.daemon.labmesh import Mesh, NodeProc
+from shoal.lab.mesh import Mesh, NodeProc
 from shoal.lab import HostSpec, Lab, Topology
-from shoal.wg import uapi
+from shoal.dataplane import uapi
 
 pytestmark = [
     pytest.mark.lab,

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from shoal.daemon.labmesh import Mesh
-from shoal.daemon.labpaths import tunnel
+from shoal.lab.mesh import Mesh
+from shoal.lab.matrix import tunnel
 from shoal.lab import HostSpec, Lab, Topology
 
 pytestmark = [

@@ -128,7 +128,7 @@ def test_lab_netcheck_every_nat_type() -> None:
 
     if os.geteuid() != 0 or shutil.which("nft") is None:
         pytest.skip("the lab needs root and nftables")
-    from shoal.daemon.labmesh import Mesh
+    from shoal.lab.mesh import Mesh
     from shoal.lab import HostSpec, Lab, Topology
 
     names = {nat: nat.replace("-", "")[:12] for nat in LAB_EXPECT}
@@ -195,7 +195,7 @@ def test_lab_netcheck_port_mapping_behind_miniupnpd() -> None:
 
     if os.geteuid() != 0 or shutil.which("nft") is None:
         pytest.skip("the lab needs root and nftables")
-    from shoal.daemon.labmesh import Mesh
+    from shoal.lab.mesh import Mesh
     from shoal.lab import HostSpec, Lab, Topology
     from shoal.lab.miniupnpd import MiniUpnpd, available
 

@@ -21,8 +21,8 @@ import time
 import pytest
 
 from shoal.constants import RELAY_PORT
-from shoal.daemon.labmesh import Mesh
-from shoal.daemon.labpaths import start_nodes
+from shoal.lab.mesh import Mesh
+from shoal.lab.matrix import start_nodes
 from shoal.lab import HostSpec, Lab, Topology
 from tests.daemon.test_lab_paths import HTTP_PORT, both_ping, wait_paths
 

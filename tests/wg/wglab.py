@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.lab.lab import Host
-from shoal.wg import uapi as wg_uapi
+from shoal.dataplane import uapi as wg_uapi
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 UAPI_DIR = Path("/var/run/wireguard")

@@ -272,7 +272,7 @@ def _impl(name: str) -> Impl:
         return Shoal()
     if name == "shoal-tap":  # the node daemon's default interface mode (TAP, docs/lan.md)
         return Shoal(name="shoal-tap", python_args=("-m", "shoal.bench.lanwg"))
-    if name == "shoal-nowarm":  # the latency keeper off (shoal.wg.warm): what it buys, what it costs
+    if name == "shoal-nowarm":  # the latency keeper off (shoal.dataplane.warm): what it buys, what it costs
         return Shoal(name="shoal-nowarm", wg_args=("--no-warm",))
     raise BenchError(f"unknown implementation {name!r}")
 

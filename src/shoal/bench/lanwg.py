@@ -21,8 +21,8 @@ import sys
 from shoal.lan.broadcast import NetworkState
 from shoal.lan.plane import LanPlane, LanView
 from shoal.lan.switch import PeerAddresses
-from shoal.wg import config as wgconfig
-from shoal.wg.runner import WgInterface
+from shoal.dataplane import config as wgconfig
+from shoal.dataplane.runtime import WgInterface
 
 SELF = "self"
 NETWORK = "bench"

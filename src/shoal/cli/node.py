@@ -79,7 +79,7 @@ def daemon(
     """Run the node daemon in the foreground (owns the interface, the tunnels and the local API)."""
     from shoal.daemon.daemon import STATE_DIR, Daemon, Options, RUN_DIR, default_socket
     from shoal.daemon.identity import IdentityError
-    from shoal.wg.runner import SetupError
+    from shoal.dataplane.runtime import SetupError
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -9,6 +9,6 @@ Modules, from the pure core outwards:
     localapi   the local API's HTTP/1.1 framing over a unix socket (sans-IO parser), peer
                credential rule, and the client the CLI uses
     icmp       overlay ping: ICMP echo build/parse (pure) + a small raw-socket pinger
-    daemon     the asyncio glue: one Daemon owns the interface (shoal.wg.runner.WgInterface),
+    daemon     the asyncio glue: one Daemon owns the interface (shoal.dataplane.runtime.WgInterface),
                the control connection (shoal.control.transport) and the API server
 """

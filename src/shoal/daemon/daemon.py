@@ -2,7 +2,7 @@
 
 Tasks and what each one owns (everything runs on one event loop; nothing is thread-safe):
 
-    data plane   `WgInterface.run` (shoal.wg.runner): the interface `shoal0` (a TAP driven by
+    data plane   `WgInterface.run` (shoal.dataplane.runtime): the interface `shoal0` (a TAP driven by
                  `shoal.lan.plane.LanPlane`, or a TUN with Options.lan=False), the UDP
                  socket, the engine. Only `_reconcile` changes its peers, addresses and the
                  LAN plane's view (networks, online members, peers' addresses, l2 TAPs).
@@ -75,8 +75,9 @@ from shoal.daemon.localapi import ApiServer, Handler, HttpError
 from shoal.daemon.traversal import Traversal, relay_ws_url
 from shoal.daemon.view import Outcome, PeerPlanner, View
 from shoal.lan.plane import LanPlane, lan_view
-from shoal.wg.config import IPInterface, InterfaceConfig, WgConfig
-from shoal.wg.runner import DEFAULT_UAPI_DIR, WgInterface
+from shoal.dataplane.config import IPInterface, InterfaceConfig, WgConfig
+from shoal.dataplane.api import DataPlane
+from shoal.dataplane.runtime import DEFAULT_UAPI_DIR, WgInterface, timers_from_env
 from shoal.constants import DEFAULT_MTU
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.keys import PrivateKey, PublicKey
@@ -115,20 +116,9 @@ class Options:
     uapi_dir: Path | None = None  # default: /var/run/wireguard, or RUN_DIR/wireguard if RUN_DIR is not the default
     lan: bool = True  # shoal0 is a TAP with broadcast/multicast and layer-2 networks (docs/lan.md); False: TUN
     multicast_route: bool = True  # LAN mode: route 224.0.0.0/4 to shoal0 when the host has no multicast route
-    warm: bool = True  # keep the packet path warm while data flows (shoal.wg.warm)
-
-
-class DataPlane(Protocol):
-    """What the daemon needs from the interface (WgInterface; tests pass an in-memory one)."""
-
-    device: Device
-    ready: asyncio.Event
-
-    @property
-    def listen_port(self) -> int | None: ...
-    def set_peers(self, peers: list[PeerConfig]) -> None: ...
-    async def set_addresses(self, addresses: list[IPInterface]) -> None: ...
-    async def run(self, stop: asyncio.Event) -> None: ...
+    warm: bool = True  # keep the packet path warm while data flows (shoal.dataplane.warm)
+    traversal: bool = True  # NAT traversal and relaying on the data socket; False: peers only at
+    #                         the endpoints the view gives (tests with an in-memory plane)
 
 
 PlaneFactory = Callable[[WgConfig, Path, Callable[[DeviceEvent, float], None]], DataPlane]
@@ -136,9 +126,7 @@ Connector = Callable[..., Awaitable[Any]]
 
 
 def _wg_plane(config: WgConfig, uapi_dir: Path, on_event: Callable[[DeviceEvent, float], None]) -> DataPlane:
-    from shoal.wg.cli import _test_timers  # SHOAL_WG_TEST_TIMERS: shortened engine timers, tests only
-
-    timers = _test_timers()
+    timers = timers_from_env()  # SHOAL_WG_TEST_TIMERS: shortened engine timers, tests only
     if timers is not None:
         log.warning("SHOAL_WG_TEST_TIMERS is set: engine timers %s (tests only)", timers)
         return WgInterface(config, uapi_dir=uapi_dir, on_event=on_event, timers=timers)
@@ -287,13 +275,10 @@ class Daemon:
             self.planner.configs(self.view),
         )
         self.plane = self._plane_factory(cfg, self.uapi_dir, self._on_event)
-        if hasattr(self.plane, "warm"):  # WgInterface's latency keeper (shoal.wg.warm)
-            self.plane.warm = self.opts.warm  # type: ignore[attr-defined]
-        if self.lan is not None and hasattr(self.plane, "lan"):  # LAN hook: the TAP mode of WgInterface
-            self.plane.lan = self.lan  # type: ignore[attr-defined]
+        self.plane.warm = self.opts.warm
+        if self.lan is not None:  # LAN mode: shoal0 is a TAP, the LAN plane hooks into the runtime
+            self.plane.lan = self.lan
             await self.lan.set_view(lan_view(self.view))
-        else:
-            self.lan = None
         plane_stop = asyncio.Event()
         plane_task = asyncio.create_task(self.plane.run(plane_stop), name="data-plane")
         ready = asyncio.create_task(self.plane.ready.wait())
@@ -304,7 +289,7 @@ class Daemon:
             raise RuntimeError("the data plane stopped during start")
         try:
             self.endpoints = list(self.opts.endpoints) or await host_endpoints(self.plane.listen_port or 0, self.opts.iface)
-            if hasattr(self.plane, "side_channel"):
+            if self.opts.traversal:
                 port, iface = self.plane.listen_port or 0, self.opts.iface
                 self.traversal = Traversal(
                     self.key, self.plane, on_candidates=self._on_candidates, server_up=lambda: self.conn is not None,

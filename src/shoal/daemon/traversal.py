@@ -14,7 +14,7 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
   - our candidate set (host addresses, reflexive, port-mapped), reported to the server
     (`on_candidates`) and to relayed peers (CallMeMaybe);
   - the *endpoint* of every peer inside the WireGuard engine: the chosen direct address, or
-    a virtual endpoint (an address in 100::/64, see `shoal.wg.runner`) when the path is the
+    a virtual endpoint (an address in 100::/64, see `shoal.dataplane.runtime`) when the path is the
     relay or a birthday socket;
   - birthday sockets (hard NAT on our side, `shoal.nat.paths`): up to PATH_BIRTHDAY_SOCKETS
     extra UDP sockets, opened when an engine first sends from one and closed
@@ -79,7 +79,7 @@ from shoal.nat.paths import Path, PathEngine, PathKind, Transmit
 from shoal.nat.portmap.client import PortMapper, find_gateway
 from shoal.nat.reflexive import ReflexiveProbe
 from shoal.relay.client import RelayClient
-from shoal.wg.config import parse_endpoint
+from shoal.dataplane.config import parse_endpoint
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 log = logging.getLogger("shoal.traversal")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from shoal.control.messages import FullView, NetworkInfo, PeerInfo, SelfInfo, ViewUpdate
 from shoal.lan.arp import link_local_for, mac_for_ipv4
-from shoal.wg.config import parse_endpoint
+from shoal.dataplane.config import parse_endpoint
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import Endpoint, PeerConfig
 

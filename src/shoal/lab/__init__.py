@@ -9,7 +9,9 @@ Public API (see docs/lab.md):
 Modules: topology (requests, validation, address plan), lab (build/teardown, Host, faults),
 nat (nftables rulesets), runs (names, leftovers, sweeping), delay (userspace delay element),
 probe (UDP probe programs run inside namespaces), selftest (measured NAT behaviour table),
-demo, cli (`python -m shoal.lab`).
+demo, cli (`python -m shoal.lab`); the product inside the lab: mesh (a real `shoal server`
+and `shoal daemon`s in lab hosts), matrix (the connectivity matrix plan and measurements),
+productdemo (`make demo`'s steps).
 """
 
 from .lab import Host, Lab, LabError

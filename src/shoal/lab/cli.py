@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shoal.daemon.demo import product_demo  # the lab's own steps, then the product's
+    from shoal.lab.productdemo import product_demo  # the lab's own steps, then the product's
     return product_demo()
 
 

@@ -6,7 +6,7 @@ LAN (`Member`), the two fabrics a LAN can be made of, and one driver per program
 Fabrics (same interface: `members`, `Member.iface(network)`, `Member.ipv4`):
 - `BridgeFabric`: plain Linux bridges in the lab's internet namespace, one per network; a real
   LAN, used to check that the drivers, configurations and assertions are right.
-- `ShoalFabric`: a real `shoal server` and `shoal daemon`s (shoal.daemon.labmesh); IP networks
+- `ShoalFabric`: a real `shoal server` and `shoal daemon`s (shoal.lab.mesh); IP networks
   are the node's `shoal0`, layer-2 networks the TAP the daemon names in `shoal status --json`.
 
 Both drop IP broadcast/multicast on the lab's internet bridge (`isolate_underlay`), and both
@@ -394,7 +394,7 @@ class ShoalFabric:
     name = "shoal"
 
     def __init__(self, lab: Any, layout: dict[str, list[str]], kinds: dict[str, str]) -> None:
-        from shoal.daemon.labmesh import Mesh
+        from shoal.lab.mesh import Mesh
         self.lab, self.layout, self.kinds = lab, layout, kinds
         isolate_underlay(lab)
         self.mesh = Mesh(lab)

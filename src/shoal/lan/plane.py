@@ -7,7 +7,7 @@ moves bytes between it, the TAPs and the WireGuard engine (`Device.send_extensio
 `Device.take_extensions`). Stock WireGuard peers are never involved: extensions go only to
 peers of the view (flagged `shoal` by the daemon's planner).
 
-Hooks called by `shoal.wg.runner.WgInterface` (its LAN mode; `shoal wg` never uses them):
+Hooks called by the interface runtime (`shoal.dataplane.api.LanHooks`; `shoal wg` never uses them):
     prepare(iface)            the TAP exists, still down: IPv6 address generation off (we add
                               the link-local derived from our MAC ourselves)
     start(iface)              the TAP is up: routes for limited broadcast and multicast, MAC
@@ -45,14 +45,14 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from shoal import constants as C
+from shoal.dataplane.api import DataPlane
 from shoal.lan.arp import link_local_for, mac_for_ipv4
 from shoal.lan.broadcast import NetworkState
 from shoal.lan.switch import LanSwitch, PeerAddresses
 from shoal.tun.device import Tun
-from shoal.wireguard.device import Device
 from shoal.wireguard.keys import PublicKey
 
 log = logging.getLogger("shoal.lan")
@@ -123,22 +123,13 @@ def lan_view(view: Any) -> LanView | None:
     return LanView(node.node_id, own, networks, peers, keys)
 
 
-class Interface(Protocol):
-    """What the plane needs of the runner (`shoal.wg.runner.WgInterface`)."""
-
-    device: Device
-    tun: Tun | None
-
-    def _flush(self) -> None: ...
-
-
 class LanPlane:
     def __init__(self, *, overlay: ipaddress.IPv4Network = OVERLAY_V4, multicast_route: bool = True,
                  storm_rate: float = C.LAN_STORM_RATE, storm_burst: float = C.LAN_STORM_BURST) -> None:
         self.overlay = overlay
         self.multicast_route = multicast_route
         self.storm = (storm_rate, storm_burst)
-        self.iface: Interface | None = None
+        self.iface: DataPlane | None = None
         self.name: str | None = None
         self.switch: LanSwitch | None = None
         self.view: LanView | None = None
@@ -156,7 +147,7 @@ class LanPlane:
 
     # ------------------------------------------------------------ runner hooks
 
-    async def prepare(self, iface: Interface, name: str) -> None:
+    async def prepare(self, iface: DataPlane, name: str) -> None:
         self.iface, self.name = iface, name
         self._loop = asyncio.get_running_loop()
         try:
@@ -293,7 +284,7 @@ class LanPlane:
         _, peers, _, _ = sw.take()
         if peers:
             self._send(peers, now)
-            self.iface._flush()  # type: ignore[union-attr]
+            self.iface.flush()  # type: ignore[union-attr]
         if now >= self._next_log:
             self.log_counters(now)
 

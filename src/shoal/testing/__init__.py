@@ -3,6 +3,8 @@
 `clock`: a fake clock and a scheduler that drives sans-IO engines by their deadlines.
 `fakenet`: an in-memory UDP internet with hosts, sockets, RFC 4787 NAT routers and seeded
 lossy links. Whole meshes run in one process, deterministically, with no root and no I/O.
+`plane`: `MemoryPlane`, a `shoal.dataplane.api.DataPlane` over a real engine with no I/O.
+`tls`: throwaway self-signed certificates made by openssl(1) for HTTPS tests.
 """
 
 from shoal.testing.clock import FakeClock, Scheduler

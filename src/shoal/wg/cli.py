@@ -22,9 +22,9 @@ from pathlib import Path
 
 import typer
 
-from shoal.wg import config as wgconfig
-from shoal.wg import uapi
-from shoal.wg.runner import DEFAULT_UAPI_DIR, SetupError, WgInterface
+from shoal.dataplane import config as wgconfig
+from shoal.dataplane import uapi
+from shoal.dataplane.runtime import DEFAULT_UAPI_DIR, SetupError, WgInterface, timers_from_env
 from shoal.wireguard.keys import PresharedKey, PublicKey
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Userspace WireGuard (wg-quick style configs)")
@@ -85,7 +85,7 @@ def up(
         _pidfile(cfg.name).parent.mkdir(parents=True, exist_ok=True)
         _pidfile(cfg.name).write_text(f"{os.getpid()}\n")
         try:
-            _serve(cfg, _test_timers(), warm=not no_warm)
+            _serve(cfg, timers_from_env(), warm=not no_warm)
         finally:
             _pidfile(cfg.name).unlink(missing_ok=True)
         return
@@ -231,17 +231,3 @@ def show(name: str = typer.Argument(None, help="interface name (default: all)"))
             typer.echo("")
         typer.echo(format_show(n, text, time.time()))
         shown += 1
-
-
-def _test_timers():  # noqa: ANN202
-    """Shortened timers for tests, from SHOAL_WG_TEST_TIMERS="rekey_after_time=5,..." (never set by users)."""
-    spec = os.environ.get("SHOAL_WG_TEST_TIMERS")
-    if not spec:
-        return None
-    from shoal.constants import Timers
-
-    values = {}
-    for item in spec.split(","):
-        key, _, value = item.partition("=")
-        values[key.strip()] = float(value)
-    return Timers(**values)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.wg import uapi
+from shoal.dataplane import uapi
 from shoal.wireguard.device import Device
 from shoal.wireguard.keys import PresharedKey, PrivateKey
 

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 from shoal.lab import HostSpec, Lab, Topology
-from shoal.wg.config import InterfaceConfig, WgConfig
-from shoal.wg.runner import WgInterface
+from shoal.dataplane.config import InterfaceConfig, WgConfig
+from shoal.dataplane.runtime import WgInterface
 from shoal.wireguard.keys import PrivateKey
 from shoal.wireguard.peer import PeerConfig
 
@@ -44,8 +44,8 @@ def test_set_peers_before_run_shapes_the_initial_config(tmp_path):
 SCRIPT = textwrap.dedent(
     """
     import asyncio, ipaddress, json, subprocess, sys
-    from shoal.wg.config import InterfaceConfig, WgConfig
-    from shoal.wg.runner import WgInterface
+    from shoal.dataplane.config import InterfaceConfig, WgConfig
+    from shoal.dataplane.runtime import WgInterface
     from shoal.wireguard.keys import PrivateKey
     from shoal.wireguard.peer import PeerConfig
 

@@ -1,6 +1,6 @@
 """The product inside the lab: a real `shoal server` and real `shoal daemon`s in lab hosts.
 
-Used by the lab tests (tests/daemon/test_lab_*.py) and the demo (shoal.daemon.demo).
+Used by the lab tests (tests/daemon/test_lab_*.py) and the demo (shoal.lab.productdemo).
 
 Every process gets its own files under one temporary directory (state dir, run dir with the
 UAPI socket, API socket, log), so several daemons run on one machine in different network

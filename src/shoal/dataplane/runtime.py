@@ -1,4 +1,6 @@
-"""The asyncio glue of one userspace WireGuard interface: TUN + UDP socket + `Device` + UAPI.
+"""The interface runtime: the asyncio glue of one userspace WireGuard interface, TUN (or TAP) +
+UDP socket + `Device` + UAPI, used by `shoal wg` and by the node daemon alike. Its users see
+it as `shoal.dataplane.api.DataPlane`; only this module touches its fds and the engine.
 
 Owns the event loop callbacks; all protocol decisions are the engine's. Per wake-up it moves a
 whole batch: read up to a batch of packets/datagrams, hand them to the engine in one call,
@@ -27,14 +29,14 @@ host): what the engine sends to one of `virtual_endpoints` goes to `relay_out(da
 instead of the socket, and `inject(datagrams, now)` hands the engine what a relay delivered,
 as if it had arrived from that virtual endpoint.
 
-LAN mode (the node daemon's default; `shoal wg` never sets it): with `lan` (a
-`shoal.lan.plane.LanPlane`) set before `run()`, the interface is a TAP; frames read from it go
+LAN mode (the node daemon's default; `shoal wg` never sets it): with `lan` (`LanHooks`, in
+the daemon a `shoal.lan.plane.LanPlane`) set before `run()`, the interface is a TAP; frames read from it go
 through `lan.from_interface` (the IP packets it returns go to the engine), what the engine
 decrypts goes out through `lan.deliver` (Ethernet header added, coalesced) and its extension
 messages through `lan.from_peers`. The hook points are marked "LAN hook".
 
 Latency keeper (`warm`, on by default): while data flows, a quiet interface wakes every
-millisecond to poll and to keep its packet path in the CPU caches (`shoal.wg.warm` says why
+millisecond to poll and to keep its packet path in the CPU caches (`shoal.dataplane.warm` says why
 and what it costs); it stops WARM_HOLD after the last data packet.
 """
 
@@ -50,23 +52,42 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.lan.plane import LanPlane
-from shoal.tun.link import AsyncLink
-from shoal.tun.device import Tun
-from shoal.udp.socket import UdpSocket
-from shoal.wg import uapi
-from shoal.wg.warm import Rehearsal, Tick, WarmSchedule
-from shoal.wg.config import IPInterface, WgConfig
 from shoal.constants import DEFAULT_TIMERS, Timers
+from shoal.dataplane import uapi
+from shoal.dataplane.api import Datagram, LanHooks
+from shoal.dataplane.config import IPInterface, WgConfig
+from shoal.dataplane.warm import Rehearsal, Tick, WarmSchedule
+from shoal.tun.device import Tun
+from shoal.tun.link import AsyncLink
+from shoal.udp.socket import UdpSocket
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import PeerConfig
 
-log = logging.getLogger("shoal.wg")
+log = logging.getLogger("shoal.dataplane")
 
 DEFAULT_UAPI_DIR = Path("/var/run/wireguard")
 BATCH = 128
 MAX_BATCHES_PER_WAKEUP = 4  # bound the work per callback so the other direction gets its turn
+
+
+def timers_from_env(environ: dict[str, str] | None = None) -> Timers | None:
+    """Shortened engine timers for tests, from SHOAL_WG_TEST_TIMERS="rekey_after_time=5,..."
+    (never set by users; None when unset). A malformed value raises ValueError naming it."""
+    spec = (os.environ if environ is None else environ).get("SHOAL_WG_TEST_TIMERS")
+    if not spec:
+        return None
+    values = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        try:
+            values[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"SHOAL_WG_TEST_TIMERS: {item!r} is not name=seconds") from None
+    try:
+        return Timers(**values)
+    except TypeError as e:
+        raise ValueError(f"SHOAL_WG_TEST_TIMERS: {e}") from None
 
 
 class SetupError(RuntimeError):
@@ -107,7 +128,7 @@ class WgInterface:
         uapi_dir: Path = DEFAULT_UAPI_DIR,
         offload: bool = True,
         on_event: Callable[[DeviceEvent, float], None] | None = None,
-        lan: LanPlane | None = None,
+        lan: LanHooks | None = None,
         warm: bool = True,
     ) -> None:
         self.config = config
@@ -129,8 +150,8 @@ class WgInterface:
         self._timer_at: float | None = None
         self._uapi_server: asyncio.AbstractServer | None = None
         self.ready = asyncio.Event()
-        self.side_channel: Callable[[list[tuple[bytes, tuple[str, int]]], float], None] | None = None
-        self.relay_out: Callable[[list[tuple[bytes, tuple[str, int]]]], None] | None = None
+        self.side_channel: Callable[[list[Datagram], float], None] | None = None
+        self.relay_out: Callable[[list[Datagram]], None] | None = None
         self.virtual_endpoints: set[tuple[str, int]] = set()
         self.warm = warm  # may be changed until run()
         self._warm: WarmSchedule | None = None
@@ -139,7 +160,9 @@ class WgInterface:
 
     # ------------------------------------------------------------ hot path
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Move everything the engine produced: datagrams out (relayed ones to `relay_out`),
+        packets to the interface (or the LAN plane), events to `on_event`; re-arm the timer."""
         device = self.device
         if device.outbox:
             out = device.take_outbox()
@@ -190,7 +213,7 @@ class WgInterface:
     def _on_tun(self) -> None:
         now = self._loop.time()  # type: ignore[union-attr]
         self._drain_tun(now)
-        self._flush()
+        self.flush()
 
     def _on_udp(self) -> None:
         now = self._loop.time()  # type: ignore[union-attr]
@@ -213,14 +236,14 @@ class WgInterface:
                 break
         self._after_receive(now)
 
-    def inject(self, datagrams: list[tuple[bytes, tuple[str, int]]], now: float) -> None:
+    def inject(self, datagrams: list[Datagram], now: float) -> None:
         """Datagrams that arrived another way (a relay), as if read from the socket."""
         if self.udp is None:
             return
         self.device.receive(datagrams, now)
         self._after_receive(now)
 
-    def send_raw(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+    def send_raw(self, datagrams: list[Datagram]) -> None:
         """Send non-WireGuard datagrams (disco, STUN, relay frames) from the data socket."""
         if self.udp is not None and datagrams:
             self.udp.send_batch(datagrams)
@@ -230,12 +253,12 @@ class WgInterface:
         wrote = bool(device.to_tun)
         if (wrote or device.to_ext) and self._warm is not None:
             self._data_moved(now)
-        self._flush()
+        self.flush()
         if wrote:
             # What we just wrote often has an answer already: the kernel makes ICMP replies
             # and TCP ACKs synchronously inside the write. Take it now, not a wake-up later.
             self._drain_tun(now)
-            self._flush()
+            self.flush()
 
     def _data_moved(self, now: float) -> None:
         warm = self._warm
@@ -262,7 +285,7 @@ class WgInterface:
         self._timer = None
         self._timer_at = None
         self.device.tick(self._loop.time())  # type: ignore[union-attr]
-        self._flush()
+        self.flush()
 
     def _reschedule(self) -> None:
         """Keep one loop timer at or before the engine's next deadline.
@@ -311,13 +334,13 @@ class WgInterface:
             self.device.remove_peer(key)
         for p in peers:
             self.device.add_peer(p, now)
-        self._flush()
+        self.flush()
 
     def set_endpoint(self, public_key: PublicKey, endpoint: tuple[str, int], now: float) -> None:
         """Point a peer at an endpoint chosen by NAT traversal (see `Device.set_endpoint`)."""
         if self.running:
             self.device.set_endpoint(public_key, endpoint, now)
-            self._flush()
+            self.flush()
 
     async def set_addresses(self, addresses: list[IPInterface]) -> None:
         """Make the link's addresses exactly `addresses` (added with NODAD for IPv6)."""
@@ -354,7 +377,7 @@ class WgInterface:
                 response, applied = uapi.handle(self.device, text, self.udp.port, self._loop.time())  # type: ignore[union-attr]
                 if applied is not None and applied.listen_port is not None and applied.listen_port != self.udp.port:  # type: ignore[union-attr]
                     self._rebind(applied.listen_port)
-                self._flush()
+                self.flush()
                 writer.write(response.encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -423,7 +446,7 @@ class WgInterface:
                 self._warm, self._rehearsal = WarmSchedule(), Rehearsal()
             self._loop.add_reader(self.tun.fileno(), self._on_tun)
             self._loop.add_reader(self.udp.fileno(), self._on_udp)
-            self._flush()
+            self.flush()
             _run_hooks(iface.post_up, cfg.name, "PostUp")
             log.info("%s: up, listening on UDP port %d, %d peers", cfg.name, self.udp.port, len(cfg.peers))
             self.ready.set()

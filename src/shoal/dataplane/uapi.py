@@ -109,7 +109,7 @@ class SetRequest:
 
 
 def _parse_endpoint(value: str) -> Endpoint:
-    from shoal.wg.config import parse_endpoint
+    from shoal.dataplane.config import parse_endpoint
 
     return parse_endpoint(value)
 

@@ -1,4 +1,4 @@
-"""Unit tests of shoal.daemon.labpaths (no root): the matrix plan, status parsing, ping output."""
+"""Unit tests of shoal.lab.matrix (no root): the matrix plan, status parsing, ping output."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from shoal.daemon.labpaths import cpu_seconds, matrix_plan, reply_times, tunnel
+from shoal.lab.matrix import cpu_seconds, matrix_plan, reply_times, tunnel
 from shoal.lab.topology import NAT_TYPES
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.wg.config import ConfigError, load, parse, parse_endpoint
+from shoal.dataplane.config import ConfigError, load, parse, parse_endpoint
 from shoal.wireguard.keys import PresharedKey, PrivateKey
 
 KEY = PrivateKey.generate()

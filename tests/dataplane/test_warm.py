@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from shoal.constants import WARM_HOLD, WARM_INTERVAL
 from shoal.lab import HostSpec, Lab, Topology
-from shoal.wg.warm import Rehearsal, Tick, WarmSchedule
+from shoal.dataplane.warm import Rehearsal, Tick, WarmSchedule
 
-from .wglab import End, ping, wait_for_ping
+from tests.wg.wglab import End, ping, wait_for_ping
 
 # ------------------------------------------------------------------ schedule (fake clock)
 

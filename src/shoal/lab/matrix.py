@@ -1,7 +1,7 @@
 """Connectivity matrix with real processes in the lab: which hosts, networks and pairs, and
 how a pair's time to first packet and path are measured.
 
-Used by tests/daemon/test_lab_paths.py (issue #5's acceptance). Builds on shoal.daemon.labmesh
+Used by tests/daemon/test_lab_paths.py (issue #5's acceptance). Builds on shoal.lab.mesh
 (real `shoal server` and `shoal daemon`s). The plan:
 
 - two hosts of every lab NAT type, each behind its own router (distinct NATs of one type):
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from shoal.daemon.labmesh import Mesh, NodeProc
+from shoal.lab.mesh import Mesh, NodeProc
 from shoal.lab import HostSpec, Topology
 from shoal.lab.topology import NAT_TYPES
 

@@ -8,7 +8,7 @@ and cat, who share no network (and the tunnel cut when ann evicts ben); teardown
 command shown is the real CLI talking to a real daemon. The three nodes are public hosts:
 NAT traversal comes with the next issue.
 
-    python -m shoal.daemon.demo          # or: make demo  (python -m shoal.lab demo)
+    python -m shoal.lab.productdemo          # or: make demo  (python -m shoal.lab demo)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import atexit
 import time
 
-from shoal.daemon.labmesh import Mesh, NodeProc
+from shoal.lab.mesh import Mesh, NodeProc
 from shoal.lab.demo import DEFAULT_STEPS, DemoStep, Out, demo, demo_topology
 from shoal.lab.lab import Lab
 from shoal.lab.topology import HostSpec, Topology

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from shoal.daemon.demo import product_demo
+from shoal.lab.productdemo import product_demo
 from shoal.lab import runs
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(180),

@@ -332,6 +332,8 @@ def render_list(status: dict[str, Any], console: Console) -> None:
         for m in net["members"]:
             tun = m["tunnel"]
             state = "pending" if m["pending"] else ("online" if m["online"] else "offline")
+            if m.get("note") == "banned_prefix":  # issue 18 F5: why the owner is asked
+                state += " (from a banned member's address range)"
             name = m["nickname"] + (" (you)" if m["self"] else "")
             addr = tun["ipv4"] if tun else (status["node"]["ipv4"] if m["self"] else "")
             t.add_row(name, m["node_id"], addr, m["role"], state,

@@ -115,3 +115,42 @@ def test_registration_flood_from_one_prefix_is_refused_and_others_register() -> 
             raise
         finally:
             mesh.close()
+
+
+def test_banned_member_with_a_new_key_waits_for_the_owner() -> None:
+    """F5 with real daemons: "bad" (198.51.100.20) is evicted with a ban, makes a new key (a new
+    daemon state dir on the same host) and joins again: held as pending, and the owner's
+    `shoal list --json` shows why; "good" (the owner's /24) still joins directly."""
+    from shoal.daemon.labmesh import NodeProc
+
+    topo = Topology(clients=[HostSpec("own"), HostSpec("bad"), HostSpec("good")])
+    with Lab(topo) as lab:
+        mesh = Mesh(lab)
+        try:
+            lab.roam("bad", "198.51.100.20")
+            own, bad = mesh.joined("own", "bad", network="club", password="pw-club-1")
+            bad_id = bad.node_id
+            own.cli("evict", "club", bad_id, "--ban")
+            bad.stop()
+            again = NodeProc(lab.host("bad"), mesh.dir / "bad-new-key", "bad2")
+            mesh.nodes["bad2"] = again.start()
+            key = mesh.server.key()
+            again.cli("login", mesh.server.url, "--server-key", key)
+            assert again.node_id != bad_id
+            p = again.cli("join", "club", "--password", "pw-club-1")
+            print(f"\nrejoin with a new key: {p.stdout.strip()}")
+            assert "waiting for the owner" in p.stdout and "banned" in p.stdout
+            nets = json.loads(own.cli("list", "--json").stdout)["networks"]
+            row = next(x for x in nets[0]["members"] if x["node_id"] == again.node_id)
+            assert row["pending"] and row["note"] == "banned_prefix", row
+            assert not again.ping(own.ipv4, wait=1.0)
+            good = mesh.add_node("good", "good")
+            good.cli("login", mesh.server.url, "--server-key", key)
+            assert "Joined network" in good.cli("join", "club", "--password", "pw-club-1").stdout
+            own.cli("approve", "club", again.node_id)  # the owner decides: let it in after all
+            assert again.ping_until(own.ipv4, True, timeout=15) is not None
+        except BaseException:
+            print(mesh.logs())
+            raise
+        finally:
+            mesh.close()

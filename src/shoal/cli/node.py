@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shoal.daemon.localapi import ApiClient, ApiError
@@ -196,6 +197,8 @@ def join(
     r = _call(socket, "POST", "/v1/networks/join", {"name": name, "password": _password(password, "Password")})
     if r.get("pending"):
         out.print(f"Asked to join [bold]{r['name']}[/]: waiting for the owner's approval")
+        if r.get("message"):
+            out.print(f"  ({escape(r['message'])})")
     else:
         out.print(f"Joined network [bold]{r['name']}[/] ({r['network_id']})")
 

@@ -6,6 +6,8 @@ import ipaddress
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.control import messages as m
 from shoal.server.core import (
@@ -948,3 +950,49 @@ def test_expiry_drops_pending_requests_and_keeps_banned_nodes(h: Harness) -> Non
     assert p not in {x.node_id for x in h.clients["alice"].mirror.networks[net].members}
     assert h.nid("bob") in h.core.nodes  # a banned node is kept, so its ban keeps meaning something
     h.assert_consistent()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["login", "logout", "join", "leave", "advance"]), st.integers(0, 4)),
+                max_size=40))
+def test_addresses_stay_unique_reclaimed_and_members_never_expire(ops: list[tuple[str, int]]) -> None:
+    """Property (F6): whatever nodes do, addresses are unique and exactly the stored nodes' ones,
+    a full pool only refuses, members are never deleted, and an away node in no network is."""
+    from shoal.constants import NODE_EXPIRY
+
+    h = Harness(core=Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=ipaddress.IPv4Network("100.64.7.0/30")))
+    names = [f"n{i}" for i in range(5)]
+
+    def logged_in(name: str) -> str | None:
+        c = h.clients.get(name)
+        return None if c is None or c.session is None else h.core.session_node(c.session)
+
+    for op, i in ops:
+        name = names[i]
+        me = logged_in(name)
+        if op == "login" and me is None:
+            h.connect(name)
+            h.send(name, m.Login())  # may be refused (pool full): never raises
+            if logged_in(name) is None:
+                assert len([n for n in h.core.nodes.values() if n.ipv4.startswith("100.64.7.")]) == 3
+        elif op == "logout" and me is not None:
+            h.send(name, m.Logout(req_id=1))
+        elif op == "join" and me is not None:
+            if "lan" not in {n.name for n in h.core.networks.values()}:
+                h.create(name, "lan")
+            else:
+                h.join(name, "lan")
+        elif op == "leave" and me is not None:
+            for nid in list(h.core._node_nets.get(me, ())):
+                h.req(name, m.LeaveNetwork, network_id=nid)
+        elif op == "advance":
+            members = {x for mems in h.core.members.values() for x, mem in mems.items() if not mem.pending}
+            h.advance(NODE_EXPIRY * (i + 1) / 3)
+            assert members <= set(h.core.nodes)  # members (and owners) never expire
+        used = [n.ipv4 for n in h.core.nodes.values()]
+        assert len(set(used)) == len(used) and h.core._ipv4_used == set(used)
+        assert set(h.core._by_key.values()) == set(h.core.nodes)
+    # in the end every away node in no network goes
+    h.advance(NODE_EXPIRY * 2)
+    for nid in h.core.nodes:
+        assert h.core.is_present(nid) or any(nid in mems for mems in h.core.members.values())

@@ -959,7 +959,7 @@ class Core:
             if not bucket.ready(now):
                 self.stats["registrations_refused"] += 1
                 self._refuse_login(s, "registration_limited", f"too many new nodes from {who}; retry in "
-                                   f"{bucket.when_ready(now) - now:.0f} s", fx)
+                                   f"{max(1.0, bucket.when_ready(now) - now):.0f} s", fx)
                 return None
         node_id = self._new_node_id(s.key)
         ipv4 = self._new_ipv4(s.key)

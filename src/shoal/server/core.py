@@ -146,6 +146,7 @@ NODE_ID_LEN = 6
 NETWORK_ID_LEN = 8
 CLOSE_PROTOCOL_ERROR = 4002
 CLOSE_REPLACED = 4000
+REFUSAL_LOG_INTERVAL = 10.0  # refused first Logins are logged as a count at most this often
 CLOSE_NORMAL = 1000
 
 SessionId = int
@@ -394,6 +395,7 @@ class Core:
         self._reg_prefix = BucketTable(C.REGISTRATION_BURST_PER_PREFIX, C.REGISTRATION_RATE_PER_PREFIX,
                                        C.REGISTRATION_MAX_ENTRIES)
         self._reg_all = TokenBucket(C.REGISTRATION_BURST, C.REGISTRATION_RATE, now)
+        self._refusal_logged, self._refusals = float("-inf"), 0  # refused logins: last logged, count since
         self.stats = {"registrations_refused": 0, "logins_refused_pool_full": 0, "nodes_expired": 0,
                       "joins_held_banned_prefix": 0}
 
@@ -941,9 +943,15 @@ class Core:
             return None
         return source_prefix(str(ip), C.NODE_SOURCE_PREFIX_V4, C.NODE_SOURCE_PREFIX_V6)
 
-    def _refuse_login(self, s: _Session, code: str, text: str, fx: Effects) -> None:
-        """A first Login the server will not register: Error, then close CLOSE_REFUSED."""
-        log.warning("session %s (%s) from %s: login refused: %s", s.session, s.key.fingerprint(), s.remote_ip, text)
+    def _refuse_login(self, s: _Session, code: str, text: str, now: float, fx: Effects) -> None:
+        """A first Login the server will not register: Error, then close CLOSE_REFUSED. Refusals
+        come in floods: logged once, then as a count at most every REFUSAL_LOG_INTERVAL."""
+        self._refusals += 1
+        if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
+            more = f" ({self._refusals - 1} more since the last report)" if self._refusals > 1 else ""
+            log.warning("session %s (%s) from %s: login refused: %s%s", s.session, s.key.fingerprint(),
+                        s.remote_ip, text, more)
+            self._refusal_logged, self._refusals = now, 0
         s.dead = True
         fx.out.append(Send(s.session, s.key, m.Error(code=code, message=text[:512])))
         fx.out.append(Close(s.session, CLOSE_REFUSED, text[:120]))
@@ -959,13 +967,14 @@ class Core:
             if not bucket.ready(now):
                 self.stats["registrations_refused"] += 1
                 self._refuse_login(s, "registration_limited", f"too many new nodes from {who}; retry in "
-                                   f"{max(1.0, bucket.when_ready(now) - now):.0f} s", fx)
+                                   f"{max(1.0, bucket.when_ready(now) - now):.0f} s", now, fx)
                 return None
         node_id = self._new_node_id(s.key)
         ipv4 = self._new_ipv4(s.key)
         if node_id is None or ipv4 is None:
             self.stats["logins_refused_pool_full"] += 1
-            self._refuse_login(s, "address_pool_full", "no free overlay address for a new node on this server", fx)
+            self._refuse_login(s, "address_pool_full", "no free overlay address for a new node on this server",
+                               now, fx)
             return None
         for bucket, _ in buckets:
             bucket.take(now)

@@ -996,3 +996,20 @@ def test_addresses_stay_unique_reclaimed_and_members_never_expire(ops: list[tupl
     h.advance(NODE_EXPIRY * 2)
     for nid in h.core.nodes:
         assert h.core.is_present(nid) or any(nid in mems for mems in h.core.members.values())
+
+
+def test_full_pool_searches_spend_the_registration_budget() -> None:
+    """A full pool is no free CPU sink: each (bounded) address search spends registration budget,
+    so one prefix gets at most REGISTRATION_BURST_PER_PREFIX searches, then cheap refusals."""
+    from shoal.constants import REGISTRATION_BURST_PER_PREFIX
+
+    core = Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=ipaddress.IPv4Network("100.64.7.0/30"))
+    h = Harness(core=core)
+    for n in ("a", "b", "c"):
+        h.login(n)  # loopback/unknown: not limited
+    codes = []
+    for i in range(REGISTRATION_BURST_PER_PREFIX + 3):
+        h.connect(f"x{i}", remote_ip="198.51.100.9")
+        fx = h.send(f"x{i}", m.Login())
+        codes += [o.message.code for o in fx.sends() if isinstance(o.message, m.Error)]
+    assert codes == ["address_pool_full"] * REGISTRATION_BURST_PER_PREFIX + ["registration_limited"] * 3

@@ -30,8 +30,8 @@ Registration limits (issue 18 F6). A node's *source prefix* is the /NODE_SOURCE_
 (`NodeRec.last_prefix`, updated at every Login); loopback and unknown sources have none.
 A first Login from a source with a prefix needs a token from that prefix's bucket
 (REGISTRATION_BURST_PER_PREFIX, then REGISTRATION_RATE_PER_PREFIX per second) and from the
-server's (REGISTRATION_BURST, REGISTRATION_RATE); tokens are spent only when the node is
-registered. The IPv4 search is bounded: IPV4_PROBE_MAX hashed probes, then IPV4_SCAN_MAX
+server's (REGISTRATION_BURST, REGISTRATION_RATE); a refusal by a limit spends nothing, the
+address search spends one of each (found or not, so a full pool is no free CPU sink). The IPv4 search is bounded: IPV4_PROBE_MAX hashed probes, then IPV4_SCAN_MAX
 consecutive addresses from the last probe (wrapping inside the pool). A first Login over a
 limit or without a free address is refused: Error(code "registration_limited" |
 "address_pool_full") then Close(CLOSE_REFUSED, 4004); nothing is stored. Known keys always
@@ -959,7 +959,8 @@ class Core:
     def _register(self, s: _Session, prefix: str | None, nickname: str | None, endpoints: list[str],
                   now: float, fx: Effects) -> NodeRec | None:
         """First Login of a key (F6): within the registration limits and with a free address,
-        a new node; otherwise the session is refused (None). Budget is spent only on success."""
+        a new node; otherwise the session is refused (None). A refusal by a limit spends no
+        budget; an address search does (whether it finds one or not: a full pool costs too)."""
         buckets: list[tuple[TokenBucket, str]] = []
         if prefix is not None:
             buckets = [(self._reg_prefix.get(prefix, now), prefix), (self._reg_all, "all sources")]
@@ -969,6 +970,8 @@ class Core:
                 self._refuse_login(s, "registration_limited", f"too many new nodes from {who}; retry in "
                                    f"{max(1.0, bucket.when_ready(now) - now):.0f} s", now, fx)
                 return None
+        for bucket, _ in buckets:  # the address search below is work: it spends budget, found or not
+            bucket.take(now)
         node_id = self._new_node_id(s.key)
         ipv4 = self._new_ipv4(s.key)
         if node_id is None or ipv4 is None:
@@ -976,8 +979,6 @@ class Core:
             self._refuse_login(s, "address_pool_full", "no free overlay address for a new node on this server",
                                now, fx)
             return None
-        for bucket, _ in buckets:
-            bucket.take(now)
         rec = NodeRec(
             node_id=node_id, public_key=s.key, nickname=nickname or f"node-{node_id}",
             ipv4=ipv4, ipv6=self._ipv6_for(ipv4), endpoints=tuple(endpoints), present=False,

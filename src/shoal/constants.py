@@ -403,3 +403,20 @@ CONTROL_RATE_EXCESS = (100, 5.0)  # messages over their limit a session may send
 # with more=True, then ViewUpdates), each at most VIEW_PART_BYTES unless one record is bigger
 # (a record always fits MAX_SERVER_FRAME by the field limits).
 VIEW_PART_BYTES = 1024 * 1024
+
+# --- Server: new nodes, addresses, node expiry, bans by source (issue 18 F5, F6; shoal.server.core).
+# A source prefix groups the addresses a node connects from (a home, an office, an IPv6 site).
+NODE_SOURCE_PREFIX_V4 = 24
+NODE_SOURCE_PREFIX_V6 = 48  # an IPv6 site gets a /48: a fresh address inside it is the same source
+# New-node registrations (first Login of a key), token buckets (burst, then per second). Over
+# them the Login gets Error(code "registration_limited") and close CLOSE_REFUSED (4004). Loopback
+# and unknown sources are not limited (the server host's own processes, e.g. tests).
+REGISTRATION_BURST_PER_PREFIX = 32  # an office behind one NAT onboarding at once fits...
+REGISTRATION_RATE_PER_PREFIX = 4 / 60  # ...then 4 a minute
+REGISTRATION_BURST = 1000  # the whole server: many sites onboarding at once fit...
+REGISTRATION_RATE = 1.0  # ...and 30 days (NODE_EXPIRY) at 1/s = 2.6 M nodes < the 4.1 M addresses
+REGISTRATION_MAX_ENTRIES = 65536  # source prefixes remembered (least recent dropped)
+IPV4_PROBE_MAX = 64  # hashed probes for a new node's IPv4, then...
+IPV4_SCAN_MAX = 4096  # ...a scan of this many addresses from the last probe; none free: refused
+NODE_EXPIRY = 30 * 86400.0  # a node unseen this long that is in no network (pending aside) and
+#                             banned from none is deleted; its addresses go back to the pool

@@ -19,6 +19,7 @@ from shoal.control.noise import ClientHandshake
 from shoal.control.transport import (
     CLOSE_KEY_MISMATCH,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_REFUSED,
     MAX_CLIENT_WS_MESSAGE,
     AcceptFailed,
     ConnectError,
@@ -277,18 +278,18 @@ class _KeyClaiming(PrivateKey):
 
 
 async def test_server_close_reason_reaches_client() -> None:
-    async def ban(sc: ServerConnection) -> None:
+    async def refuse(sc: ServerConnection) -> None:
         await sc.recv()
-        await sc.send(m.Error(code="banned", message="you are banned"))
-        await sc.close(4003, "banned")
+        await sc.send(m.Error(code="registration_limited", message="too many new nodes"))
+        await sc.close(CLOSE_REFUSED, "refused")
 
-    async with running(SERVER, ban) as srv:
+    async with running(SERVER, refuse) as srv:
         conn = await connect(srv.url, NODE, SERVER.public_key())
         await conn.send(m.Login())
-        assert await conn.recv() == m.Error(code="banned", message="you are banned")
+        assert await conn.recv() == m.Error(code="registration_limited", message="too many new nodes")
         with pytest.raises(ConnectionClosed) as err:
             await conn.recv()
-        assert (err.value.code, err.value.reason) == (4003, "banned")
+        assert (err.value.code, err.value.reason) == (CLOSE_REFUSED, "refused")
 
 
 async def test_client_rejects_bad_server_frames() -> None:

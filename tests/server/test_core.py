@@ -6,6 +6,8 @@ import ipaddress
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.control import messages as m
 from shoal.server.core import (
@@ -755,3 +757,259 @@ def test_broadcast_switch(h: Harness) -> None:
     assert h.req("alice", m.SetAccess, network_id=net, broadcast=False).ok
     assert h.last.persist == []  # idempotent
     refused(h, "alice", m.SetAccess, "invalid", network_id=net)
+
+
+# ------------------------------------------------------------------ issue 18 F5: bans by source prefix
+
+
+def _banned_bob(h: Harness) -> str:
+    """alice (203.0.113.5) owns "lan"; bob joined from 198.51.100.7 and was evicted with a ban."""
+    h.login("alice", remote_ip="203.0.113.5")
+    h.login("bob", remote_ip="198.51.100.7")
+    net = h.create("alice", "lan")
+    assert h.join("bob", "lan").ok
+    assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("bob"), ban=True).ok
+    return net
+
+
+def test_ban_records_the_prefix_the_banned_node_came_from(h: Harness) -> None:
+    net = _banned_bob(h)
+    ban = h.core.bans[net][h.nid("bob")]
+    assert ban.prefix == "198.51.100.0/24"
+    assert [p.ban.prefix for p in h.persisted if isinstance(p, PutBan)] == ["198.51.100.0/24"]
+
+
+def test_new_key_from_a_banned_prefix_waits_for_the_owner(h: Harness) -> None:
+    """F5: a banned member who makes a new key and rejoins from the same /24 gets no direct way in."""
+    net = _banned_bob(h)
+    b2 = h.login("bob2", remote_ip="198.51.100.200")  # same /24, another key
+    r = h.join("bob2", "lan")
+    assert not r.ok and r.code == "pending_approval" and "banned" in r.message
+    mem = h.core.members[net][b2]
+    assert mem.pending and mem.note == "banned_prefix"
+    assert not h.core.is_online(b2, net) and h.peers("alice") == set()
+    # the owner sees the request and why it waits
+    info = {x.node_id: x for x in h.clients["alice"].mirror.networks[net].members}
+    assert info[b2].pending and info[b2].note == "banned_prefix"
+    # someone from elsewhere still joins directly
+    c = h.login("carol", remote_ip="192.0.2.33")
+    assert h.join("carol", "lan").ok and h.core.is_online(c, net)
+    # the owner may let bob2 in (the existing approval flow); the note goes with the approval
+    assert h.req("alice", m.Approve, network_id=net, node_id=b2).ok
+    assert h.core.members[net][b2].note == "" and h.core.is_online(b2, net)
+    h.assert_consistent()
+
+
+def test_banned_prefix_ipv6_is_a_48(h: Harness) -> None:
+    h.login("alice", remote_ip="2001:db8:ffff::1")
+    h.login("bob", remote_ip="2001:db8:1:2::7")
+    net = h.create("alice", "lan")
+    assert h.join("bob", "lan").ok
+    assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("bob"), ban=True).ok
+    assert h.core.bans[net][h.nid("bob")].prefix == "2001:db8:1::/48"
+    h.login("bob2", remote_ip="2001:db8:1:ffff::9")
+    assert h.join("bob2", "lan").code == "pending_approval"
+    h.login("carol", remote_ip="2001:db8:2::9")
+    assert h.join("carol", "lan").ok
+
+
+def test_loopback_and_unknown_sources_are_not_banned_prefixes(h: Harness) -> None:
+    """Loopback (one host's own processes, e.g. tests) and an unknown source record no prefix."""
+    h.login("alice", remote_ip="127.0.0.1")
+    h.login("bob", remote_ip="127.0.0.1")
+    net = h.create("alice", "lan")
+    assert h.join("bob", "lan").ok
+    assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("bob"), ban=True).ok
+    assert h.core.bans[net][h.nid("bob")].prefix is None
+    h.login("bob2", remote_ip="127.0.0.1")
+    assert h.join("bob2", "lan").ok
+
+
+def test_banned_prefix_only_affects_that_network(h: Harness) -> None:
+    _banned_bob(h)
+    h.create("alice", "other")
+    h.login("bob2", remote_ip="198.51.100.200")
+    assert h.join("bob2", "other").ok
+
+
+# ------------------------------------------------------------------ issue 18 F6: registration, addresses, expiry
+
+
+def test_registration_flood_from_one_prefix_is_refused_after_the_limit(h: Harness) -> None:
+    from shoal.constants import REGISTRATION_BURST_PER_PREFIX, REGISTRATION_RATE_PER_PREFIX
+    from shoal.control.transport import CLOSE_REFUSED
+
+    for i in range(REGISTRATION_BURST_PER_PREFIX):
+        h.login(f"flood{i}", remote_ip=f"198.51.100.{i + 1}")
+    n = len(h.core.nodes)
+    c = h.connect("one-too-many", remote_ip="198.51.100.250")
+    fx = h.send("one-too-many", m.Login())  # must not raise
+    assert len(h.core.nodes) == n and fx.persist == []
+    errors = [o.message for o in fx.sends() if isinstance(o.message, m.Error)]
+    assert [e.code for e in errors] == ["registration_limited"] and "retry" in errors[0].message
+    assert c.closed and c.closed[0][0] == CLOSE_REFUSED
+    # another prefix still registers; a known node from the flooded prefix still logs in
+    h.login("elsewhere", remote_ip="203.0.113.9")
+    h.drop("flood0")
+    h.login("flood0", remote_ip="198.51.100.1")
+    # the bucket refills
+    h.now += 1.0 / REGISTRATION_RATE_PER_PREFIX
+    h.login("later", remote_ip="198.51.100.251")
+
+
+def test_full_pool_refuses_login_cleanly() -> None:
+    from shoal.control.transport import CLOSE_REFUSED
+
+    core = Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=ipaddress.IPv4Network("100.64.7.0/30"))
+    h = Harness(core=core)
+    got = {h.core.nodes[h.login(n)].ipv4 for n in ("a", "b", "c")}
+    assert got == {"100.64.7.1", "100.64.7.2", "100.64.7.3"}  # .0 is never handed out
+    c = h.connect("d")
+    fx = h.send("d", m.Login())  # must not raise
+    assert [o.message.code for o in fx.sends() if isinstance(o.message, m.Error)] == ["address_pool_full"]
+    assert c.closed[0][0] == CLOSE_REFUSED and h.core.node_by_key(key_of("d")) is None
+    assert fx.persist == []
+
+
+def test_address_probe_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crowded pool costs at most IPV4_PROBE_MAX hashes, then a bounded scan (not 65,536 hashes)."""
+    import hashlib as _hashlib
+
+    from shoal.constants import IPV4_PROBE_MAX
+    from shoal.server import core as core_mod
+
+    pool = ipaddress.IPv4Network("100.64.8.0/24")
+    core = Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=pool)
+    core._ipv4_used.update(str(a) for a in pool if str(a) != "100.64.8.77")  # only .77 is free
+    calls = 0
+    real = _hashlib.blake2s
+
+    def counting(*a: object, **kw: object):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core_mod.hashlib, "blake2s", counting)
+    h = Harness(core=core)
+    nid = h.login("x")
+    assert h.core.nodes[nid].ipv4 == "100.64.8.77"
+    assert calls <= IPV4_PROBE_MAX + 2  # the probes, the node id, nothing more
+
+
+def test_expired_node_is_swept_and_its_address_reused() -> None:
+    from shoal.constants import NODE_EXPIRY
+    from shoal.server.core import DeleteNode
+
+    core = Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=ipaddress.IPv4Network("100.64.7.0/30"))
+    h = Harness(core=core)
+    a, b, c = (h.login(n) for n in ("a", "b", "c"))
+    h.create("a", "lan")  # a owns a network: never expires
+    assert h.join("b", "lan").ok  # b is a member: kept
+    c_ip = h.core.nodes[c].ipv4
+    for n in ("a", "b"):
+        h.send(n, m.Logout(req_id=1))
+    h.send("c", m.Logout(req_id=1))
+    assert h.core.next_deadline() == pytest.approx(h.now + NODE_EXPIRY)
+    fx = h.advance(NODE_EXPIRY - 1)
+    assert c in h.core.nodes
+    fx = h.advance(1.0)
+    assert c not in h.core.nodes and h.core.node_by_key(key_of("c")) is None
+    assert DeleteNode(c) in fx.persist
+    assert a in h.core.nodes and b in h.core.nodes
+    d = h.login("d")
+    assert h.core.nodes[d].ipv4 == c_ip  # the address went back to the pool
+    assert h.core.next_deadline() is None
+
+
+def test_node_seen_again_does_not_expire() -> None:
+    from shoal.constants import NODE_EXPIRY
+
+    h = Harness()
+    c = h.login("c")
+    h.send("c", m.Logout(req_id=1))
+    h.advance(NODE_EXPIRY / 2)
+    h.login("c")
+    h.send("c", m.Logout(req_id=2))
+    h.advance(NODE_EXPIRY / 2 + 1)
+    assert c in h.core.nodes
+    h.advance(NODE_EXPIRY / 2)
+    assert c not in h.core.nodes
+
+
+def test_expiry_drops_pending_requests_and_keeps_banned_nodes(h: Harness) -> None:
+    from shoal.constants import NODE_EXPIRY
+
+    net = _banned_bob(h)
+    assert h.req("alice", m.SetAccess, network_id=net, approval="manual").ok
+    p = h.login("pat", remote_ip="192.0.2.1")
+    assert h.join("pat", "lan").code == "pending_approval"
+    h.send("pat", m.Logout(req_id=1))
+    h.send("bob", m.Logout(req_id=1))
+    h.advance(NODE_EXPIRY + 1)
+    assert p not in h.core.nodes and p not in h.core.members[net]
+    assert p not in {x.node_id for x in h.clients["alice"].mirror.networks[net].members}
+    assert h.nid("bob") in h.core.nodes  # a banned node is kept, so its ban keeps meaning something
+    h.assert_consistent()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["login", "logout", "join", "leave", "advance"]), st.integers(0, 4)),
+                max_size=40))
+def test_addresses_stay_unique_reclaimed_and_members_never_expire(ops: list[tuple[str, int]]) -> None:
+    """Property (F6): whatever nodes do, addresses are unique and exactly the stored nodes' ones,
+    a full pool only refuses, members are never deleted, and an away node in no network is."""
+    from shoal.constants import NODE_EXPIRY
+
+    h = Harness(core=Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=ipaddress.IPv4Network("100.64.7.0/30")))
+    names = [f"n{i}" for i in range(5)]
+
+    def logged_in(name: str) -> str | None:
+        c = h.clients.get(name)
+        return None if c is None or c.session is None else h.core.session_node(c.session)
+
+    for op, i in ops:
+        name = names[i]
+        me = logged_in(name)
+        if op == "login" and me is None:
+            h.connect(name)
+            h.send(name, m.Login())  # may be refused (pool full): never raises
+            if logged_in(name) is None:
+                assert len([n for n in h.core.nodes.values() if n.ipv4.startswith("100.64.7.")]) == 3
+        elif op == "logout" and me is not None:
+            h.send(name, m.Logout(req_id=1))
+        elif op == "join" and me is not None:
+            if "lan" not in {n.name for n in h.core.networks.values()}:
+                h.create(name, "lan")
+            else:
+                h.join(name, "lan")
+        elif op == "leave" and me is not None:
+            for nid in list(h.core._node_nets.get(me, ())):
+                h.req(name, m.LeaveNetwork, network_id=nid)
+        elif op == "advance":
+            members = {x for mems in h.core.members.values() for x, mem in mems.items() if not mem.pending}
+            h.advance(NODE_EXPIRY * (i + 1) / 3)
+            assert members <= set(h.core.nodes)  # members (and owners) never expire
+        used = [n.ipv4 for n in h.core.nodes.values()]
+        assert len(set(used)) == len(used) and h.core._ipv4_used == set(used)
+        assert set(h.core._by_key.values()) == set(h.core.nodes)
+    # in the end every away node in no network goes
+    h.advance(NODE_EXPIRY * 2)
+    for nid in h.core.nodes:
+        assert h.core.is_present(nid) or any(nid in mems for mems in h.core.members.values())
+
+
+def test_full_pool_searches_spend_the_registration_budget() -> None:
+    """A full pool is no free CPU sink: each (bounded) address search spends registration budget,
+    so one prefix gets at most REGISTRATION_BURST_PER_PREFIX searches, then cheap refusals."""
+    from shoal.constants import REGISTRATION_BURST_PER_PREFIX
+
+    core = Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=ipaddress.IPv4Network("100.64.7.0/30"))
+    h = Harness(core=core)
+    for n in ("a", "b", "c"):
+        h.login(n)  # loopback/unknown: not limited
+    codes = []
+    for i in range(REGISTRATION_BURST_PER_PREFIX + 3):
+        h.connect(f"x{i}", remote_ip="198.51.100.9")
+        fx = h.send(f"x{i}", m.Login())
+        codes += [o.message.code for o in fx.sends() if isinstance(o.message, m.Error)]
+    assert codes == ["address_pool_full"] * REGISTRATION_BURST_PER_PREFIX + ["registration_limited"] * 3

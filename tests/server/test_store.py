@@ -61,7 +61,7 @@ async def test_migrations_create_exactly_the_declared_schema(tmp_path: Path) -> 
         async with store.engine.connect() as conn:
             diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
             version = (await conn.execute(sa.text("select version_num from alembic_version"))).scalar()
-        assert diff == [] and version == "0002_lan_broadcast"
+        assert diff == [] and version == "0003_node_expiry"
     finally:
         await store.close()
     store = await Store.open(tmp_path)  # a second start: migrations are a no-op
@@ -132,3 +132,83 @@ async def test_write_through_round_trip_loses_nothing(tmp_path: Path) -> None:
     assert h2.req("bob", m.Approve, network_id=club, node_id=h.nid("dave")).ok  # the pending join was kept
     assert h2.peers("dave") == {h.nid("bob")}
     assert h2.core.nodes[h.nid("dave")].nickname == "Dave"
+
+
+async def test_migration_0003_applies_on_an_existing_db(tmp_path: Path) -> None:
+    """F5/F6: a store made before node expiry upgrades in place; its rows load with the new
+    fields (nodes seen at the upgrade, bans without a prefix, no notes) and nothing is lost."""
+    import time
+
+    from alembic import command
+    from alembic.config import Config
+
+    from shoal.server.store import MIGRATIONS
+    from shoal.securefile import create_private_empty, ensure_private_dir
+
+    ensure_private_dir(tmp_path)
+    create_private_empty(tmp_path / DB_NAME)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / DB_NAME}")
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002_lan_broadcast")
+        conn.execute(sa.text("INSERT INTO nodes VALUES ('aaaaaa', :k, 'old', '100.64.1.1', 'fd00::6440:101', "
+                             "'[]', 0, 5.0)"), {"k": bytes(32)})
+        conn.execute(sa.text("INSERT INTO nodes VALUES ('bbbbbb', :k, 'bad', '100.64.1.2', 'fd00::6440:102', "
+                             "'[]', 0, 6.0)"), {"k": bytes([1]) * 32})
+        conn.execute(sa.text("INSERT INTO networks VALUES ('n1', 'lan', 'lan', 'aaaaaa', 'x', 0, 'auto', 'ip', "
+                             "7.0, 1)"))
+        conn.execute(sa.text("INSERT INTO memberships VALUES ('n1', 'aaaaaa', 'owner', 0, 1, 7.0)"))
+        conn.execute(sa.text("INSERT INTO bans VALUES ('n1', 'bbbbbb', 8.0)"))
+    engine.dispose()
+    before = time.time()
+    store = await Store.open(tmp_path)
+    try:
+        async with store.engine.connect() as conn:
+            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
+        assert diff == []
+        loaded = await store.load()
+    finally:
+        await store.close()
+    nodes = {n.node_id: n for n in loaded.nodes}
+    assert set(nodes) == {"aaaaaa", "bbbbbb"} and nodes["aaaaaa"].created_at == 5.0
+    assert all(before - 1 <= n.last_seen <= time.time() + 1 and n.last_prefix is None for n in nodes.values())
+    assert [(b.node_id, b.prefix) for b in loaded.bans] == [("bbbbbb", None)]
+    assert [(x.node_id, x.note) for x in loaded.members] == [("aaaaaa", "")]
+
+
+async def test_round_trip_keeps_expiry_and_ban_prefix_fields(tmp_path: Path) -> None:
+    """last_seen, last_prefix, ban prefixes and held-join notes survive a restart; an expired
+    node's deletion (after its pending request) commits and stays deleted."""
+    from shoal.constants import NODE_EXPIRY
+
+    store = await Store.open(tmp_path)
+    prefix = await store.ula_prefix()
+    h = Harness(core=Core(prefix, now=50.0, hasher=FAST_HASHER), now=50.0)
+    h.login("alice", remote_ip="203.0.113.5")
+    h.login("bob", remote_ip="198.51.100.7")
+    net = h.create("alice", "lan")
+    assert h.join("bob", "lan").ok
+    assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("bob"), ban=True).ok
+    h.login("bob2", remote_ip="198.51.100.8")
+    assert h.join("bob2", "lan").code == "pending_approval"
+    h.login("ghost", remote_ip="192.0.2.1")
+    assert h.req("alice", m.SetAccess, network_id=net, approval="manual").ok
+    assert h.join("ghost", "lan").code == "pending_approval"
+    h.send("ghost", m.Logout(req_id=1))
+    h.advance(NODE_EXPIRY + 1)
+    ghost = h.nid("ghost")
+    assert ghost not in h.core.nodes
+    await store.apply(h.persisted)  # type: ignore[arg-type]
+    await store.close()
+
+    store = await Store.open(tmp_path)
+    loaded = await store.load()
+    await store.close()
+    again = Core.from_state(loaded.ula_prefix, loaded.nodes, loaded.networks, loaded.members, loaded.bans,
+                            now=50.0 + NODE_EXPIRY + 1, hasher=FAST_HASHER)
+    assert again.nodes == h.core.nodes and ghost not in again.nodes
+    assert again.members == h.core.members and again.members[net][h.nid("bob2")].note == "banned_prefix"
+    assert again.bans == h.core.bans and again.bans[net][h.nid("bob")].prefix == "198.51.100.0/24"
+    assert again.nodes[h.nid("alice")].last_prefix == "203.0.113.0/24"

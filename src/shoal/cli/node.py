@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shoal.daemon.localapi import ApiClient, ApiError
@@ -196,6 +197,8 @@ def join(
     r = _call(socket, "POST", "/v1/networks/join", {"name": name, "password": _password(password, "Password")})
     if r.get("pending"):
         out.print(f"Asked to join [bold]{r['name']}[/]: waiting for the owner's approval")
+        if r.get("message"):
+            out.print(f"  ({escape(r['message'])})")
     else:
         out.print(f"Joined network [bold]{r['name']}[/] ({r['network_id']})")
 
@@ -332,6 +335,8 @@ def render_list(status: dict[str, Any], console: Console) -> None:
         for m in net["members"]:
             tun = m["tunnel"]
             state = "pending" if m["pending"] else ("online" if m["online"] else "offline")
+            if m.get("note") == "banned_prefix":  # issue 18 F5: why the owner is asked
+                state += " (from a banned member's address range)"
             name = m["nickname"] + (" (you)" if m["self"] else "")
             addr = tun["ipv4"] if tun else (status["node"]["ipv4"] if m["self"] else "")
             t.add_row(name, m["node_id"], addr, m["role"], state,

@@ -18,7 +18,7 @@ Conversation:
 
     client                                       server
     Noise IK handshake (client pins server key; server learns client key)
-    Login --------------------------------------->   (key banned? -> Error + close)
+    Login --------------------------------------->   (new key refused? -> Error + close 4004)
           <--------------------------------------- LoginOk, then FullView (version v)
     requests (CreateNetwork, JoinNetwork, ...) ->
           <--------------------------------------- Result (same req_id), in request order
@@ -127,6 +127,9 @@ class MemberInfo(msgspec.Struct, frozen=True):
     role: Role
     online: bool  # online in this network
     pending: bool = False  # waiting for the owner's approval
+    # why a pending request waits besides approval "manual": "" or "banned_prefix" (the node
+    # connects from the source prefix a node banned from this network last came from)
+    note: Annotated[str, msgspec.Meta(max_length=32)] = ""
 
 
 class NetworkInfo(msgspec.Struct, frozen=True):

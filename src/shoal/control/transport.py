@@ -25,7 +25,10 @@ Close codes (the reason is one line for humans, at most 123 bytes):
           reports `ServerKeyMismatch`, as it does when message2 does not verify.
     4002  protocol error: malformed/oversized/undecryptable/unexpected frame, handshake
           timeout, or a node that could not prove its key. Only that session is closed.
-    4003  banned (sent by the server logic).
+    4004  refused: the server will not register this node's key now (`shoal.server.core`):
+          too many new nodes from its source prefix or in all (retry later), or no free
+          overlay address. An Error comes first, code "registration_limited" or
+          "address_pool_full", its message says which. Only a first Login can get it.
     4008  too slow: the node did not read its messages and its send queue filled up.
     4029  rate limited: the node kept sending more than its limits (shoal.control.limits);
           an Error(code "rate_limited") comes first.
@@ -77,7 +80,7 @@ from shoal.wireguard.keys import PrivateKey, PublicKey
 __all__ = [
     "CLOSE_KEY_MISMATCH",
     "CLOSE_PROTOCOL_ERROR",
-    "CLOSE_BANNED",
+    "CLOSE_REFUSED",
     "CLOSE_TOO_SLOW",
     "CLOSE_RATE_LIMITED",
     "CLOSE_TRY_AGAIN_LATER",
@@ -105,7 +108,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_KEY_MISMATCH = 4001
 CLOSE_PROTOCOL_ERROR = 4002
-CLOSE_BANNED = 4003
+CLOSE_REFUSED = 4004
 CLOSE_TOO_SLOW = 4008
 CLOSE_RATE_LIMITED = 4029
 CLOSE_TRY_AGAIN_LATER = 1013

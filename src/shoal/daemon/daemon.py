@@ -949,7 +949,7 @@ class Daemon:
                 row = peer_rows.get(m.node_id)
                 members.append({
                     "node_id": m.node_id, "nickname": m.nickname, "role": m.role, "online": m.online,
-                    "pending": m.pending, "self": m.node_id == me,
+                    "pending": m.pending, "note": m.note, "self": m.node_id == me,
                     "tunnel": None if row is None else {k: row[k] for k in ("path", "endpoint", "rtt_ms", "ipv4", "lan")},
                 })
             networks.append({

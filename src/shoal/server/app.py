@@ -50,7 +50,8 @@ stays silent for SILENCE_TIMEOUT is treated as gone (blackholed path). Malformed
 out-of-order frames close only that session (4002 from the transport or the core) and are
 logged with the reason. Close codes used here: 4002 protocol error, 4008 too slow, 4029 rate
 limited, 1013 try again later, 1011 server error, 1001 server shutting down; the core's codes
-(1000 logout, 4000 replaced) pass through.
+(1000 logout, 4000 replaced, 4004 new node refused: registration limit or address pool full)
+pass through.
 
 Attribute owners: `_sessions` is mutated by the session handlers; `admission` by `handle`;
 a session's `limiter` and `timer` by its handler and its timer callback; `core` only through

@@ -14,7 +14,7 @@ Inputs (each returns `Effects`):
 
 Outputs: `Effects.out`, an ordered list of `Send(session, node_key, message)` and
 `Close(session, code, reason)`; `Effects.persist`, an ordered list of write intents
-(`PutNode`, `PutNetwork`, `DeleteNetwork`, `PutMember`, `DeleteMember`, `PutBan`) that the
+(`PutNode`, `DeleteNode`, `PutNetwork`, `DeleteNetwork`, `PutMember`, `DeleteMember`, `PutBan`) that the
 store applies in one transaction before the glue sends `out` (write-through: what a node
 was told survives a restart). `Core.from_state` rebuilds the core from stored records.
 
@@ -24,7 +24,33 @@ an IPv4 in 100.64.0.0/10 picked by hashing the key (probing on collision) and an
 the server's ULA /48 prefix with the IPv4's 32 bits as the interface id (unique because the
 IPv4 is). Never allocated: 100.64.0.0/24 (kept for services the server may offer later)
 and any address whose last octet is 0 or 255 (some stacks treat those as special).
-Addresses are kept forever, also after the node leaves every network.
+
+Registration limits (issue 18 F6). A node's *source prefix* is the /NODE_SOURCE_PREFIX_V4
+(24) or /NODE_SOURCE_PREFIX_V6 (48) around the address its session comes from
+(`NodeRec.last_prefix`, updated at every Login); loopback and unknown sources have none.
+A first Login from a source with a prefix needs a token from that prefix's bucket
+(REGISTRATION_BURST_PER_PREFIX, then REGISTRATION_RATE_PER_PREFIX per second) and from the
+server's (REGISTRATION_BURST, REGISTRATION_RATE); a refusal by a limit spends nothing, the
+address search spends one of each (found or not, so a full pool is no free CPU sink). The IPv4 search is bounded: IPV4_PROBE_MAX hashed probes, then IPV4_SCAN_MAX
+consecutive addresses from the last probe (wrapping inside the pool). A first Login over a
+limit or without a free address is refused: Error(code "registration_limited" |
+"address_pool_full") then Close(CLOSE_REFUSED, 4004); nothing is stored. Known keys always
+log in.
+
+Expiry (F6). A node *expires* when it has been away (no session, not present) for
+NODE_EXPIRY seconds of wall time since `NodeRec.last_seen` (written whenever it becomes or
+stops being present), is in no network except as a pending request, and no network bans it
+(a banned node is kept, so that its key stays banned). An expired node is deleted (its
+pending requests first: `DeleteMember`s, then `DeleteNode`); its addresses return to the pool
+and its key would register as a new node. Owners and members never expire. `handle_timer`
+expires nodes when due (one heap entry per away node; see `next_deadline`).
+
+Bans by source prefix (issue 18 F5). A ban records the banned node's last source prefix
+(`BanRec.prefix`). A join by another key whose source prefix equals the prefix of a ban in
+that network is not let in directly: it is recorded as a pending request with
+`MemberRec.note` = "banned_prefix" (members see it in MemberInfo.note), so the owner decides
+with approve / reject (reject --ban bans that key too); approving clears the note. Other
+networks and other prefixes are not affected; loopback has no prefix (nothing is recorded).
 
 Networks. Name unique (case-insensitive), password stored as a salted scrypt hash
 (`shoal.server.passwords`), owner = creator. Rules, checked in this order; a refused request
@@ -33,7 +59,8 @@ returns Result(ok=False, code) and changes nothing:
     create   invalid (bad name / too many networks) | name_taken
     join     no_such_network | banned | (already member: ok) | (pending: pending_approval)
              | locked | rate_limited | wrong_password | invalid (full / too many networks)
-             | approval manual -> membership recorded as pending, Result code pending_approval
+             | approval manual, or from a banned node's source prefix (note "banned_prefix")
+               -> membership recorded as pending, Result code pending_approval
     leave    no_such_network | not_member | owner_cannot_leave (the owner deletes instead)
     delete   no_such_network | not_owner
     set_online / set_password / set_access / approve / reject / evict:
@@ -95,13 +122,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
+from shoal import constants as C
 from shoal.control import messages as m
+from shoal.control.limits import BucketTable, TokenBucket, source_prefix
+from shoal.control.transport import CLOSE_REFUSED
 from shoal.server.passwords import PasswordHasher
 from shoal.wireguard.keys import PublicKey
 
 __all__ = [
     "Core", "Effects", "Send", "Close", "NodeRec", "NetworkRec", "MemberRec", "BanRec",
-    "PutNode", "PutNetwork", "DeleteNetwork", "PutMember", "DeleteMember", "PutBan", "Persist",
+    "PutNode", "DeleteNode", "PutNetwork", "DeleteNetwork", "PutMember", "DeleteMember", "PutBan", "Persist",
     "PRESENCE_GRACE", "IPV4_POOL", "IPV4_RESERVED", "make_ula_prefix",
 ]
 
@@ -116,6 +146,7 @@ NODE_ID_LEN = 6
 NETWORK_ID_LEN = 8
 CLOSE_PROTOCOL_ERROR = 4002
 CLOSE_REPLACED = 4000
+REFUSAL_LOG_INTERVAL = 10.0  # refused first Logins are logged as a count at most this often
 CLOSE_NORMAL = 1000
 
 SessionId = int
@@ -140,6 +171,8 @@ class NodeRec:
     endpoints: tuple[str, ...] = ()
     present: bool = False  # present when last written (gets the start grace after a restart)
     created_at: float = 0.0
+    last_seen: float = 0.0  # unix time it last became present or stopped being present (expiry)
+    last_prefix: str | None = None  # source prefix of its last Login (None: loopback / unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +196,7 @@ class MemberRec:
     pending: bool = False
     online: bool = True  # the member's own wish (SetOnline)
     joined_at: float = 0.0
+    note: str = ""  # why a pending request waits (MemberInfo.note): "" | "banned_prefix"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +204,17 @@ class BanRec:
     network_id: str
     node_id: str
     created_at: float = 0.0
+    prefix: str | None = None  # the banned node's last source prefix (joins from it need approval)
 
 
 @dataclass(frozen=True, slots=True)
 class PutNode:
     node: NodeRec
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteNode:
+    node_id: str  # an expired node; its (pending) memberships are deleted before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +243,7 @@ class PutBan:
     ban: BanRec
 
 
-Persist = Union[PutNode, PutNetwork, DeleteNetwork, PutMember, DeleteMember, PutBan]
+Persist = Union[PutNode, DeleteNode, PutNetwork, DeleteNetwork, PutMember, DeleteMember, PutBan]
 
 
 # ------------------------------------------------------------------ outputs
@@ -317,6 +357,8 @@ class Core:
         grace: float = PRESENCE_GRACE,
         relay: bool = False,
         relay_port: int = 0,
+        ipv4_pool: ipaddress.IPv4Network = IPV4_POOL,
+        node_expiry: float = C.NODE_EXPIRY,
     ) -> None:
         if ula_prefix.prefixlen != 48 or not ula_prefix.subnet_of(ipaddress.IPv6Network("fc00::/7")):
             raise ValueError(f"{ula_prefix} is not a ULA /48")
@@ -329,6 +371,8 @@ class Core:
         self.relay_port = relay_port  # its UDP relay port (0: WebSocket only)
         self._fast_secret = rng(32)
         self.started_at = now
+        self.ipv4_pool = ipv4_pool  # where new nodes' IPv4s come from (IPV4_POOL; tests use a small one)
+        self.node_expiry = node_expiry
         # stored state
         self.nodes: dict[str, NodeRec] = {}
         self._by_key: dict[PublicKey, str] = {}
@@ -345,6 +389,15 @@ class Core:
         self._grace_heap: list[tuple[float, str]] = []
         self._fast_pw: dict[str, bytes] = {}
         self._dirty: dict[str, _Dirty] = {}
+        self._banned_count: collections.Counter[str] = collections.Counter()  # node -> networks banning it
+        self._expiry_heap: list[tuple[float, str]] = []  # (due, node): at most one entry per node...
+        self._expiry_due: dict[str, float] = {}  # ...this one
+        self._reg_prefix = BucketTable(C.REGISTRATION_BURST_PER_PREFIX, C.REGISTRATION_RATE_PER_PREFIX,
+                                       C.REGISTRATION_MAX_ENTRIES)
+        self._reg_all = TokenBucket(C.REGISTRATION_BURST, C.REGISTRATION_RATE, now)
+        self._refusal_logged, self._refusals = float("-inf"), 0  # refused logins: last logged, count since
+        self.stats = {"registrations_refused": 0, "logins_refused_pool_full": 0, "nodes_expired": 0,
+                      "joins_held_banned_prefix": 0}
 
     # ---------------------------------------------------------------- loading
 
@@ -376,6 +429,9 @@ class Core:
         for b in bans:
             if b.network_id in core.networks:
                 core.bans.setdefault(b.network_id, {})[b.node_id] = b
+                core._banned_count[b.node_id] += 1
+        for n in core.nodes.values():
+            core._expiry_push(n.node_id)
         return core
 
     def _add_node(self, n: NodeRec) -> None:
@@ -440,13 +496,16 @@ class Core:
 
     def next_deadline(self) -> float | None:
         heap = self._grace_heap
+        grace: float | None = None
         while heap:
             t, nid = heap[0]
             rt = self._rt.get(nid)
             if rt is not None and rt.grace_until == t and rt.session is None:
-                return t
+                grace = t
+                break
             heapq.heappop(heap)
-        return None
+        expiry = self._expiry_top()
+        return grace if expiry is None else expiry if grace is None else min(grace, expiry)
 
     # ---------------------------------------------------------------- views
 
@@ -476,7 +535,7 @@ class Core:
     def _member_info(self, mem: MemberRec) -> m.MemberInfo:
         return m.MemberInfo(
             node_id=mem.node_id, nickname=self.nodes[mem.node_id].nickname, role=mem.role,  # type: ignore[arg-type]
-            online=self.is_online(mem.node_id, mem.network_id), pending=mem.pending,
+            online=self.is_online(mem.node_id, mem.network_id), pending=mem.pending, note=mem.note,
         )
 
     def network_info(self, network_id: str, viewer: str | None = None) -> m.NetworkInfo:
@@ -613,17 +672,19 @@ class Core:
 
     # ---------------------------------------------------------------- presence
 
-    def _set_present(self, node_id: str, present: bool, fx: Effects) -> None:
+    def _set_present(self, node_id: str, present: bool, now: float, fx: Effects) -> None:
         if (node_id in self._present) == present:
             return
         if present:
             self._present.add(node_id)
         else:
             self._present.discard(node_id)
-        rec = dataclasses.replace(self.nodes[node_id], present=present)
+        rec = dataclasses.replace(self.nodes[node_id], present=present, last_seen=self._wall(now))
         self.nodes[node_id] = rec
         fx.persist.append(PutNode(rec))
         self._touch_presence(node_id)
+        if not present:
+            self._expiry_push(node_id)
 
     def _detach(self, s: _Session, now: float, *, clean: bool, fx: Effects) -> None:
         """The session stops being the node's session: grace (dropped) or offline (clean)."""
@@ -637,7 +698,7 @@ class Core:
         rt.sent_self, rt.sent_networks, rt.sent_peers = None, {}, {}
         if clean:
             rt.grace_until = None
-            self._set_present(s.node_id, False, fx)
+            self._set_present(s.node_id, False, now, fx)
         else:
             rt.grace_until = now + self.grace
             heapq.heappush(self._grace_heap, (rt.grace_until, s.node_id))
@@ -670,6 +731,74 @@ class Core:
             rt.grace_until = until
             heapq.heappush(self._grace_heap, (until, target))
 
+    # ---------------------------------------------------------------- node expiry (F6)
+
+    def _wall(self, now: float) -> float:
+        return now + self._wall_offset
+
+    def _expirable(self, node_id: str) -> bool:
+        """Away (no session, not present), in no network but pending ones, banned from none."""
+        if node_id not in self.nodes or node_id in self._present or self._banned_count[node_id]:
+            return False
+        rt = self._rt.get(node_id)
+        if rt is not None and rt.session is not None:
+            return False
+        return all(self.members[nid][node_id].pending for nid in self._node_nets.get(node_id, ()))
+
+    def _expiry_at(self, node_id: str) -> float:
+        """When the node expires, in `now` time (from its stored wall-clock last_seen)."""
+        return self.nodes[node_id].last_seen - self._wall_offset + self.node_expiry
+
+    def _expiry_push(self, node_id: str) -> None:
+        """Arm the node's expiry if it may expire and has no entry yet (one entry per node)."""
+        if node_id in self._expiry_due or not self._expirable(node_id):
+            return
+        due = self._expiry_at(node_id)
+        self._expiry_due[node_id] = due
+        heapq.heappush(self._expiry_heap, (due, node_id))
+
+    def _expiry_top(self) -> float | None:
+        """The earliest live expiry; drops entries of nodes that came back or joined a network
+        (they are armed again when they next go away) and moves late ones to their real time."""
+        heap = self._expiry_heap
+        while heap:
+            t, nid = heap[0]
+            if self._expiry_due.get(nid) != t:
+                heapq.heappop(heap)
+                continue
+            if not self._expirable(nid):
+                heapq.heappop(heap)
+                del self._expiry_due[nid]
+                continue
+            due = self._expiry_at(nid)
+            if due > t:  # seen again since the entry was made
+                heapq.heapreplace(heap, (due, nid))
+                self._expiry_due[nid] = due
+                continue
+            return t
+        return None
+
+    def _expire_due(self, now: float, fx: Effects) -> None:
+        while (t := self._expiry_top()) is not None and t <= now:
+            _, nid = heapq.heappop(self._expiry_heap)
+            del self._expiry_due[nid]
+            self._expire(nid, now, fx)
+
+    def _expire(self, node_id: str, now: float, fx: Effects) -> None:
+        """Delete an expired node: its pending requests, its record; its addresses are free again."""
+        rec = self.nodes[node_id]
+        for nid in sorted(self._node_nets.get(node_id, ())):
+            self._remove_member(node_id, nid, fx)
+        del self.nodes[node_id], self._by_key[rec.public_key]
+        self._ipv4_used.discard(rec.ipv4)
+        self._node_nets.pop(node_id, None)
+        self._rt.pop(node_id, None)
+        self._expiry_due.pop(node_id, None)
+        fx.persist.append(DeleteNode(node_id))
+        self.stats["nodes_expired"] += 1
+        log.info("node %s (%s) expired: unseen since %.0f; %s is free again", node_id,
+                 rec.public_key.fingerprint(), rec.last_seen, rec.ipv4)
+
     # ---------------------------------------------------------------- events
 
     def connect(self, session: SessionId, node_key: PublicKey, now: float, remote_ip: str | None = None) -> Effects:
@@ -700,7 +829,8 @@ class Core:
                 continue
             rt.grace_until = None
             log.info("node %s: grace over, offline", nid)
-            self._set_present(nid, False, fx)
+            self._set_present(nid, False, now, fx)
+        self._expire_due(now, fx)
         self._flush(fx)
         return fx
 
@@ -767,27 +897,97 @@ class Core:
 
     # ---------------------------------------------------------------- login
 
-    def _new_node_id(self, key: PublicKey) -> str:
+    def _new_node_id(self, key: PublicKey) -> str | None:
         text = _b32(hashlib.blake2s(bytes(key), digest_size=16).digest())
         for n in range(NODE_ID_LEN, 17):
             cand = text[:n]
             if cand not in self.nodes:
                 return cand
-        raise RuntimeError("node id space exhausted")  # 16 base32 chars = 80 bits: unreachable
+        return None  # 16 base32 chars = 80 bits: unreachable; refused like a full pool
 
-    def _new_ipv4(self, key: PublicKey) -> str:
-        base = int(IPV4_POOL.network_address)
-        size = IPV4_POOL.num_addresses
-        for i in range(1 << 16):
+    def _new_ipv4(self, key: PublicKey) -> str | None:
+        """A free IPv4 for a new key: IPV4_PROBE_MAX hashed probes, then IPV4_SCAN_MAX addresses
+        from the last one (wrapping inside the pool); None when neither finds one."""
+        pool = self.ipv4_pool
+        base, size = int(pool.network_address), pool.num_addresses
+
+        def free(offset: int) -> str | None:
+            addr = ipaddress.IPv4Address(base + offset % size)
+            if int(addr) & 0xFF in (0, 255) or addr in IPV4_RESERVED:
+                return None
+            text = str(addr)
+            return None if text in self._ipv4_used else text
+
+        h = 0
+        for i in range(C.IPV4_PROBE_MAX):
             h = int.from_bytes(hashlib.blake2s(bytes(key) + i.to_bytes(4, "big"), digest_size=8).digest(), "big")
-            addr = ipaddress.IPv4Address(base + h % size)
-            last = int(addr) & 0xFF
-            if last in (0, 255) or addr in IPV4_RESERVED:
-                continue
-            s = str(addr)
-            if s not in self._ipv4_used:
-                return s
-        raise RuntimeError("no free IPv4 address found")
+            if (got := free(h)) is not None:
+                return got
+        for j in range(1, min(size, C.IPV4_SCAN_MAX) + 1):
+            if (got := free(h + j)) is not None:
+                return got
+        return None
+
+    def _source_prefix(self, remote_ip: str | None) -> str | None:
+        """The node's source prefix (/NODE_SOURCE_PREFIX_V4, /NODE_SOURCE_PREFIX_V6); None for an
+        unknown source or loopback (the server host's own processes), which are never limited."""
+        if remote_ip is None:
+            return None
+        try:
+            ip = ipaddress.ip_address(remote_ip)
+        except ValueError:
+            return remote_ip  # not an address: its own group
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback:
+            return None
+        return source_prefix(str(ip), C.NODE_SOURCE_PREFIX_V4, C.NODE_SOURCE_PREFIX_V6)
+
+    def _refuse_login(self, s: _Session, code: str, text: str, now: float, fx: Effects) -> None:
+        """A first Login the server will not register: Error, then close CLOSE_REFUSED. Refusals
+        come in floods: logged once, then as a count at most every REFUSAL_LOG_INTERVAL."""
+        self._refusals += 1
+        if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
+            more = f" ({self._refusals - 1} more since the last report)" if self._refusals > 1 else ""
+            log.warning("session %s (%s) from %s: login refused: %s%s", s.session, s.key.fingerprint(),
+                        s.remote_ip, text, more)
+            self._refusal_logged, self._refusals = now, 0
+        s.dead = True
+        fx.out.append(Send(s.session, s.key, m.Error(code=code, message=text[:512])))
+        fx.out.append(Close(s.session, CLOSE_REFUSED, text[:120]))
+
+    def _register(self, s: _Session, prefix: str | None, nickname: str | None, endpoints: list[str],
+                  now: float, fx: Effects) -> NodeRec | None:
+        """First Login of a key (F6): within the registration limits and with a free address,
+        a new node; otherwise the session is refused (None). A refusal by a limit spends no
+        budget; an address search does (whether it finds one or not: a full pool costs too)."""
+        buckets: list[tuple[TokenBucket, str]] = []
+        if prefix is not None:
+            buckets = [(self._reg_prefix.get(prefix, now), prefix), (self._reg_all, "all sources")]
+        for bucket, who in buckets:
+            if not bucket.ready(now):
+                self.stats["registrations_refused"] += 1
+                self._refuse_login(s, "registration_limited", f"too many new nodes from {who}; retry in "
+                                   f"{max(1.0, bucket.when_ready(now) - now):.0f} s", now, fx)
+                return None
+        for bucket, _ in buckets:  # the address search below is work: it spends budget, found or not
+            bucket.take(now)
+        node_id = self._new_node_id(s.key)
+        ipv4 = self._new_ipv4(s.key)
+        if node_id is None or ipv4 is None:
+            self.stats["logins_refused_pool_full"] += 1
+            self._refuse_login(s, "address_pool_full", "no free overlay address for a new node on this server",
+                               now, fx)
+            return None
+        rec = NodeRec(
+            node_id=node_id, public_key=s.key, nickname=nickname or f"node-{node_id}",
+            ipv4=ipv4, ipv6=self._ipv6_for(ipv4), endpoints=tuple(endpoints), present=False,
+            created_at=self._wall(now), last_seen=self._wall(now), last_prefix=prefix,
+        )
+        self._add_node(rec)
+        fx.persist.append(PutNode(rec))
+        log.info("registered node %s (%s) %s from %s", node_id, s.key.fingerprint(), ipv4, prefix or "here")
+        return rec
 
     def _ipv6_for(self, ipv4: str) -> str:
         return str(ipaddress.IPv6Address(int(self.ula_prefix.network_address) | int(ipaddress.IPv4Address(ipv4))))
@@ -805,24 +1005,21 @@ class Core:
                 nickname = _clean_label(msg.nickname, "nickname")
             except _Refused:
                 nickname = None  # keep the stored one; not worth closing the session
+        prefix = self._source_prefix(s.remote_ip)
         rec = self.node_by_key(s.key)
         if rec is None:
-            node_id = self._new_node_id(s.key)
-            ipv4 = self._new_ipv4(s.key)
-            rec = NodeRec(
-                node_id=node_id, public_key=s.key, nickname=nickname or f"node-{node_id}",
-                ipv4=ipv4, ipv6=self._ipv6_for(ipv4), endpoints=tuple(endpoints), present=False,
-                created_at=now + self._wall_offset,
-            )
-            self._add_node(rec)
-            fx.persist.append(PutNode(rec))
-            log.info("registered node %s (%s) %s", node_id, s.key.fingerprint(), ipv4)
+            rec = self._register(s, prefix, nickname, endpoints, now, fx)
+            if rec is None:
+                return
         else:
-            new = dataclasses.replace(rec, nickname=nickname or rec.nickname, endpoints=tuple(endpoints))
+            new = dataclasses.replace(rec, nickname=nickname or rec.nickname, endpoints=tuple(endpoints),
+                                      last_prefix=rec.last_prefix if prefix is None else prefix)
             if new != rec:
+                shown = (new.nickname, new.endpoints) != (rec.nickname, rec.endpoints)
                 self.nodes[rec.node_id] = rec = new
                 fx.persist.append(PutNode(rec))
-                self._touch_node_info(rec.node_id)
+                if shown:
+                    self._touch_node_info(rec.node_id)
         node_id = rec.node_id
         rt = self._rt_of(node_id)
         if rt.session is not None:  # the node reconnected before we noticed the old one died
@@ -836,7 +1033,7 @@ class Core:
         was_away = rt.session is None and rt.grace_until is not None and node_id in self._present
         rt.session = s.session
         rt.grace_until = None
-        self._set_present(node_id, True, fx)
+        self._set_present(node_id, True, now, fx)
         fx.out.append(Send(s.session, s.key, m.LoginOk(node=self.self_info(node_id), server_time=now + self._wall_offset,
                                                       features=self._features(), relay_port=self.relay_port)))
         rt.version += 1
@@ -937,10 +1134,20 @@ class Core:
         self._check_password(me, net, msg.password, now)
         self._check_room(me, nid)
         pending = net.approval == "manual"
-        mem = MemberRec(nid, me, "member", pending=pending, online=True, joined_at=now + self._wall_offset)
+        # F5 (bans by source prefix): a new key from where a banned node came from waits for the owner
+        note = "banned_prefix" if self._from_banned_prefix(me, nid) else ""
+        pending = pending or bool(note)
+        mem = MemberRec(nid, me, "member", pending=pending, online=True, joined_at=now + self._wall_offset,
+                        note=note)
         self._put_member(mem)
         fx.persist.append(PutMember(mem))
         self._touch_member(me, nid)
+        if note:
+            self.stats["joins_held_banned_prefix"] += 1
+            log.info("node %s: join of %s held for the owner: from the source prefix of a banned node", me, nid)
+            return m.Result(req_id=msg.req_id, ok=False, code="pending_approval", network_id=nid,
+                            message=f"join request for {net.name!r} recorded; you connect from the address "
+                                    "range of a node banned from it, so the owner must approve it")
         if pending:
             return m.Result(req_id=msg.req_id, ok=False, code="pending_approval", network_id=nid,
                             message=f"join request for {net.name!r} recorded; the owner must approve it")
@@ -952,6 +1159,7 @@ class Core:
         self._node_nets[node_id].discard(network_id)
         fx.persist.append(DeleteMember(network_id, node_id))
         self._touch_member(node_id, network_id, co)
+        self._expiry_push(node_id)  # its last network gone: an away node may expire now
 
     def _leave(self, me: str, msg: m.LeaveNetwork, now: float, fx: Effects) -> m.Result:
         mem = self._membership(me, msg.network_id)
@@ -969,7 +1177,10 @@ class Core:
         for x in former:
             self._node_nets[x].discard(nid)
         del self.members[nid], self.networks[nid], self._by_name[net.name.casefold()]
-        self.bans.pop(nid, None)
+        for banned in self.bans.pop(nid, {}):
+            self._banned_count[banned] -= 1
+        for x in former:
+            self._expiry_push(x)
         self._fast_pw.pop(nid, None)
         fx.persist.append(DeleteNetwork(nid))
         log.info("node %s deleted network %s (%s)", me, nid, net.name)
@@ -1028,7 +1239,7 @@ class Core:
         if mem is None:
             raise _Refused("not_member", f"{msg.node_id} has not asked to join")
         if mem.pending:
-            mem = dataclasses.replace(mem, pending=False)
+            mem = dataclasses.replace(mem, pending=False, note="")
             self._put_member(mem)
             fx.persist.append(PutMember(mem))
             self._touch_member(msg.node_id, msg.network_id)
@@ -1036,9 +1247,16 @@ class Core:
 
     def _ban(self, network_id: str, node_id: str, now: float, fx: Effects) -> None:
         if node_id not in self.bans.setdefault(network_id, {}):
-            b = BanRec(network_id, node_id, created_at=now + self._wall_offset)
+            b = BanRec(network_id, node_id, created_at=now + self._wall_offset,
+                       prefix=self.nodes[node_id].last_prefix)
             self.bans[network_id][node_id] = b
+            self._banned_count[node_id] += 1
             fx.persist.append(PutBan(b))
+
+    def _from_banned_prefix(self, node_id: str, network_id: str) -> bool:
+        """F5: the node's last source prefix is one a node banned from this network came from."""
+        prefix = self.nodes[node_id].last_prefix
+        return prefix is not None and any(b.prefix == prefix for b in self.bans.get(network_id, {}).values())
 
     def _reject(self, me: str, msg: m.Reject, now: float, fx: Effects) -> m.Result:
         self._owned(me, msg.network_id)

@@ -15,13 +15,15 @@ one batch per transaction, in order.
                          existing one (or -wal/-shm) group/others can reach is refused
 
     nodes        node_id PK, public_key UNIQUE, nickname, ipv4 UNIQUE, ipv6 UNIQUE,
-                 endpoints (JSON list), present, created_at
+                 endpoints (JSON list), present, created_at, last_seen (unix time; 0003),
+                 last_prefix (source prefix of the last Login, NULL: loopback/unknown; 0003)
     networks     network_id PK, name, name_key UNIQUE (casefolded name), owner_id -> nodes,
                  password_hash (see shoal.server.passwords), locked, approval, kind ("ip" | "l2"),
                  created_at, broadcast (0002)
     memberships  (network_id -> networks ON DELETE CASCADE, node_id -> nodes) PK, role,
-                 pending, online, joined_at
-    bans         (network_id -> networks ON DELETE CASCADE, node_id -> nodes) PK, created_at
+                 pending, online, joined_at, note (why a pending request waits; 0003)
+    bans         (network_id -> networks ON DELETE CASCADE, node_id -> nodes) PK, created_at,
+                 prefix (the banned node's last source prefix, NULL: none known; 0003)
     settings     key PK, value: "ula_prefix" (the server's IPv6 /48, chosen once)
 """
 
@@ -41,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shoal.server.core import (
-    BanRec, DeleteMember, DeleteNetwork, MemberRec, NetworkRec, NodeRec, Persist, PutBan,
+    BanRec, DeleteMember, DeleteNetwork, DeleteNode, MemberRec, NetworkRec, NodeRec, Persist, PutBan,
     PutMember, PutNetwork, PutNode, make_ula_prefix,
 )
 from shoal.securefile import check_private_file, create_private_empty, ensure_private_dir, write_private
@@ -64,6 +66,8 @@ nodes_t = sa.Table(
     sa.Column("endpoints", sa.Text, nullable=False, server_default="[]"),
     sa.Column("present", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False, server_default="0"),
+    sa.Column("last_prefix", sa.String(43), nullable=True),
 )
 networks_t = sa.Table(
     "networks", metadata,
@@ -86,6 +90,7 @@ memberships_t = sa.Table(
     sa.Column("pending", sa.Boolean, nullable=False),
     sa.Column("online", sa.Boolean, nullable=False),
     sa.Column("joined_at", sa.Float, nullable=False),
+    sa.Column("note", sa.String(32), nullable=False, server_default=""),
     sa.Index("ix_memberships_node", "node_id"),
 )
 bans_t = sa.Table(
@@ -93,6 +98,7 @@ bans_t = sa.Table(
     sa.Column("network_id", sa.String(16), sa.ForeignKey("networks.network_id", ondelete="CASCADE"), primary_key=True),
     sa.Column("node_id", sa.String(16), sa.ForeignKey("nodes.node_id"), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("prefix", sa.String(43), nullable=True),
 )
 settings_t = sa.Table(
     "settings", metadata,
@@ -188,7 +194,8 @@ class Store:
                 NodeRec(
                     node_id=r.node_id, public_key=PublicKey(r.public_key), nickname=r.nickname,
                     ipv4=r.ipv4, ipv6=r.ipv6, endpoints=tuple(json.loads(r.endpoints)),
-                    present=bool(r.present), created_at=r.created_at,
+                    present=bool(r.present), created_at=r.created_at, last_seen=r.last_seen,
+                    last_prefix=r.last_prefix,
                 )
                 for r in await conn.execute(sa.select(nodes_t))
             ]
@@ -203,12 +210,12 @@ class Store:
             members = [
                 MemberRec(
                     network_id=r.network_id, node_id=r.node_id, role=r.role, pending=bool(r.pending),
-                    online=bool(r.online), joined_at=r.joined_at,
+                    online=bool(r.online), joined_at=r.joined_at, note=r.note,
                 )
                 for r in await conn.execute(sa.select(memberships_t))
             ]
             bans = [
-                BanRec(network_id=r.network_id, node_id=r.node_id, created_at=r.created_at)
+                BanRec(network_id=r.network_id, node_id=r.node_id, created_at=r.created_at, prefix=r.prefix)
                 for r in await conn.execute(sa.select(bans_t))
             ]
         return Loaded(prefix, nodes, networks, members, bans)
@@ -229,8 +236,11 @@ def _statement(it: Persist) -> sa.Executable:
         return _upsert(nodes_t, {
             "node_id": n.node_id, "public_key": bytes(n.public_key), "nickname": n.nickname,
             "ipv4": n.ipv4, "ipv6": n.ipv6, "endpoints": json.dumps(list(n.endpoints)),
-            "present": n.present, "created_at": n.created_at,
+            "present": n.present, "created_at": n.created_at, "last_seen": n.last_seen,
+            "last_prefix": n.last_prefix,
         }, ["node_id"])
+    if isinstance(it, DeleteNode):  # an expired node: its memberships were deleted before it
+        return sa.delete(nodes_t).where(nodes_t.c.node_id == it.node_id)
     if isinstance(it, PutNetwork):
         w = it.network
         return _upsert(networks_t, {
@@ -244,7 +254,7 @@ def _statement(it: Persist) -> sa.Executable:
         x = it.member
         return _upsert(memberships_t, {
             "network_id": x.network_id, "node_id": x.node_id, "role": x.role, "pending": x.pending,
-            "online": x.online, "joined_at": x.joined_at,
+            "online": x.online, "joined_at": x.joined_at, "note": x.note,
         }, ["network_id", "node_id"])
     if isinstance(it, DeleteMember):
         return sa.delete(memberships_t).where(
@@ -252,6 +262,6 @@ def _statement(it: Persist) -> sa.Executable:
         )
     if isinstance(it, PutBan):
         b = it.ban
-        return _upsert(bans_t, {"network_id": b.network_id, "node_id": b.node_id, "created_at": b.created_at},
-                       ["network_id", "node_id"])
+        return _upsert(bans_t, {"network_id": b.network_id, "node_id": b.node_id, "created_at": b.created_at,
+                                "prefix": b.prefix}, ["network_id", "node_id"])
     raise TypeError(f"unknown write intent {it!r}")

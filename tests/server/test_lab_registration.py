@@ -23,7 +23,7 @@ import sys
 import pytest
 
 from shoal.constants import REGISTRATION_BURST_PER_PREFIX
-from shoal.daemon.labmesh import Mesh
+from shoal.lab.mesh import Mesh
 from shoal.lab import HostSpec, Lab, Topology
 
 pytestmark = [
@@ -121,7 +121,7 @@ def test_banned_member_with_a_new_key_waits_for_the_owner() -> None:
     """F5 with real daemons: "bad" (198.51.100.20) is evicted with a ban, makes a new key (a new
     daemon state dir on the same host) and joins again: held as pending, and the owner's
     `shoal list --json` shows why; "good" (the owner's /24) still joins directly."""
-    from shoal.daemon.labmesh import NodeProc
+    from shoal.lab.mesh import NodeProc
 
     topo = Topology(clients=[HostSpec("own"), HostSpec("bad"), HostSpec("good")])
     with Lab(topo) as lab:

@@ -7,13 +7,14 @@ import random
 
 import pytest
 
+from shoal.constants import VIEW_PART_BYTES
 from shoal.control import messages as m
 from shoal.server.core import (
     IPV4_POOL, IPV4_RESERVED, PRESENCE_GRACE, Close, Core, DeleteMember, DeleteNetwork,
     PutBan, PutMember, PutNetwork, PutNode, Send, Effects,
 )
 
-from .helpers import FAST_HASHER, ULA, Harness, key_of
+from .helpers import BIG_NET, FAST_HASHER, ULA, Harness, big_network, give_full_candidates, key_of
 
 
 @pytest.fixture
@@ -755,3 +756,34 @@ def test_broadcast_switch(h: Harness) -> None:
     assert h.req("alice", m.SetAccess, network_id=net, broadcast=False).ok
     assert h.last.persist == []  # idempotent
     refused(h, "alice", m.SetAccess, "invalid", network_id=net)
+
+
+# ------------------------------------------------------------------ large views (issue 18 F9)
+
+
+def _view_sends(fx: Effects) -> list[m.FullView | m.ViewUpdate]:
+    return [s.message for s in fx.sends() if isinstance(s.message, (m.FullView, m.ViewUpdate))]
+
+
+def test_a_3000_peer_view_and_a_3000_peer_update_reach_the_node_in_parts_under_the_limit() -> None:
+    nodes, net, members = big_network(3000)
+    core = Core.from_state(ULA, nodes, [net], members, [], now=1000.0, hasher=FAST_HASHER)
+    give_full_candidates(core, [n.node_id for n in nodes[1:]])
+    h = Harness(core)
+    h.login("alice")
+    parts = _view_sends(h.last)
+    sizes = [len(m.encode(p)) for p in parts]
+    assert len(parts) > 1 and max(sizes) <= VIEW_PART_BYTES and sum(sizes) > m.MAX_SERVER_FRAME
+    assert isinstance(parts[0], m.FullView) and [p.more for p in parts][-1] is False
+    h.assert_consistent()  # the mirror holds the whole view, every candidate included
+    assert len(h.peers("alice")) == 3000
+    assert all(len(p.candidates) == m.MAX_CANDIDATES for p in h.clients["alice"].mirror.peers.values())
+    version = core.version_of(h.nid("alice"))
+    assert h.req("alice", m.SetOnline, network_id=BIG_NET, online=False).ok
+    assert h.peers("alice") == set()
+    assert h.req("alice", m.SetOnline, network_id=BIG_NET, online=True).ok
+    parts = _view_sends(h.last)
+    assert [p for p in parts if isinstance(p, m.ViewUpdate) and p.version == version + 2] == parts
+    assert len(parts) > 1 and max(len(m.encode(p)) for p in parts) <= VIEW_PART_BYTES
+    h.assert_consistent()
+    assert len(h.peers("alice")) == 3000 and core.version_of(h.nid("alice")) == version + 2

@@ -511,7 +511,7 @@ class Daemon:
                      self.view.version, getattr(msg, "prev_version", None), msg.version)
             await conn.send(M.ResyncRequest(have_version=self.view.version or 0))
             return
-        if outcome is Outcome.STALE:
+        if outcome in (Outcome.STALE, Outcome.STAGED):  # STAGED: more parts of a split view to come
             return
         await self._reconcile()
         full = self.view.as_full_view()

@@ -286,6 +286,9 @@ def test_a_3000_peer_view_goes_in_parts_under_the_limit_and_joins_back_intact() 
     frames = [m.encode(p) for p in parts]
     assert max(map(len, frames)) <= VIEW_PART_BYTES
     assert _join([m.decode_server(f) for f in frames]) == view  # each part is a valid message
+    with pytest.raises(m.ProtocolError):
+        m.decode_server(m.encode(view))
+    assert m.decode_stored_view(m.encode(view)) == view  # what a node stores of a joined view comes back
 
 
 def test_a_large_view_update_goes_in_parts_removals_first() -> None:

@@ -380,8 +380,8 @@ def encode(message: _Msg) -> bytes:
     return _VERSION_BYTE + _encoder.encode(message)
 
 
-def _decode(frame: bytes, decoder: msgspec.msgpack.Decoder, limit: int):  # noqa: ANN202
-    if len(frame) > limit:
+def _decode(frame: bytes, decoder: msgspec.msgpack.Decoder, limit: int | None):  # noqa: ANN202
+    if limit is not None and len(frame) > limit:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limit}")
     if not frame:
         raise ProtocolError("empty frame")
@@ -401,6 +401,13 @@ def decode_client(frame: bytes) -> ClientMessage:
 def decode_server(frame: bytes) -> ServerMessage:
     """Decode a frame the server sent (client side)."""
     return _decode(frame, _server_decoder, MAX_SERVER_FRAME)
+
+
+def decode_stored_view(frame: bytes) -> ServerMessage:
+    """Decode a view the node stored itself (`encode` of a whole FullView it applied): the
+    field limits hold, the frame limit does not (a view joined from parts may exceed it; the
+    daemon authenticates the file before decoding it)."""
+    return _decode(frame, _server_decoder, None)
 
 
 # ---------------------------------------------------------------- large views (parts)

@@ -243,7 +243,7 @@ class Daemon:
                 log.warning("REFUSING the stored view: %s; starting without peers until the server answers", e)
         if frame:
             try:
-                msg = M.decode_server(frame)
+                msg = M.decode_stored_view(frame)
                 if isinstance(msg, M.FullView):
                     self.view.apply(msg)
                     log.info("restored the stored view (version %d, %d peers)", msg.version, len(msg.peers))

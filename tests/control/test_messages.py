@@ -349,6 +349,10 @@ def test_parts_out_of_sequence_drop_what_is_staged() -> None:
     joiner = m.ViewParts()
     with pytest.raises(m.PartsError):  # a continuation with nothing staged
         joiner.feed(parts[1])
+    for p in parts[2:]:  # the rest of that message: ignored (one resync per broken message)
+        assert joiner.feed(p) is None and not joiner.staged
+    with pytest.raises(m.PartsError):  # its last part went by: the next orphan is an error again
+        joiner.feed(parts[1])
     assert joiner.feed(parts[0]) is None
     with pytest.raises(m.PartsError):  # another version
         joiner.feed(msgspec.structs.replace(parts[1], prev_version=8, version=8))

@@ -90,7 +90,8 @@ continuation (version == prev_version) is recognisable. A receiver stages the pa
 the part with more=False arrives: a half-received view changes nothing, and no peer missing
 from the first part is torn down. A continuation it does not expect (nothing staged, or another
 version) or an ordinary ViewUpdate while parts are staged drops what is staged (`PartsError`;
-the receiver asks for a resync); a FullView while parts are staged starts over. A view under
+the receiver asks for a resync once, and ignores the rest of that message's parts); a
+FullView while parts are staged starts over. A view under
 the limit is one message with more=False, byte for byte as before but for the field. A node
 that predates parts ignores `more` and applies each part as it comes: it reaches the same
 view once the last part is in, passing through partial views (only for views over 1 MiB,
@@ -472,45 +473,53 @@ class ViewParts:
     """A receiver's staging of split view messages ("Large views"); holds at most one.
 
     `feed(msg)` gives the whole message once complete (a message that is not a part: itself),
-    None while parts are still missing, and raises PartsError on a part out of sequence (then
-    nothing is staged any more). The whole is bounded like one message: at most MAX_NETWORKS
-    networks and MAX_PEERS peers."""
+    None while parts are still missing, and raises PartsError on a part out of sequence: then
+    nothing is staged any more, and the remaining parts of that message are ignored (None), so
+    one broken message costs one resync. The whole is bounded like one message: at most
+    MAX_NETWORKS networks and MAX_PEERS peers in each list."""
 
     def __init__(self) -> None:
         self._first: ViewMessage | None = None
         self._lists: dict[str, list[object]] = {}
+        self._ignoring: int | None = None  # the version of a dropped split message
 
     @property
     def staged(self) -> bool:
         return self._first is not None
 
     def clear(self) -> None:
-        self._first, self._lists = None, {}
+        self._first, self._lists, self._ignoring = None, {}, None
+
+    def _drop(self, ignoring: int | None, why: str) -> PartsError:
+        self.clear()
+        self._ignoring = ignoring
+        return PartsError(why)
 
     def feed(self, msg: ViewMessage) -> ViewMessage | None:
+        first = self._first
         if is_continuation(msg):
             assert isinstance(msg, ViewUpdate)
-            first = self._first
             if first is None or msg.version != first.version:
+                if first is None and msg.version == self._ignoring:
+                    if not msg.more:
+                        self._ignoring = None
+                    return None
                 why = "nothing staged" if first is None else f"version {msg.version}, staged {first.version}"
-                self.clear()
-                raise PartsError(f"unexpected view part ({why})")
+                raise self._drop(msg.version if msg.more else None, f"unexpected view part ({why})")
             if isinstance(first, FullView) and (msg.networks_removed or msg.peers_removed):
-                self.clear()
-                raise PartsError("a part of a FullView removes records")
+                raise self._drop(first.version if msg.more else None, "a part of a FullView removes records")
             for f in _RECORD_LISTS:
                 self._lists[f].extend(getattr(msg, f))
                 if len(self._lists[f]) > (MAX_NETWORKS if f.startswith("networks") else MAX_PEERS):
-                    self.clear()
-                    raise PartsError(f"split view with more {f} than one message may carry")
+                    raise self._drop(first.version if msg.more else None,
+                                     f"split view with more {f} than one message may carry")
             if msg.more:
                 return None
             whole = _fill(msgspec.structs.replace(first, more=False), self._lists)
             self.clear()
             return whole
-        if self._first is not None and isinstance(msg, ViewUpdate):
-            self.clear()
-            raise PartsError(f"view update {msg.prev_version}->{msg.version} while a split view was staged")
+        if first is not None and isinstance(msg, ViewUpdate):
+            raise self._drop(first.version, f"view update {msg.prev_version}->{msg.version} while a split view was staged")
         self.clear()
         if not msg.more:
             return msg

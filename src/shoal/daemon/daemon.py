@@ -507,7 +507,7 @@ class Daemon:
     async def _on_view(self, conn: Any, msg: M.FullView | M.ViewUpdate) -> None:
         outcome = self.view.apply(msg)
         if outcome is Outcome.RESYNC:
-            log.info("view version gap (have %s, update %s->%s): asking for a resync",
+            log.info("view version gap or view part out of sequence (have %s, update %s->%s): asking for a resync",
                      self.view.version, getattr(msg, "prev_version", None), msg.version)
             await conn.send(M.ResyncRequest(have_version=self.view.version or 0))
             return

@@ -19,8 +19,9 @@ Rules of `View.apply(msg)`:
 
 A view in parts (messages.py "Large views") is staged first: every part but the last changes
 nothing and gives STAGED; the last one applies the whole message by the rules above. A part
-out of sequence drops what was staged and gives RESYNC (the view stays as it was). So a
-half-received view never tears down a peer that a later part would have kept.
+out of sequence drops what was staged and gives RESYNC (the view stays as it was); the rest
+of that message's parts give STAGED and are ignored. So a half-received view never tears
+down a peer that a later part would have kept.
 
 So applying any message twice changes nothing, and applying a FullView followed by the updates
 that lead from it to a later FullView gives exactly that later view (property-tested).

@@ -91,11 +91,10 @@ the part with more=False arrives: a half-received view changes nothing, and no p
 from the first part is torn down. A continuation it does not expect (nothing staged, or another
 version) or an ordinary ViewUpdate while parts are staged drops what is staged (`PartsError`;
 the receiver asks for a resync once, and ignores the rest of that message's parts); a
-FullView while parts are staged starts over. A view under
-the limit is one message with more=False, byte for byte as before but for the field. A node
-that predates parts ignores `more` and applies each part as it comes: it reaches the same
-view once the last part is in, passing through partial views (only for views over 1 MiB,
-which it could not receive at all before).
+FullView while parts are staged starts over. A view under the limit is one message with
+more=False, as before. A node that predates parts ignores `more` and applies each part as it
+comes: it reaches the same view once the last part is in, passing through partial views
+(only for views over 1 MiB, which it could not receive at all before).
 
 Owner: these are plain data; `shoal.server` produces views, `shoal.daemon` consumes them.
 """
@@ -435,12 +434,11 @@ def split_view(view: ViewMessage, limit: int = VIEW_PART_BYTES) -> list[ViewMess
     if isinstance(view, FullView):
         first: ViewMessage = msgspec.structs.replace(view, networks=[], peers=[], more=True)
         records = [("networks_upsert", n) for n in view.networks] + [("peers_upsert", p) for p in view.peers]
-        target = view.version
     else:
         first = msgspec.structs.replace(view, networks_upsert=[], networks_removed=[], peers_upsert=[],
                                         peers_removed=[], more=True)
         records = [(f, r) for f in _RECORD_LISTS for r in getattr(view, f)]
-        target = view.version
+    target = view.version  # what every continuation names as prev_version and version
     parts: list[ViewMessage] = []
     shell: ViewMessage = first
     lists: dict[str, list[object]] = {f: [] for f in _RECORD_LISTS}
@@ -519,7 +517,8 @@ class ViewParts:
             self.clear()
             return whole
         if first is not None and isinstance(msg, ViewUpdate):
-            raise self._drop(first.version, f"view update {msg.prev_version}->{msg.version} while a split view was staged")
+            raise self._drop(first.version,
+                             f"view update {msg.prev_version}->{msg.version} while a split view was staged")
         self.clear()
         if not msg.more:
             return msg

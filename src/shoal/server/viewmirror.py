@@ -6,8 +6,8 @@ a FullView replaces everything; a ViewUpdate applies only if its prev_version eq
 held version, otherwise `apply` returns False and the caller sends a ResyncRequest. Applying
 the same message twice changes nothing. A view in parts ("Large views") is staged and applied
 whole with its last part (`apply` gives True meanwhile, `staged` says parts are waiting); a
-part out of sequence drops them and gives False (the rest of that message is ignored). (The daemon has its own reconciler that also drives
-WireGuard peers; this one only keeps the data.)
+part out of sequence drops them and gives False (the rest of that message is ignored). (The
+daemon has its own reconciler that also drives WireGuard peers; this one only keeps the data.)
 """
 
 from __future__ import annotations

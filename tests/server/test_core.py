@@ -787,3 +787,17 @@ def test_a_3000_peer_view_and_a_3000_peer_update_reach_the_node_in_parts_under_t
     assert len(parts) > 1 and max(len(m.encode(p)) for p in parts) <= VIEW_PART_BYTES
     h.assert_consistent()
     assert len(h.peers("alice")) == 3000 and core.version_of(h.nid("alice")) == version + 2
+
+
+def test_a_view_over_what_a_node_accepts_is_logged_not_silent(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    nodes, net, members = big_network(30)
+    core = Core.from_state(ULA, nodes, [net], members, [], now=1000.0, hasher=FAST_HASHER)
+    h = Harness(core)
+    monkeypatch.setattr(m, "MAX_PEERS", 20)  # a node refuses a view with more peers (ViewParts)
+    with caplog.at_level("ERROR", logger="shoal.server"):
+        h.connect("alice")
+        fx = core.receive(h.clients["alice"].session, m.Login(), h.now)  # type: ignore[arg-type]
+    assert "its view has 1 networks and 30 peers, over what a node accepts" in caplog.text
+    view = [s.message for s in fx.sends() if isinstance(s.message, m.FullView)]
+    assert len(view) == 1 and len(view[0].peers) == 30  # sent all the same; the node asks again

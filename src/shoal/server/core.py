@@ -529,10 +529,19 @@ class Core:
         self._send_view(node_id, view, fx)
 
     def _send_view(self, node_id: str, msg: m.FullView | m.ViewUpdate, fx: Effects) -> None:
-        """Queue a view message for the node's session, in parts when it is large."""
+        """Queue a view message for the node's session, in parts when it is large. A view with
+        more peers or networks than a node accepts (MAX_PEERS, MAX_NETWORKS) is still sent, and
+        logged: the node will refuse it and ask again (members per network get bounded later)."""
         session = self._rt_of(node_id).session
         assert session is not None
         key = self.nodes[node_id].public_key
+        if isinstance(msg, m.FullView):
+            n_nets, n_peers = len(msg.networks), len(msg.peers)
+        else:
+            n_nets, n_peers = len(msg.networks_upsert), len(msg.peers_upsert)
+        if n_nets > m.MAX_NETWORKS or n_peers > m.MAX_PEERS:
+            log.error("node %s: its view has %d networks and %d peers, over what a node accepts (%d, %d)",
+                      node_id, n_nets, n_peers, m.MAX_NETWORKS, m.MAX_PEERS)
         fx.out.extend(Send(session, key, part) for part in m.split_view(msg))
 
     # ---------------------------------------------------------------- change tracking

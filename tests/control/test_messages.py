@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.constants import VIEW_PART_BYTES
 from shoal.control import messages as m
 
 SELF = m.SelfInfo(node_id="k3x9q2", nickname="alice", ipv4="100.64.0.1", ipv6="fd7a:115c:a1e0::1")
@@ -241,3 +242,136 @@ def test_any_other_version_is_refused(version: int, frame: bytes) -> None:
     for decode in (m.decode_client, m.decode_server):
         with pytest.raises(m.ProtocolError, match="version"):
             decode(bytes([version]) + frame[1:])
+
+
+# ---------------------------------------------------------------- large views in parts (issue 18 F9)
+
+
+def _big_peer(i: int) -> m.PeerInfo:
+    """A peer with every list full: about 1.9 kB encoded."""
+    return m.PeerInfo(
+        node_id=f"p{i:05d}", nickname=f"member-{i:05d}-with-a-long-nickname", public_key=i.to_bytes(32, "big"),
+        ipv4=f"100.65.{i // 256}.{i % 256}", ipv6=f"fd12:3456:789a::{i:x}",
+        endpoints=[f"[2001:db8:{i:x}:ffff:ffff:ffff:ffff:{j:x}]:65535" for j in range(m.MAX_ENDPOINTS)],
+        candidates=[m.Candidate("mapped", f"[2001:db8:ffff:{k:x}:ffff:ffff:ffff:ffff]:65535")
+                    for k in range(m.MAX_CANDIDATES)],
+        nat_hard=True)
+
+
+def _big_view(n: int) -> m.FullView:
+    members = [m.MemberInfo(node_id=SELF.node_id, nickname=SELF.nickname, role="owner", online=True)]
+    members += [m.MemberInfo(node_id=f"p{i:05d}", nickname=f"member-{i:05d}-with-a-long-nickname", role="member",
+                             online=True) for i in range(n)]
+    net = m.NetworkInfo(network_id="big", name="big", owner_id=SELF.node_id, kind="ip", locked=False,
+                        approval="auto", members=members)
+    return m.FullView(version=7, node=SELF, networks=[net], peers=[_big_peer(i) for i in range(n)])
+
+
+def _join(parts: list[m.FullView | m.ViewUpdate]) -> m.FullView | m.ViewUpdate:
+    joiner = m.ViewParts()
+    for p in parts[:-1]:
+        assert joiner.feed(p) is None and joiner.staged
+    whole = joiner.feed(parts[-1])
+    assert whole is not None and not joiner.staged
+    return whole
+
+
+def test_a_3000_peer_view_goes_in_parts_under_the_limit_and_joins_back_intact() -> None:
+    view = _big_view(3000)
+    assert len(m.encode(view)) > m.MAX_SERVER_FRAME  # one message could not be sent at all
+    parts = m.split_view(view)
+    assert len(parts) > 1 and isinstance(parts[0], m.FullView) and parts[0].more
+    assert all(isinstance(p, m.ViewUpdate) and p.prev_version == p.version == 7 for p in parts[1:])
+    assert [p.more for p in parts] == [True] * (len(parts) - 1) + [False]
+    frames = [m.encode(p) for p in parts]
+    assert max(map(len, frames)) <= VIEW_PART_BYTES
+    assert _join([m.decode_server(f) for f in frames]) == view  # each part is a valid message
+    with pytest.raises(m.ProtocolError):
+        m.decode_server(m.encode(view))
+    assert m.decode_stored_view(m.encode(view)) == view  # what a node stores of a joined view comes back
+
+
+def test_a_large_view_update_goes_in_parts_removals_first() -> None:
+    big = _big_view(3000)
+    upd = m.ViewUpdate(prev_version=3, version=4, node=SELF, networks_upsert=big.networks,
+                       networks_removed=["gone"], peers_upsert=big.peers,
+                       peers_removed=[f"r{i:05d}" for i in range(40000)])
+    parts = m.split_view(upd)
+    assert len(parts) > 1 and max(len(m.encode(p)) for p in parts) <= VIEW_PART_BYTES
+    assert (parts[0].prev_version, parts[0].version, parts[0].node) == (3, 4, SELF)
+    assert all(p.prev_version == p.version == 4 and p.node is None for p in parts[1:])
+    order = [f for p in parts for f in ("networks_removed", "peers_removed", "networks_upsert", "peers_upsert")
+             if getattr(p, f)]
+    assert order == sorted(order, key=["networks_removed", "peers_removed", "networks_upsert",
+                                       "peers_upsert"].index)
+    assert _join(parts) == upd
+
+
+def test_a_view_under_the_limit_is_one_message_and_a_huge_record_gets_a_part_alone() -> None:
+    small = _big_view(3)
+    assert m.split_view(small) == [small]
+    one = _big_view(1)
+    parts = m.split_view(one, limit=500)  # the peer record alone is bigger than 500 bytes
+    assert len(parts) == 2 and parts[1].peers_upsert == one.peers and len(m.encode(parts[1])) > 500
+    assert _join(parts) == one
+    with pytest.raises(ValueError):
+        m.split_view(parts[0])
+
+
+_records = st.builds(lambda i: _big_peer(i), st.integers(0, 65535))
+_nets = st.builds(lambda n: msgspec.structs.replace(NET, network_id=f"n{n}"), st.integers(0, 255))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_nets, max_size=6, unique_by=lambda x: x.network_id),
+       st.lists(_records, max_size=30, unique_by=lambda x: x.node_id),
+       st.lists(st.sampled_from(["n1", "n2", "n9"]), max_size=4),
+       st.lists(st.sampled_from(["p00001", "p00077", "zz"]), max_size=5),
+       st.booleans(), st.integers(300, 12000))
+def test_split_then_join_gives_back_any_view(nets, peers, nets_rm, peers_rm, full, limit) -> None:
+    if full:
+        view: m.FullView | m.ViewUpdate = m.FullView(version=5, node=SELF, networks=nets, peers=peers)
+    else:
+        view = m.ViewUpdate(prev_version=5, version=6, node=None, networks_upsert=nets, networks_removed=nets_rm,
+                            peers_upsert=peers, peers_removed=peers_rm)
+    parts = m.split_view(view, limit)
+    for p in parts:
+        n_records = sum(len(getattr(p, f, ())) for f in ("networks", "peers", "networks_upsert", "peers_upsert",
+                                                          "networks_removed", "peers_removed"))
+        assert len(m.encode(p)) <= limit or n_records == 1
+        assert m.decode_server(m.encode(p)) == p
+    assert _join(parts) == view
+
+
+def test_parts_out_of_sequence_drop_what_is_staged() -> None:
+    parts = m.split_view(_big_view(40), limit=20000)
+    assert len(parts) >= 3
+    joiner = m.ViewParts()
+    with pytest.raises(m.PartsError):  # a continuation with nothing staged
+        joiner.feed(parts[1])
+    for p in parts[2:]:  # the rest of that message: ignored (one resync per broken message)
+        assert joiner.feed(p) is None and not joiner.staged
+    with pytest.raises(m.PartsError):  # its last part went by: the next orphan is an error again
+        joiner.feed(parts[1])
+    assert joiner.feed(parts[0]) is None
+    with pytest.raises(m.PartsError):  # another version
+        joiner.feed(msgspec.structs.replace(parts[1], prev_version=8, version=8))
+    assert not joiner.staged
+    joiner.feed(parts[0])
+    with pytest.raises(m.PartsError):  # an ordinary update in the middle
+        joiner.feed(m.ViewUpdate(prev_version=7, version=8))
+    assert not joiner.staged
+    joiner.feed(parts[0])
+    with pytest.raises(m.PartsError):  # a FullView's part never removes
+        joiner.feed(msgspec.structs.replace(parts[1], peers_removed=["p00001"]))
+    joiner.feed(parts[0])
+    assert joiner.feed(parts[0]) is None  # a FullView starts over
+    assert _join(parts) == _big_view(40)
+    whole = m.FullView(version=1, node=SELF, networks=[], peers=[])
+    assert joiner.feed(whole) is whole
+
+
+def test_more_is_default_compatible() -> None:
+    old = _raw({"type": "full_view", "version": 1, "node": msgspec.to_builtins(SELF), "networks": [], "peers": []})
+    assert m.decode_server(old) == m.FullView(version=1, node=SELF, networks=[], peers=[], more=False)
+    assert m.decode_server(_raw({"type": "view_update", "prev_version": 1, "version": 2})).more is False

@@ -547,3 +547,38 @@ async def test_layer2_and_broadcast_switch_need_a_server_that_knows_them(tmp_pat
         st = await h.call("GET", "/v1/status")
         row = next(n for n in st["networks"] if n["name"] == "ipx")
         assert row["kind"] == "l2" and row["broadcast"] is True
+
+
+def big_peer(i: int) -> M.PeerInfo:
+    """A peer with every list full (about 1.9 kB encoded)."""
+    return M.PeerInfo(
+        node_id=f"b{i:05d}", nickname=f"member-{i:05d}-with-a-long-nickname",
+        public_key=bytes(PrivateKey.from_seed(f"big{i}".encode()).public_key()),
+        ipv4=str(ipaddress.IPv4Address("100.65.0.1") + i), ipv6=f"fd5a::1:{i:x}",
+        endpoints=[f"[2001:db8:{i:x}:ffff:ffff:ffff:ffff:{j:x}]:65535" for j in range(M.MAX_ENDPOINTS)],
+        candidates=[M.Candidate("mapped", f"[2001:db8:ffff:{k:x}:ffff:ffff:ffff:ffff]:65535")
+                    for k in range(M.MAX_CANDIDATES)])
+
+
+async def test_a_view_in_parts_is_applied_once_whole_and_comes_back_after_a_restart(tmp_path, server):
+    """Issue 18 F9: 2500 peers (about 5 MB, over MAX_SERVER_FRAME) sent in parts."""
+    async with Harness(tmp_path, server) as h:
+        await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+        conn = server.conns[-1]
+        await until(lambda: h.daemon.view.version == 1)
+        big = M.FullView(version=2, node=SELF, networks=server.networks, peers=[peer(0), *map(big_peer, range(2500))])
+        parts = M.split_view(big)
+        assert len(parts) > 2
+        calls = h.plane.set_peers_calls
+        conn.push(*parts[:-1])
+        await until(lambda: h.daemon.view.parts.staged)
+        await asyncio.sleep(0.05)
+        # half received: nothing applied, p1 (which the new view drops) is still there
+        assert h.plane.set_peers_calls == calls and h.daemon.view.version == 1
+        assert h.engine_peers() == {PEER_KEYS[0].public_key(), PEER_KEYS[1].public_key()}
+        conn.push(parts[-1])
+        await until(lambda: h.daemon.view.version == 2, timeout=10)
+        assert h.plane.set_peers_calls == calls + 1 and len(h.engine_peers()) == 2501
+    server.reachable = False  # the daemon restarts while the server is away
+    async with Harness(tmp_path, server) as h2:
+        assert h2.daemon.view.version == 2 and len(h2.engine_peers()) == 2501

@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.control.messages import FullView, MemberInfo, NetworkInfo, PeerInfo, SelfInfo, ViewUpdate
+from shoal.control.messages import FullView, MemberInfo, NetworkInfo, PeerInfo, SelfInfo, ViewUpdate, split_view
 from shoal.daemon.view import Outcome, PeerPlanner, View, first_endpoint
 from shoal.wireguard.keys import PrivateKey
 
@@ -164,3 +164,51 @@ def test_first_endpoint_skips_unusable_entries():
     assert first_endpoint(["nonsense", "example.com:1", "[fd00::1]:5", "203.0.113.1:7"]) == ("fd00::1", 5)
     assert first_endpoint([]) is None
     assert first_endpoint(["203.0.113.1:99999"]) is None
+
+
+# ---------------------------------------------------------------- views in parts (issue 18 F9)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(state_st, min_size=2, max_size=5), st.integers(250, 1500), st.data())
+def test_views_in_parts_apply_whole_and_a_half_received_view_changes_nothing(states, limit, data):
+    view = View()
+    msgs = [full(0, states[0])] + [diff(i, states[i - 1], states[i]) for i in range(1, len(states))]
+    for msg in msgs:
+        parts = split_view(msg, limit)
+        before = view.as_full_view()
+        for p in parts[:-1]:
+            assert view.apply(p) is Outcome.STAGED
+            assert view.as_full_view() == before  # nothing of a half-received view shows
+        assert view.apply(parts[-1]) is Outcome.APPLIED
+    expected = View()
+    expected.apply(full(len(states) - 1, states[-1]))
+    assert view.as_full_view() == expected.as_full_view()
+
+
+def test_peers_missing_from_the_first_part_are_not_torn_down():
+    peers = [peer_info(i) for i in range(8)]
+    view, planner = View(), PeerPlanner(OWN.public_key())
+    view.apply(FullView(version=1, node=SELF, networks=[], peers=peers))
+    held = {c.public_key for c in planner.configs(view)}
+    parts = split_view(FullView(version=2, node=SELF, networks=[], peers=peers), limit=600)
+    assert len(parts) >= 3 and len(parts[0].peers) < len(peers)
+    assert view.apply(parts[0]) is Outcome.STAGED
+    assert view.apply(parts[1]) is Outcome.STAGED
+    assert {c.public_key for c in planner.configs(view)} == held and view.version == 1
+    # the session ends here; the next one starts with a whole FullView
+    assert view.apply(FullView(version=2, node=SELF, networks=[], peers=peers[:3])) is Outcome.APPLIED
+    assert set(view.peers) == {"n0", "n1", "n2"}
+
+
+def test_a_part_out_of_sequence_asks_for_resync_and_changes_nothing():
+    peers = [peer_info(i) for i in range(8)]
+    view = View()
+    view.apply(FullView(version=1, node=SELF, networks=[], peers=peers[:2]))
+    before = view.as_full_view()
+    parts = split_view(FullView(version=2, node=SELF, networks=[], peers=peers), limit=600)
+    assert view.apply(parts[1]) is Outcome.RESYNC  # a continuation without its first part
+    assert view.apply(parts[0]) is Outcome.STAGED
+    assert view.apply(ViewUpdate(prev_version=1, version=2)) is Outcome.RESYNC  # not a part: staging dropped
+    assert view.apply(parts[-1]) is Outcome.STAGED  # the rest of the dropped message: ignored, no 2nd resync
+    assert view.as_full_view() == before and not view.parts.staged

@@ -6,10 +6,11 @@ import copy
 import ipaddress
 import itertools
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shoal.control import messages as m
-from shoal.server.core import Close, Core, Effects, Send
+from shoal.server.core import Close, Core, Effects, MemberRec, NetworkRec, NodeRec, Send
 from shoal.server.passwords import PasswordHasher
 from shoal.server.viewmirror import ViewMirror
 from shoal.wireguard.keys import PrivateKey, PublicKey
@@ -146,3 +147,34 @@ class Harness:
         """A deep copy of the stored state, to check that a refusal changed nothing."""
         core = self.core
         return copy.deepcopy((core.nodes, core.networks, core.members, core.bans))
+
+
+# ------------------------------------------------------------------ a big network (issue 18 F9)
+
+BIG_NET = "bignet01"
+
+
+def big_network(n: int, now: float = 1000.0) -> tuple[list[NodeRec], NetworkRec, list[MemberRec]]:
+    """Records of one network: "alice" (its owner, stored as away) and `n` members stored as
+    present, each with the longest host endpoint list a Login may carry."""
+    alice = NodeRec("alice0", key_of("alice"), "alice", "100.64.1.1", str(ULA[0x64400101]))
+    nodes = [alice]
+    for i in range(n):
+        v4 = ipaddress.IPv4Address(int(ipaddress.IPv4Address("100.65.0.1")) + i)
+        eps = tuple(f"[2001:db8:{i:x}:ffff:ffff:ffff:ffff:{j:x}]:65535" for j in range(m.MAX_ENDPOINTS))
+        nodes.append(NodeRec(f"m{i:05d}", key_of(f"m{i}"), f"member-{i:05d}-with-a-long-nickname", str(v4),
+                             str(ULA[int(v4)]), endpoints=eps, present=True, created_at=now))
+    net = NetworkRec(BIG_NET, "big", alice.node_id, "unused-hash", created_at=now)
+    members = [MemberRec(BIG_NET, alice.node_id, "owner")]
+    members += [MemberRec(BIG_NET, x.node_id, "member") for x in nodes[1:]]
+    return nodes, net, members
+
+
+def give_full_candidates(core: Core, node_ids: Iterable[str]) -> None:
+    """What a Candidates message with a full list from each node's session would leave in the
+    core (its runtime state; the stored nodes have no sessions here)."""
+    for nid in node_ids:
+        rt = core._rt_of(nid)
+        rt.candidates = tuple(m.Candidate("mapped", f"[2001:db8:ffff:{k:x}:ffff:ffff:ffff:ffff]:65535")
+                              for k in range(m.MAX_CANDIDATES))
+        rt.nat_hard = True

@@ -16,12 +16,13 @@ from shoal.control.noise import ClientHandshake
 from shoal.control.transport import ConnectError, ServerKeyMismatch, connect, control_url, fetch_server_key
 from shoal.server import app as server_app
 from shoal.server.app import Running, serve
-from shoal.server.core import Close
+from shoal.server.core import Close, PutMember, PutNetwork, PutNode
+from shoal.server.store import Store
 from shoal.server.testclient import ControlClient
 from shoal.testing.tls import self_signed
 from shoal.wireguard.keys import PrivateKey
 
-from .helpers import FAST_HASHER
+from .helpers import FAST_HASHER, big_network, give_full_candidates
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -396,3 +397,21 @@ async def test_a_failing_sender_closes_its_session_with_a_logged_reason(
         assert closed is not None and getattr(closed, "code", None) == 1011
         assert "sending Pong failed" in caplog.text
         assert r.control.stats["sender_failures"] == 1
+
+
+async def test_a_view_of_3000_peers_with_full_candidate_lists_reaches_the_node_in_parts(tmp_path: Path) -> None:
+    """Issue 18 F9 through the real transport: about 6 MB of view, over the 4 MiB frame limit."""
+    nodes, net, members = big_network(3000)
+    store = await Store.open(tmp_path)
+    await store.apply([*(PutNode(n) for n in nodes), PutNetwork(net), *(PutMember(x) for x in members)])
+    await store.close()
+    async with running(tmp_path) as r:
+        give_full_candidates(r.control.core, [n.node_id for n in nodes[1:]])
+        alice = await login(r, "alice", timeout=30.0)
+        assert len(alice.mirror.peers) == 3000 and alice.mirror.full_views == 1 and not alice.mirror.staged
+        want = r.control.core.full_view(alice.node_id)
+        assert alice.mirror.as_full_view() == (want.node, want.networks, want.peers)
+        assert sum(len(m.encode(p)) for p in want.peers) > m.MAX_SERVER_FRAME
+        assert alice.closed is None and r.control.stats["sender_failures"] == 0
+        assert await alice.ping(1) < 5
+        await alice.close()

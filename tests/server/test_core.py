@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.constants import VIEW_PART_BYTES
 from shoal.control import messages as m
 from shoal.server.core import (
     IPV4_POOL, IPV4_RESERVED, PRESENCE_GRACE, Close, Core, DeleteMember, DeleteNetwork,
     PutBan, PutMember, PutNetwork, PutNode, Send, Effects,
 )
 
-from .helpers import FAST_HASHER, ULA, Harness, key_of
+from .helpers import BIG_NET, FAST_HASHER, ULA, Harness, big_network, give_full_candidates, key_of
 
 
 @pytest.fixture
@@ -1013,3 +1014,48 @@ def test_full_pool_searches_spend_the_registration_budget() -> None:
         fx = h.send(f"x{i}", m.Login())
         codes += [o.message.code for o in fx.sends() if isinstance(o.message, m.Error)]
     assert codes == ["address_pool_full"] * REGISTRATION_BURST_PER_PREFIX + ["registration_limited"] * 3
+
+
+# ------------------------------------------------------------------ large views (issue 18 F9)
+
+
+def _view_sends(fx: Effects) -> list[m.FullView | m.ViewUpdate]:
+    return [s.message for s in fx.sends() if isinstance(s.message, (m.FullView, m.ViewUpdate))]
+
+
+def test_a_3000_peer_view_and_a_3000_peer_update_reach_the_node_in_parts_under_the_limit() -> None:
+    nodes, net, members = big_network(3000)
+    core = Core.from_state(ULA, nodes, [net], members, [], now=1000.0, hasher=FAST_HASHER)
+    give_full_candidates(core, [n.node_id for n in nodes[1:]])
+    h = Harness(core)
+    h.login("alice")
+    parts = _view_sends(h.last)
+    sizes = [len(m.encode(p)) for p in parts]
+    assert len(parts) > 1 and max(sizes) <= VIEW_PART_BYTES and sum(sizes) > m.MAX_SERVER_FRAME
+    assert isinstance(parts[0], m.FullView) and [p.more for p in parts][-1] is False
+    h.assert_consistent()  # the mirror holds the whole view, every candidate included
+    assert len(h.peers("alice")) == 3000
+    assert all(len(p.candidates) == m.MAX_CANDIDATES for p in h.clients["alice"].mirror.peers.values())
+    version = core.version_of(h.nid("alice"))
+    assert h.req("alice", m.SetOnline, network_id=BIG_NET, online=False).ok
+    assert h.peers("alice") == set()
+    assert h.req("alice", m.SetOnline, network_id=BIG_NET, online=True).ok
+    parts = _view_sends(h.last)
+    assert [p for p in parts if isinstance(p, m.ViewUpdate) and p.version == version + 2] == parts
+    assert len(parts) > 1 and max(len(m.encode(p)) for p in parts) <= VIEW_PART_BYTES
+    h.assert_consistent()
+    assert len(h.peers("alice")) == 3000 and core.version_of(h.nid("alice")) == version + 2
+
+
+def test_a_view_over_what_a_node_accepts_is_logged_not_silent(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    nodes, net, members = big_network(30)
+    core = Core.from_state(ULA, nodes, [net], members, [], now=1000.0, hasher=FAST_HASHER)
+    h = Harness(core)
+    monkeypatch.setattr(m, "MAX_PEERS", 20)  # a node refuses a view with more peers (ViewParts)
+    with caplog.at_level("ERROR", logger="shoal.server"):
+        h.connect("alice")
+        fx = core.receive(h.clients["alice"].session, m.Login(), h.now)  # type: ignore[arg-type]
+    assert "its view has 1 networks and 30 peers, over what a node accepts" in caplog.text
+    view = [s.message for s in fx.sends() if isinstance(s.message, m.FullView)]
+    assert len(view) == 1 and len(view[0].peers) == 30  # sent all the same; the node asks again

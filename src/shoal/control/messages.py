@@ -70,6 +70,32 @@ its version by one and is sent as a ViewUpdate with prev_version; a node whose v
 not equal prev_version asks for a resync and gets a FullView. Applying a FullView or a
 ViewUpdate twice changes nothing (idempotent reconciliation).
 
+Large views (parts; issue 18 F9). A FullView or ViewUpdate whose frame would be bigger than
+VIEW_PART_BYTES (shoal.constants, 1 MiB) is sent as consecutive parts made by `split_view`,
+each a valid message of at most VIEW_PART_BYTES (unless it holds one record that alone is
+bigger; the field limits keep any record far below MAX_SERVER_FRAME):
+
+    part     message                                                    more
+    first    the message itself (same version / prev_version, node)     True
+             with a share of its records
+    next     ViewUpdate(prev_version = version = the first part's        True; False on
+             version) with further records in networks_upsert,           the last part
+             peers_upsert (a split ViewUpdate: also networks_removed,
+             peers_removed; node None)
+
+Records go out in the order networks_removed, peers_removed, networks, peers, so removals
+come before upserts. An ordinary ViewUpdate always has version = prev_version + 1, so a
+continuation (version == prev_version) is recognisable. A receiver stages the parts in a
+`ViewParts` and applies the whole (the union of the parts' records as one message) only when
+the part with more=False arrives: a half-received view changes nothing, and no peer missing
+from the first part is torn down. A continuation it does not expect (nothing staged, or another
+version) or an ordinary ViewUpdate while parts are staged drops what is staged (`PartsError`;
+the receiver asks for a resync once, and ignores the rest of that message's parts); a
+FullView while parts are staged starts over. A view under the limit is one message with
+more=False, as before. A node that predates parts ignores `more` and applies each part as it
+comes: it reaches the same view once the last part is in, passing through partial views
+(only for views over 1 MiB, which it could not receive at all before).
+
 Owner: these are plain data; `shoal.server` produces views, `shoal.daemon` consumes them.
 """
 
@@ -78,6 +104,8 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import msgspec
+
+from shoal.constants import VIEW_PART_BYTES
 
 PROTOCOL_VERSION = 1
 MAX_CLIENT_FRAME = 64 * 1024
@@ -294,6 +322,7 @@ class FullView(_Msg, tag="full_view"):
     node: SelfInfo
     networks: Annotated[list[NetworkInfo], msgspec.Meta(max_length=MAX_NETWORKS)]
     peers: Annotated[list[PeerInfo], msgspec.Meta(max_length=MAX_PEERS)]
+    more: bool = False  # a part: continuations follow ("Large views")
 
 
 class ViewUpdate(_Msg, tag="view_update"):
@@ -304,6 +333,7 @@ class ViewUpdate(_Msg, tag="view_update"):
     networks_removed: list[NetworkId] = []
     peers_upsert: list[PeerInfo] = []
     peers_removed: list[NodeId] = []
+    more: bool = False  # a part: continuations follow ("Large views")
 
 
 class Result(_Msg, tag="result"):
@@ -353,8 +383,8 @@ def encode(message: _Msg) -> bytes:
     return _VERSION_BYTE + _encoder.encode(message)
 
 
-def _decode(frame: bytes, decoder: msgspec.msgpack.Decoder, limit: int):  # noqa: ANN202
-    if len(frame) > limit:
+def _decode(frame: bytes, decoder: msgspec.msgpack.Decoder, limit: int | None):  # noqa: ANN202
+    if limit is not None and len(frame) > limit:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limit}")
     if not frame:
         raise ProtocolError("empty frame")
@@ -374,3 +404,131 @@ def decode_client(frame: bytes) -> ClientMessage:
 def decode_server(frame: bytes) -> ServerMessage:
     """Decode a frame the server sent (client side)."""
     return _decode(frame, _server_decoder, MAX_SERVER_FRAME)
+
+
+def decode_stored_view(frame: bytes) -> ServerMessage:
+    """Decode a view the node stored itself (`encode` of a whole FullView it applied): the
+    field limits hold, the frame limit does not (a view joined from parts may exceed it; the
+    daemon authenticates the file before decoding it)."""
+    return _decode(frame, _server_decoder, None)
+
+
+# ---------------------------------------------------------------- large views (parts)
+
+ViewMessage = Union[FullView, ViewUpdate]
+_LIST_HEADER = 5  # bytes a msgpack array header may take beyond the one of an empty list
+_RECORD_LISTS = ("networks_removed", "peers_removed", "networks_upsert", "peers_upsert")
+
+
+def is_continuation(msg: ViewMessage) -> bool:
+    """A later part of a split view message (only parts have version == prev_version)."""
+    return isinstance(msg, ViewUpdate) and msg.version == msg.prev_version
+
+
+def split_view(view: ViewMessage, limit: int = VIEW_PART_BYTES) -> list[ViewMessage]:
+    """`view` as parts whose frames are at most `limit` bytes ("Large views"); [view] if it fits.
+
+    Each part gets whole records, as many as fit; a record bigger than `limit` alone gets a part
+    of its own (over the limit). Joining the parts (`ViewParts`) gives back `view`."""
+    if is_continuation(view) or view.more:
+        raise ValueError("split_view takes a whole view message, not a part")
+    if len(encode(view)) <= limit:
+        return [view]
+    if isinstance(view, FullView):
+        first: ViewMessage = msgspec.structs.replace(view, networks=[], peers=[], more=True)
+        records = [("networks_upsert", n) for n in view.networks] + [("peers_upsert", p) for p in view.peers]
+    else:
+        first = msgspec.structs.replace(view, networks_upsert=[], networks_removed=[], peers_upsert=[],
+                                        peers_removed=[], more=True)
+        records = [(f, r) for f in _RECORD_LISTS for r in getattr(view, f)]
+    target = view.version  # what every continuation names as prev_version and version
+    parts: list[ViewMessage] = []
+    shell: ViewMessage = first
+    lists: dict[str, list[object]] = {f: [] for f in _RECORD_LISTS}
+    used = len(encode(shell)) + _LIST_HEADER * len(_RECORD_LISTS)
+    for field_name, record in records:
+        size = len(_encoder.encode(record))
+        if used + size > limit and any(lists.values()):
+            parts.append(_fill(shell, lists))
+            shell = ViewUpdate(prev_version=target, version=target, more=True)
+            lists = {f: [] for f in _RECORD_LISTS}
+            used = len(encode(shell)) + _LIST_HEADER * len(_RECORD_LISTS)
+        lists[field_name].append(record)
+        used += size
+    parts.append(_fill(shell, lists))
+    parts[-1] = msgspec.structs.replace(parts[-1], more=False)
+    return parts
+
+
+def _fill(shell: ViewMessage, lists: dict[str, list[object]]) -> ViewMessage:
+    if isinstance(shell, FullView):
+        return msgspec.structs.replace(shell, networks=lists["networks_upsert"], peers=lists["peers_upsert"])
+    return msgspec.structs.replace(shell, **lists)
+
+
+class PartsError(ProtocolError):
+    """A view part out of sequence: what was staged is dropped (the receiver resyncs)."""
+
+
+class ViewParts:
+    """A receiver's staging of split view messages ("Large views"); holds at most one.
+
+    `feed(msg)` gives the whole message once complete (a message that is not a part: itself),
+    None while parts are still missing, and raises PartsError on a part out of sequence: then
+    nothing is staged any more, and the remaining parts of that message are ignored (None), so
+    one broken message costs one resync. The whole is bounded like one message: at most
+    MAX_NETWORKS networks and MAX_PEERS peers in each list."""
+
+    def __init__(self) -> None:
+        self._first: ViewMessage | None = None
+        self._lists: dict[str, list[object]] = {}
+        self._ignoring: int | None = None  # the version of a dropped split message
+
+    @property
+    def staged(self) -> bool:
+        return self._first is not None
+
+    def clear(self) -> None:
+        self._first, self._lists, self._ignoring = None, {}, None
+
+    def _drop(self, ignoring: int | None, why: str) -> PartsError:
+        self.clear()
+        self._ignoring = ignoring
+        return PartsError(why)
+
+    def feed(self, msg: ViewMessage) -> ViewMessage | None:
+        first = self._first
+        if is_continuation(msg):
+            assert isinstance(msg, ViewUpdate)
+            if first is None or msg.version != first.version:
+                if first is None and msg.version == self._ignoring:
+                    if not msg.more:
+                        self._ignoring = None
+                    return None
+                why = "nothing staged" if first is None else f"version {msg.version}, staged {first.version}"
+                raise self._drop(msg.version if msg.more else None, f"unexpected view part ({why})")
+            if isinstance(first, FullView) and (msg.networks_removed or msg.peers_removed):
+                raise self._drop(first.version if msg.more else None, "a part of a FullView removes records")
+            for f in _RECORD_LISTS:
+                self._lists[f].extend(getattr(msg, f))
+                if len(self._lists[f]) > (MAX_NETWORKS if f.startswith("networks") else MAX_PEERS):
+                    raise self._drop(first.version if msg.more else None,
+                                     f"split view with more {f} than one message may carry")
+            if msg.more:
+                return None
+            whole = _fill(msgspec.structs.replace(first, more=False), self._lists)
+            self.clear()
+            return whole
+        if first is not None and isinstance(msg, ViewUpdate):
+            raise self._drop(first.version,
+                             f"view update {msg.prev_version}->{msg.version} while a split view was staged")
+        self.clear()
+        if not msg.more:
+            return msg
+        self._first = msg
+        if isinstance(msg, FullView):
+            self._lists = {"networks_upsert": list(msg.networks), "peers_upsert": list(msg.peers),
+                           "networks_removed": [], "peers_removed": []}
+        else:
+            self._lists = {f: list(getattr(msg, f)) for f in _RECORD_LISTS}
+        return None

@@ -231,7 +231,7 @@ class Daemon:
                 log.warning("REFUSING the stored view: %s; starting without peers until the server answers", e)
         if frame:
             try:
-                msg = M.decode_server(frame)
+                msg = M.decode_stored_view(frame)
                 if isinstance(msg, M.FullView):
                     self.view.apply(msg)
                     log.info("restored the stored view (version %d, %d peers)", msg.version, len(msg.peers))
@@ -492,11 +492,11 @@ class Daemon:
     async def _on_view(self, conn: Any, msg: M.FullView | M.ViewUpdate) -> None:
         outcome = self.view.apply(msg)
         if outcome is Outcome.RESYNC:
-            log.info("view version gap (have %s, update %s->%s): asking for a resync",
+            log.info("view version gap or view part out of sequence (have %s, update %s->%s): asking for a resync",
                      self.view.version, getattr(msg, "prev_version", None), msg.version)
             await conn.send(M.ResyncRequest(have_version=self.view.version or 0))
             return
-        if outcome is Outcome.STALE:
+        if outcome in (Outcome.STALE, Outcome.STAGED):  # STAGED: more parts of a split view to come
             return
         await self._reconcile()
         full = self.view.as_full_view()

@@ -17,6 +17,12 @@ Rules of `View.apply(msg)`:
                  one we already have)
     ViewUpdate   otherwise (we missed updates)               nothing                 RESYNC
 
+A view in parts (messages.py "Large views") is staged first: every part but the last changes
+nothing and gives STAGED; the last one applies the whole message by the rules above. A part
+out of sequence drops what was staged and gives RESYNC (the view stays as it was); the rest
+of that message's parts give STAGED and are ignored. So a half-received view never tears
+down a peer that a later part would have kept.
+
 So applying any message twice changes nothing, and applying a FullView followed by the updates
 that lead from it to a later FullView gives exactly that later view (property-tested).
 
@@ -34,7 +40,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
-from shoal.control.messages import FullView, NetworkInfo, PeerInfo, SelfInfo, ViewUpdate
+from shoal.control.messages import FullView, NetworkInfo, PartsError, PeerInfo, SelfInfo, ViewParts, ViewUpdate
 from shoal.lan.arp import link_local_for, mac_for_ipv4
 from shoal.dataplane.config import parse_endpoint
 from shoal.wireguard.keys import PublicKey
@@ -45,6 +51,7 @@ class Outcome(enum.Enum):
     APPLIED = "applied"
     STALE = "stale"
     RESYNC = "resync"
+    STAGED = "staged"  # a part of a split view: nothing applied yet
 
 
 @dataclass
@@ -53,8 +60,16 @@ class View:
     node: SelfInfo | None = None
     networks: dict[str, NetworkInfo] = field(default_factory=dict)
     peers: dict[str, PeerInfo] = field(default_factory=dict)
+    parts: ViewParts = field(default_factory=ViewParts, repr=False, compare=False)
 
     def apply(self, msg: FullView | ViewUpdate) -> Outcome:
+        try:
+            whole = self.parts.feed(msg)
+        except PartsError:
+            return Outcome.RESYNC
+        if whole is None:
+            return Outcome.STAGED
+        msg = whole
         if isinstance(msg, FullView):
             self.version = msg.version
             self.node = msg.node
@@ -83,6 +98,7 @@ class View:
     def clear(self) -> None:
         self.version, self.node = None, None
         self.networks, self.peers = {}, {}
+        self.parts.clear()
 
     def as_full_view(self) -> FullView | None:
         """The view as one FullView (what we persist), or None before the first one."""

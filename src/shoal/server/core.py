@@ -99,7 +99,9 @@ online). After Login the node gets LoginOk and a FullView; every later change is
 ViewUpdate computed by diffing against what that session was last sent (so a no-op change
 sends nothing, and a node never gets a delta it cannot apply). Versions are per node, grow by
 one per ViewUpdate and never go back while the server runs; a ResyncRequest (or a new Login)
-gets a FullView at the current version. Login.have_version is informational only.
+gets a FullView at the current version. Login.have_version is informational only. A view
+message over VIEW_PART_BYTES goes out as consecutive parts (`messages.split_view`, "Large
+views" in messages.py): one version step however many parts, each a Send of its own.
 
 Protocol errors the core detects (anything before Login, a second Login): Error
 (code "protocol_error") then Close(4002) for that session only; the node gets the grace as
@@ -583,8 +585,23 @@ class Core:
         rt.sent_networks = {n.network_id: n for n in view.networks}
         rt.sent_peers = {p.node_id: p for p in view.peers}
         self._dirty.pop(node_id, None)
-        assert rt.session is not None
-        fx.out.append(Send(rt.session, self.nodes[node_id].public_key, view))
+        self._send_view(node_id, view, fx)
+
+    def _send_view(self, node_id: str, msg: m.FullView | m.ViewUpdate, fx: Effects) -> None:
+        """Queue a view message for the node's session, in parts when it is large. A view with
+        more peers or networks than a node accepts (MAX_PEERS, MAX_NETWORKS) is still sent, and
+        logged: the node will refuse it and ask again (members per network get bounded later)."""
+        session = self._rt_of(node_id).session
+        assert session is not None
+        key = self.nodes[node_id].public_key
+        if isinstance(msg, m.FullView):
+            n_nets, n_peers = len(msg.networks), len(msg.peers)
+        else:
+            n_nets, n_peers = len(msg.networks_upsert), len(msg.peers_upsert)
+        if n_nets > m.MAX_NETWORKS or n_peers > m.MAX_PEERS:
+            log.error("node %s: its view has %d networks and %d peers, over what a node accepts (%d, %d)",
+                      node_id, n_nets, n_peers, m.MAX_NETWORKS, m.MAX_PEERS)
+        fx.out.extend(Send(session, key, part) for part in m.split_view(msg))
 
     # ---------------------------------------------------------------- change tracking
 
@@ -664,11 +681,11 @@ class Core:
                 continue
             prev = rt.version
             rt.version += 1
-            fx.out.append(Send(rt.session, self.nodes[node_id].public_key, m.ViewUpdate(
+            self._send_view(node_id, m.ViewUpdate(
                 prev_version=prev, version=rt.version, node=new_self,
                 networks_upsert=up_nets, networks_removed=rm_nets,
                 peers_upsert=up_peers, peers_removed=rm_peers,
-            )))
+            ), fx)
 
     # ---------------------------------------------------------------- presence
 

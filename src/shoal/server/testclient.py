@@ -65,10 +65,13 @@ class ControlClient:
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
                 elif isinstance(msg, (m.FullView, m.ViewUpdate)):
+                    full_views = self.mirror.full_views
                     if not self.mirror.apply(msg):
                         await self.conn.send(m.ResyncRequest(have_version=self.mirror.version or 0))
                         continue
-                    if isinstance(msg, m.FullView):
+                    if self.mirror.staged:
+                        continue  # a part of a split view: the rest follows
+                    if self.mirror.full_views != full_views:
                         self._full_view.set()
                     if self.on_view is not None:
                         self.on_view(self, now)

@@ -4,8 +4,10 @@ presence simulation and the control-plane benchmark).
 Owns: applying FullView / ViewUpdate per the view semantics of `shoal.control.messages`:
 a FullView replaces everything; a ViewUpdate applies only if its prev_version equals the
 held version, otherwise `apply` returns False and the caller sends a ResyncRequest. Applying
-the same message twice changes nothing. (The daemon has its own reconciler that also drives
-WireGuard peers; this one only keeps the data.)
+the same message twice changes nothing. A view in parts ("Large views") is staged and applied
+whole with its last part (`apply` gives True meanwhile, `staged` says parts are waiting); a
+part out of sequence drops them and gives False (the rest of that message is ignored). (The
+daemon has its own reconciler that also drives WireGuard peers; this one only keeps the data.)
 """
 
 from __future__ import annotations
@@ -22,10 +24,26 @@ class ViewMirror:
         self.networks: dict[str, m.NetworkInfo] = {}
         self.peers: dict[str, m.PeerInfo] = {}
         self.resyncs_needed = 0
+        self.full_views = 0  # whole FullViews applied (a split one counts once, at its last part)
+        self._parts = m.ViewParts()
+
+    @property
+    def staged(self) -> bool:
+        """Parts of a split view are waiting for the rest."""
+        return self._parts.staged
 
     def apply(self, msg: m.FullView | m.ViewUpdate) -> bool:
         """Apply a view message; False means "out of order: ask for a resync"."""
+        try:
+            whole = self._parts.feed(msg)
+        except m.PartsError:
+            self.resyncs_needed += 1
+            return False
+        if whole is None:
+            return True
+        msg = whole
         if isinstance(msg, m.FullView):
+            self.full_views += 1
             self.version = msg.version
             self.node = msg.node
             self.networks = {n.network_id: n for n in msg.networks}

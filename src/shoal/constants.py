@@ -399,3 +399,19 @@ CONTROL_RATE_EXCESS = (100, 5.0)  # messages over their limit a session may send
 # with more=True, then ViewUpdates), each at most VIEW_PART_BYTES unless one record is bigger
 # (a record always fits MAX_SERVER_FRAME by the field limits).
 VIEW_PART_BYTES = 1024 * 1024
+
+# --- Network passwords (issue 18 F3, F4; shoal.server.core, shoal.server.app). Hashing and
+# verifying (scrypt, shoal.server.passwords) run as jobs on a bounded worker pool, never on the
+# server's event loop; a job the pool has no room for is answered Result(code "busy").
+PASSWORD_MIN_LENGTH = 8  # characters; a network created or re-keyed from now on needs at least this
+PASSWORD_WORK = (5, 0.5)  # scrypt jobs per node (burst, per second), across its sessions: Result "rate_limited"
+PASSWORD_POOL_WORKERS = 2  # threads (hashlib.scrypt releases the GIL)
+PASSWORD_POOL_PENDING = 16  # jobs submitted and not finished (running ones included); more: "busy"
+# Wrong join passwords (failure budgets, token buckets: burst, then per second). A join is
+# refused "rate_limited" without any check while one of its three budgets is empty:
+PASSWORD_FAIL_NODE = (10, 10 / 60)  # per node key
+PASSWORD_FAIL_PREFIX = (30, 0.5)  # per source prefix (new keys are free, addresses are not)
+PASSWORD_FAIL_NETWORK = (60, 0.1)  # per network name (existing or not: no existence oracle)
+PASSWORD_PREFIX_V4 = 24  # source prefix lengths for the failure budget
+PASSWORD_PREFIX_V6 = 48
+PASSWORD_FAIL_TABLE_MAX = 16384  # prefixes / names remembered (least recent dropped)

@@ -1,6 +1,7 @@
 """Denial-of-service limits of the control channel (issue 18 F7, F8), sans-IO.
 
-Owns: the token bucket, the admission of control sessions before their Noise handshake
+Owns: the token bucket (and `Buckets`, a bounded table of them by key, also used by the
+coordination core's password budgets), the admission of control sessions before their Noise handshake
 completes (`Admission`), the cache of message1 ephemeral keys that refuses a replayed
 handshake before any X25519 work (`ReplayCache`), and the per-session rate limits with
 coalescing (`SessionLimiter`). No sockets, no clock: every call takes `now` (monotonic
@@ -80,7 +81,7 @@ from shoal import constants as C
 from shoal.control import messages as m
 
 __all__ = [
-    "TokenBucket", "Admission", "Ticket", "ReplayCache", "SessionLimiter", "Verdict", "source_prefix",
+    "TokenBucket", "Buckets", "Admission", "Ticket", "ReplayCache", "SessionLimiter", "Verdict", "source_prefix",
     "MESSAGE_CLASS",
 ]
 
@@ -119,21 +120,21 @@ class TokenBucket:
         return now if self.tokens >= 1.0 - 1e-9 else now + (1.0 - self.tokens) / self.rate
 
 
-def source_prefix(addr: str) -> str:
-    """The prefix that groups `addr` ("198.51.100.0/24", "2001:db8::/56"); the text itself
-    if it is not an address (then it is its own group)."""
+def source_prefix(addr: str, v4: int = C.CONTROL_PREFIX_V4, v6: int = C.CONTROL_PREFIX_V6) -> str:
+    """The prefix that groups `addr` ("198.51.100.0/24", "2001:db8::/56" with the default
+    lengths); the text itself if it is not an address (then it is its own group)."""
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
         return addr
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    plen = C.CONTROL_PREFIX_V4 if ip.version == 4 else C.CONTROL_PREFIX_V6
+    plen = v4 if ip.version == 4 else v6
     return str(ipaddress.ip_network(f"{ip}/{plen}", strict=False))
 
 
-class _Buckets:
-    """A bounded LRU table of token buckets by key."""
+class Buckets:
+    """A bounded LRU table of token buckets by key (a dropped key comes back with a full bucket)."""
 
     def __init__(self, burst: float, rate: float, max_entries: int) -> None:
         self.burst, self.rate, self.max_entries = burst, rate, max_entries
@@ -171,8 +172,8 @@ class Admission:
         self.pending = 0
         self._by_addr: dict[str, int] = {}
         self._by_prefix: dict[str, int] = {}
-        self._addr_buckets = _Buckets(C.CONTROL_HANDSHAKE_BURST_PER_ADDR, C.CONTROL_HANDSHAKE_RATE_PER_ADDR, max_entries)
-        self._prefix_buckets = _Buckets(C.CONTROL_HANDSHAKE_BURST_PER_PREFIX, C.CONTROL_HANDSHAKE_RATE_PER_PREFIX,
+        self._addr_buckets = Buckets(C.CONTROL_HANDSHAKE_BURST_PER_ADDR, C.CONTROL_HANDSHAKE_RATE_PER_ADDR, max_entries)
+        self._prefix_buckets = Buckets(C.CONTROL_HANDSHAKE_BURST_PER_PREFIX, C.CONTROL_HANDSHAKE_RATE_PER_PREFIX,
                                         max_entries)
         self._global = TokenBucket(C.CONTROL_HANDSHAKE_BURST, C.CONTROL_HANDSHAKE_RATE, now)
         self.stats = {"admitted": 0, "refused_pending": 0, "refused_rate": 0}

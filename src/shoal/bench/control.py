@@ -94,11 +94,11 @@ async def _worker(args: argparse.Namespace) -> None:
     async def networks() -> dict[str, Any]:
         t0 = time.monotonic()
         results = await asyncio.gather(*(
-            clients[g[0]].request(m.CreateNetwork, name=f"bench-{first + g[0]}", password="pw", timeout=60)  # type: ignore[union-attr]
+            clients[g[0]].request(m.CreateNetwork, name=f"bench-{first + g[0]}", password="bench-password", timeout=60)  # type: ignore[union-attr]
             for g in nets))
         assert all(r.ok for r in results), results
         net_ids.extend(r.network_id or "" for r in results)
-        joins = [clients[i].request(m.JoinNetwork, name=f"bench-{first + g[0]}", password="pw", timeout=60)  # type: ignore[union-attr]
+        joins = [clients[i].request(m.JoinNetwork, name=f"bench-{first + g[0]}", password="bench-password", timeout=60)  # type: ignore[union-attr]
                  for g in nets for i in g[1:]]
         res = await asyncio.gather(*joins)
         assert all(r.ok for r in res), [r for r in res if not r.ok][:3]

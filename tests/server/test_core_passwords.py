@@ -5,14 +5,17 @@ minimum length, and no existence oracle on join."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal import constants as C
 from shoal.control import messages as m
-from shoal.server.core import PasswordJob, PutNetwork
+from shoal.server.core import Core, Effects, PasswordJob, PutNetwork, Send
 
-from .helpers import PW, Harness
+from .helpers import FAST_HASHER, PW, ULA, Harness, key_of
 
 
 @pytest.fixture
@@ -223,3 +226,75 @@ def test_wrong_passwords_are_limited_per_network_name_existing_or_not(h: Harness
     assert h.join("late", "lan").code == "rate_limited"  # the price of the per-network budget
     h.create("alice", "other")
     assert h.join("late", "other").ok  # other names are not affected
+
+
+# ------------------------------------------------------------------ property: jobs finishing in any order
+
+_ops = st.lists(st.tuples(
+    st.integers(0, 2),
+    st.sampled_from(["create", "join", "setpw", "delete", "lock", "drop", "finish", "fail", "tick"]),
+    st.sampled_from(["lan", "LAN", "club", "ghost"]),
+    st.sampled_from(["", "short", PW, "another-password"]),
+    st.integers(0, 7),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops)
+def test_jobs_finishing_late_in_any_order_never_break_the_core(ops: list[tuple[int, str, str, str, int]]) -> None:
+    """Requests, drops and job results interleaved at random: nothing raises, every request on
+    a session that stays up gets exactly one Result, and no job is left behind."""
+    core = Core(ULA, now=0.0, rng=random.Random(0).randbytes, hasher=FAST_HASHER)
+    keys = [key_of(f"p{i}") for i in range(3)]
+    session: dict[int, int] = {}
+    asked: dict[int, int] = {}  # req_id -> session
+    answers: dict[int, int] = {}  # req_id -> number of Results
+    dropped: set[int] = set()
+    jobs: list[PasswordJob] = []
+    now, sid, rid = 0.0, 0, 0
+
+    def take(fx: Effects) -> None:
+        jobs.extend(fx.jobs)
+        for o in fx.out:
+            if isinstance(o, Send) and isinstance(o.message, m.Result) and o.message.req_id in asked:
+                answers[o.message.req_id] = answers.get(o.message.req_id, 0) + 1
+                m.decode_server(m.encode(o.message))
+
+    for who, op, name, pw, pick in ops:
+        now += 0.5
+        if who not in session:
+            sid += 1
+            session[who] = sid
+            take(core.connect(sid, keys[who], now, f"198.51.100.{who + 1}"))
+            take(core.receive(sid, m.Login(), now))
+        s = session[who]
+        nets = sorted(core.networks)
+        nid = nets[pick % len(nets)] if nets else "none"
+        rid += 1
+        msg: m.ClientMessage | None = {
+            "create": lambda: m.CreateNetwork(req_id=rid, name=name, password=pw),
+            "join": lambda: m.JoinNetwork(req_id=rid, name=name, password=pw),
+            "setpw": lambda: m.SetPassword(req_id=rid, network_id=nid, password=pw),
+            "delete": lambda: m.DeleteNetwork(req_id=rid, network_id=nid),
+            "lock": lambda: m.SetAccess(req_id=rid, network_id=nid, locked=pick % 2 == 0),
+        }.get(op, lambda: None)()
+        if msg is not None:
+            asked[rid] = s
+            take(core.receive(s, msg, now))
+        elif op == "drop":
+            take(core.disconnect(s, now))
+            dropped.add(s)
+            del session[who]
+        elif op in ("finish", "fail") and jobs:
+            job = jobs.pop(pick % len(jobs))
+            take(core.password_done(job.job_id, job.run(), now) if op == "finish"
+                 else core.password_failed(job.job_id, "busy", "busy", now))
+        elif op == "tick":
+            now += 30.0
+            take(core.handle_timer(now))
+    while jobs:
+        job = jobs.pop(0)
+        take(core.password_done(job.job_id, job.run(), now))
+    assert all(n == 1 for n in answers.values()), answers
+    assert {r for r, s in asked.items() if s not in dropped} <= set(answers)
+    assert core._jobs == {}

@@ -420,3 +420,16 @@ IPV4_PROBE_MAX = 64  # hashed probes for a new node's IPv4, then...
 IPV4_SCAN_MAX = 4096  # ...a scan of this many addresses from the last probe; none free: refused
 NODE_EXPIRY = 30 * 86400.0  # a node unseen this long that is in no network (pending aside) and
 #                             banned from none is deleted; its addresses go back to the pool
+# --- Network passwords (issue 18 F3, F4; shoal.server.core, shoal.server.app). Hashing and
+# verifying (scrypt, shoal.server.passwords) run as jobs on a bounded worker pool, never on the
+# server's event loop; a job the pool has no room for is answered Result(code "busy").
+PASSWORD_MIN_LENGTH = 8  # characters; a network created or re-keyed from now on needs at least this
+PASSWORD_WORK = (5, 0.5)  # scrypt jobs per node (burst, per second), across its sessions: Result "rate_limited"
+PASSWORD_POOL_WORKERS = 2  # threads (hashlib.scrypt releases the GIL)
+PASSWORD_POOL_PENDING = 16  # jobs submitted and not finished (running ones included); more: "busy"
+# Wrong join passwords (failure budgets, token buckets: burst, then per second). A join is
+# refused "rate_limited" without any check while one of its three budgets is empty:
+PASSWORD_FAIL_NODE = (10, 10 / 60)  # per node key
+PASSWORD_FAIL_PREFIX = (30, 0.5)  # per source prefix (NODE_SOURCE_PREFIX_V4/V6; new keys are free, addresses are not)
+PASSWORD_FAIL_NETWORK = (60, 0.1)  # per network name (existing or not: no existence oracle)
+PASSWORD_FAIL_TABLE_MAX = 16384  # prefixes / names remembered (least recent dropped)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from shoal.cli import node as node_cli
 from shoal.cli.main import app
 from shoal.cli.node import render_list, render_status
+from shoal.daemon.localapi import ApiClient
 
 STATUS = {
     "node": {"node_id": "me1", "nickname": "ann", "ipv4": "100.64.1.1", "ipv6": "fd00::1"},
@@ -117,3 +120,55 @@ def test_login_https_against_a_plain_server_gets_a_clear_error(tmp_path, monkeyp
     assert r.exit_code == 1
     assert "does not answer TLS" in r.output and "http://192.0.2.1:8080" in r.output
     assert "WRONG_VERSION_NUMBER" not in r.output
+
+
+# ------------------------------------------------------------------ passwords (issue 18 F4)
+
+_PW_COMMANDS = [["create", "lan"], ["join", "lan"], ["set-pass", "lan"]]
+
+
+def _record_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    sent: list[dict] = []
+
+    def call(self, method, endpoint, body=None):  # noqa: ANN001
+        sent.append(body)
+        return {"name": "lan", "network_id": "n1"}
+
+    monkeypatch.setattr(ApiClient, "call", call)
+    return sent
+
+
+@pytest.mark.parametrize("argv", _PW_COMMANDS)
+def test_without_a_password_and_without_a_terminal_nothing_is_sent(tmp_path, monkeypatch, argv):
+    sent = _record_calls(monkeypatch)
+    monkeypatch.setattr(node_cli, "_interactive", lambda: False)
+    r = CliRunner().invoke(app, [*argv, "--socket", str(tmp_path / "s")])
+    assert r.exit_code == 2 and sent == []
+    assert "--password" in r.output and r.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", _PW_COMMANDS)
+def test_on_a_terminal_the_password_is_asked_hidden(tmp_path, monkeypatch, argv):
+    sent = _record_calls(monkeypatch)
+    monkeypatch.setattr(node_cli, "_interactive", lambda: True)
+    prompts: list[str] = []
+    monkeypatch.setattr(node_cli.getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed-secret-1")
+    r = CliRunner().invoke(app, [*argv, "--socket", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert sent[0]["password"] == "typed-secret-1" and "typed-secret-1" not in r.output
+    assert len(prompts) == (1 if argv[0] == "join" else 2)  # a new password is asked twice
+
+
+def test_an_empty_or_mistyped_password_is_refused_before_sending(tmp_path, monkeypatch):
+    sent = _record_calls(monkeypatch)
+    monkeypatch.setattr(node_cli, "_interactive", lambda: True)
+    answers = iter(["", "first-one-1", "other-one-2"])
+    monkeypatch.setattr(node_cli.getpass, "getpass", lambda prompt: next(answers))
+    sock = ["--socket", str(tmp_path / "s")]
+    r = CliRunner().invoke(app, ["join", "lan", *sock])
+    assert r.exit_code == 1 and "empty" in r.output
+    r = CliRunner().invoke(app, ["create", "lan", *sock])
+    assert r.exit_code == 1 and "differ" in r.output
+    r = CliRunner().invoke(app, ["join", "lan", "--password", "", *sock])
+    assert r.exit_code == 1 and "empty" in r.output
+    assert sent == []

@@ -273,6 +273,14 @@ async def test_requests_are_correlated_and_refusals_are_clear(tmp_path, server):
             await h.call("POST", "/v1/networks/join", {"name": "net-cc", "password": "nope"})
         assert (e.value.code, e.value.message) == ("wrong_password", "wrong password for net-cc")
         assert set(h.daemon.view.networks) == {"aa", "bb"}
+        sent_before = len(server.conns[-1].sent)
+        for path, body in (("/v1/networks/create", {"name": "net-dd"}), ("/v1/networks/join", {"name": "net-cc"}),
+                           ("/v1/networks/join", {"name": "net-cc", "password": ""}),
+                           ("/v1/networks/password", {"network": "net-bb", "password": ""})):
+            with pytest.raises(ApiError) as e:  # no password: refused here, "" is never sent (issue 18 F4)
+                await h.call("POST", path, body)
+            assert (e.value.status, e.value.code) == (400, "invalid") and "password" in e.value.message
+        assert len(server.conns[-1].sent) == sent_before
         # names resolve to ids; members by nickname
         server.results[M.Evict] = M.Result(req_id=0, ok=True)
         server.after_result = [M.ViewUpdate(prev_version=2, version=3, networks_upsert=[network("aa", ["me1", "p1"])],
@@ -304,7 +312,7 @@ async def test_bad_api_input_gets_json_errors(tmp_path, server):
             await h.call("POST", "/v1/networks/create", {"name": 5})
         assert e.value.status == 400
         with pytest.raises(ApiError) as e:
-            await h.call("POST", "/v1/networks/create", {"name": "x"})
+            await h.call("POST", "/v1/networks/create", {"name": "x", "password": "pw-lan-123"})
         assert e.value.code == "not_logged_in"
         with pytest.raises(ApiError) as e:
             await h.call("GET", "/v1/nope")

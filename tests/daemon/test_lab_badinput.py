@@ -50,8 +50,8 @@ def test_garbage_forgeries_and_replays_are_dropped_and_counted() -> None:
             a, b = mesh.add_node("a", "a"), mesh.add_node("b", "b")
             for n in (a, b):
                 n.cli("login", mesh.server.url, "--server-key", key)
-            a.cli("create", "net", "--password", "pw")
-            b.cli("join", "net", "--password", "pw")
+            a.cli("create", "net", "--password", "pw-lab-123")
+            b.cli("join", "net", "--password", "pw-lab-123")
             assert a.ping_until(b.ipv4, True, timeout=10) is not None
             st = a.status()
             port = st["interface"]["listen_port"]

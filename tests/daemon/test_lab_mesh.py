@@ -45,10 +45,10 @@ def mesh():
                 n.cli("login", m.server.url, "--server-key", key)
             tofu = carol.cli("login", m.server.url)  # trust on first use
             assert PublicKey.from_base64(key).fingerprint() in tofu.stdout and "first use" in tofu.stdout
-            alice.cli("create", "red", "--password", "redpw")
-            alice.cli("create", "blue", "--password", "bluepw")
-            bob.cli("join", "red", "--password", "redpw")
-            carol.cli("join", "blue", "--password", "bluepw")
+            alice.cli("create", "red", "--password", "redpw-lab")
+            alice.cli("create", "blue", "--password", "bluepw-lab")
+            bob.cli("join", "red", "--password", "redpw-lab")
+            carol.cli("join", "blue", "--password", "bluepw-lab")
             yield m
         except BaseException:
             print(m.logs())
@@ -133,12 +133,12 @@ def test_evict_leave_offline_cut_within_2s_and_presence_latency(mesh):
     results["evict"] = _cut_and_restore(
         "evict bob from red",
         lambda: alice.call("POST", "/v1/networks/evict", {"network": "red", "member": "bob"}),
-        lambda: bob.call("POST", "/v1/networks/join", {"name": "red", "password": "redpw"}),
+        lambda: bob.call("POST", "/v1/networks/join", {"name": "red", "password": "redpw-lab"}),
         alice, b4)
     results["leave"] = _cut_and_restore(
         "carol leaves blue",
         lambda: carol.call("POST", "/v1/networks/leave", {"network": "blue"}),
-        lambda: carol.call("POST", "/v1/networks/join", {"name": "blue", "password": "bluepw"}),
+        lambda: carol.call("POST", "/v1/networks/join", {"name": "blue", "password": "bluepw-lab"}),
         alice, c4)
     results["offline"] = _cut_and_restore(
         "bob goes offline in red",
@@ -179,13 +179,13 @@ def test_refusals_are_clear_and_change_nothing(mesh):
     print(p.stderr.strip())
 
     alice.cli("set-access", "red", "--lock")
-    p = dave.cli("join", "red", "--password", "redpw", check=False)
+    p = dave.cli("join", "red", "--password", "redpw-lab", check=False)
     assert p.returncode == 1 and "locked" in p.stderr.lower()
     print(p.stderr.strip())
     alice.cli("set-access", "red", "--unlock")
 
     alice.cli("set-access", "blue", "--approval", "manual")
-    p = dave.cli("join", "blue", "--password", "bluepw")
+    p = dave.cli("join", "blue", "--password", "bluepw-lab")
     assert "approval" in p.stdout
     with pytest.raises(ApiError) as e:  # carol is a member of blue, not its owner
         carol.call("POST", "/v1/networks/approve", {"network": "blue", "member": "dave"})

@@ -215,9 +215,9 @@ def pair_mesh(specs: list[HostSpec], network: str = "n") -> Iterator[tuple[Lab, 
             mesh.server.start()
             start_nodes(mesh, [s.name for s in specs])
             first, *rest = [mesh.nodes[s.name] for s in specs]
-            first.call("POST", "/v1/networks/create", {"name": network, "password": "pw"})
+            first.call("POST", "/v1/networks/create", {"name": network, "password": "pw-lab-123"})
             for n in rest:
-                n.call("POST", "/v1/networks/join", {"name": network, "password": "pw"})
+                n.call("POST", "/v1/networks/join", {"name": network, "password": "pw-lab-123"})
             yield lab, mesh
         except BaseException:
             print(mesh.logs())

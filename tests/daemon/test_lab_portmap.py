@@ -48,9 +48,9 @@ def test_mapped_candidate_joins_two_symmetric_nats_directly() -> None:
             assert tr["mapped"], tr
             assert tr["mapped"].startswith(lab.host("b").wan_addr + ":")
             assert gw.mappings(), "miniupnpd lists the daemon's mapping"
-            a.cli("create", "net", "--password", "pw")
+            a.cli("create", "net", "--password", "pw-lab-123")
             t0 = time.monotonic()
-            b.cli("join", "net", "--password", "pw")
+            b.cli("join", "net", "--password", "pw-lab-123")
             ok = None
             while time.monotonic() < t0 + 15:
                 pa, pb = _path(a, "b"), _path(b, "a")

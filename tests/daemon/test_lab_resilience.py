@@ -49,9 +49,9 @@ def mesh():
             alice, bob, carol = m.add_node("a", "alice"), m.add_node("b", "bob"), m.add_node("c", "carol")
             for n in (alice, bob, carol):
                 n.cli("login", m.server.url, "--server-key", key)
-            alice.cli("create", "lan", "--password", "pw")
-            bob.cli("join", "lan", "--password", "pw")
-            carol.cli("join", "lan", "--password", "pw")
+            alice.cli("create", "lan", "--password", "pw-lab-123")
+            bob.cli("join", "lan", "--password", "pw-lab-123")
+            carol.cli("join", "lan", "--password", "pw-lab-123")
             for n in (bob, carol):
                 assert alice.ping_until(n.ipv4, True, timeout=10) is not None
             yield m

@@ -102,8 +102,8 @@ def test_random_key_auth_flood_does_not_lock_out_a_udp_blocked_member() -> None:
             time.sleep(2.0)  # the flood is running before the member logs in and binds
             start_nodes(mesh, ["pub", "blk"])
             pub, blk = mesh.nodes["pub"], mesh.nodes["blk"]
-            pub.call("POST", "/v1/networks/create", {"name": "n", "password": "pw"})
-            blk.call("POST", "/v1/networks/join", {"name": "n", "password": "pw"})
+            pub.call("POST", "/v1/networks/create", {"name": "n", "password": "pw-lab-123"})
+            blk.call("POST", "/v1/networks/join", {"name": "n", "password": "pw-lab-123"})
             both_ping(mesh, "pub", "blk", timeout=30)
             assert wait_paths(mesh, "pub", "blk", "relay", 15) is not None
             bound_after = time.monotonic() - t_flood

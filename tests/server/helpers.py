@@ -10,13 +10,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shoal.control import messages as m
-from shoal.server.core import Close, Core, Effects, MemberRec, NetworkRec, NodeRec, Send
+from shoal.server.core import Close, Core, Effects, MemberRec, NetworkRec, NodeRec, PasswordJob, Send
 from shoal.server.passwords import PasswordHasher
 from shoal.server.viewmirror import ViewMirror
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 ULA = ipaddress.IPv6Network("fd12:3456:789a::/48")
 FAST_HASHER = PasswordHasher(log2_n=4)
+PW = "pw-correct-horse"  # long enough for PASSWORD_MIN_LENGTH
+
+
+def run_jobs(core: Core, fx: Effects, now: float) -> Effects:
+    """Run the PasswordJobs of `fx` at once (as the glue's pool would) until none is left;
+    everything `fx` and the completions produced, in order."""
+    out = Effects(out=list(fx.out), persist=list(fx.persist))
+    todo = list(fx.jobs)
+    while todo:
+        job = todo.pop(0)
+        more = core.password_done(job.job_id, job.run(), now)
+        out.out += more.out
+        out.persist += more.persist
+        todo += more.jobs
+    return out
 
 
 def key_of(name: str) -> PublicKey:
@@ -45,9 +60,15 @@ class Harness:
         self.persisted: list[object] = []
         self.last: Effects = Effects()
         self._req = itertools.count(1)
+        self.run_jobs = True  # False: PasswordJobs wait in `self.jobs` for the test to finish them
+        self.jobs: list[PasswordJob] = []
 
     # ------------------------------------------------------------ plumbing
     def _apply(self, fx: Effects) -> Effects:
+        if self.run_jobs:
+            fx = run_jobs(self.core, fx, self.now)
+        else:
+            self.jobs += fx.jobs
         self.last = fx
         self.persisted += fx.persist
         for o in fx.out:
@@ -116,13 +137,18 @@ class Harness:
         assert node_id is not None
         return node_id
 
-    def create(self, owner: str, name: str, password: str = "pw", approval: str = "auto") -> str:
+    def finish(self, job: PasswordJob, value: str | bool | None = None) -> Effects:
+        """Hand one waiting job's result back (its real one unless `value` is given)."""
+        self.jobs.remove(job)
+        return self._apply(self.core.password_done(job.job_id, job.run() if value is None else value, self.now))
+
+    def create(self, owner: str, name: str, password: str = PW, approval: str = "auto") -> str:
         r = self.req(owner, m.CreateNetwork, name=name, password=password, approval=approval)  # noqa
         assert r.ok, r
         assert r.network_id is not None
         return r.network_id
 
-    def join(self, who: str, net: str, password: str = "pw") -> m.Result:
+    def join(self, who: str, net: str, password: str = PW) -> m.Result:
         return self.req(who, m.JoinNetwork, name=net, password=password)
 
     def peers(self, name: str) -> set[str]:

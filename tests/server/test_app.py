@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from shoal.control.transport import ConnectError, ServerKeyMismatch, connect, co
 from shoal.server import app as server_app
 from shoal.server.app import Running, serve
 from shoal.server.core import Close, PutMember, PutNetwork, PutNode
+from shoal.server.passwords import PasswordHasher
 from shoal.server.store import Store
 from shoal.server.testclient import ControlClient
 from shoal.testing.tls import self_signed
@@ -28,10 +30,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @asynccontextmanager
-async def running(data_dir: Path, grace: float = 30.0, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Running]:
+async def running(data_dir: Path, grace: float = 30.0, tls: tuple[Path, Path] | None = None,
+                  hasher: PasswordHasher = FAST_HASHER) -> AsyncIterator[Running]:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[Running] = loop.create_future()
-    task = asyncio.create_task(serve(data_dir, "127.0.0.1", 0, ready=ready.set_result, grace=grace, hasher=FAST_HASHER,
+    task = asyncio.create_task(serve(data_dir, "127.0.0.1", 0, ready=ready.set_result, grace=grace, hasher=hasher,
                                      tls=tls))
     done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
@@ -61,12 +64,12 @@ async def test_login_networks_and_presence_fan_out(tmp_path: Path) -> None:
         assert await fetch_server_key(f"http://127.0.0.1:{r.port}") == r.server_key.public_key()
         alice, bob, carol = [await login(r, n, nickname=n) for n in ("alice", "bob", "carol")]
         assert alice.mirror.node is not None and alice.mirror.node.nickname == "alice"
-        res = await alice.request(m.CreateNetwork, name="lan", password="pw")
+        res = await alice.request(m.CreateNetwork, name="lan", password="pw-lan-123")
         assert res.ok and res.network_id
         net = res.network_id
         assert (await bob.request(m.JoinNetwork, name="lan", password="nope")).code == "wrong_password"
-        assert (await bob.request(m.JoinNetwork, name="lan", password="pw")).ok
-        assert (await carol.request(m.JoinNetwork, name="lan", password="pw")).ok
+        assert (await bob.request(m.JoinNetwork, name="lan", password="pw-lan-123")).ok
+        assert (await carol.request(m.JoinNetwork, name="lan", password="pw-lan-123")).ok
         for c in (alice, bob, carol):
             others = {x.node_id for x in (alice, bob, carol)} - {c.node_id}
             await c.wait_for(lambda c=c, o=others: set(c.mirror.peers) == o)
@@ -131,7 +134,7 @@ async def test_wrong_server_key_is_refused_loudly(tmp_path: Path) -> None:
 async def test_replayed_handshake_without_private_key_gets_nothing(tmp_path: Path) -> None:
     async with running(tmp_path) as r:
         alice = await login(r, "alice")
-        await alice.request(m.CreateNetwork, name="lan", password="pw")
+        await alice.request(m.CreateNetwork, name="lan", password="pw-lan-123")
         # The attacker has alice's public key and a copy of a message1 she sent, not her private key.
         m1 = ClientHandshake(key("alice"), r.server_key.public_key()).message1()
         async with websockets.connect(url(r)) as ws:
@@ -182,8 +185,8 @@ async def test_bad_input_closes_only_that_session(tmp_path: Path, caplog: pytest
 async def test_restart_keeps_state_and_presence(tmp_path: Path) -> None:
     async with running(tmp_path) as r:
         alice, bob = await login(r, "alice"), await login(r, "bob")
-        net = (await alice.request(m.CreateNetwork, name="lan", password="pw")).network_id
-        assert (await bob.request(m.JoinNetwork, name="lan", password="pw")).ok
+        net = (await alice.request(m.CreateNetwork, name="lan", password="pw-lan-123")).network_id
+        assert (await bob.request(m.JoinNetwork, name="lan", password="pw-lan-123")).ok
         assert (await bob.request(m.SetNickname, nickname="Bob")).ok
         await alice.wait_for(lambda: bob.node_id in alice.mirror.peers)
         ids = (alice.node_id, bob.node_id)
@@ -238,8 +241,8 @@ async def test_silent_pinging_node_is_dropped_and_its_peers_told_to_check(
     async with running(tmp_path) as r:
         alice = await login(r, "alice", features=feats)
         bob = await login(r, "bob", features=feats)
-        net = (await alice.request(m.CreateNetwork, name="lan", password="pw")).network_id
-        assert (await bob.request(m.JoinNetwork, name="lan", password="pw")).ok
+        net = (await alice.request(m.CreateNetwork, name="lan", password="pw-lan-123")).network_id
+        assert (await bob.request(m.JoinNetwork, name="lan", password="pw-lan-123")).ok
         await alice.wait_for(lambda: bob.node_id in alice.mirror.peers)
         for i in range(8):  # alice pings every 0.2 s for 1.6 s; bob says nothing
             await alice.ping(i)
@@ -329,9 +332,9 @@ async def test_replayed_message1_is_refused_before_x25519(tmp_path: Path, monkey
 
 async def _flood_setup(r: Running) -> tuple[ControlClient, ControlClient, ControlClient, str]:
     alice, bob, mallory = [await login(r, n, nickname=n) for n in ("alice", "bob", "mallory")]
-    net = (await alice.request(m.CreateNetwork, name="lan", password="pw")).network_id
+    net = (await alice.request(m.CreateNetwork, name="lan", password="pw-lan-123")).network_id
     for c in (bob, mallory):
-        assert (await c.request(m.JoinNetwork, name="lan", password="pw")).ok
+        assert (await c.request(m.JoinNetwork, name="lan", password="pw-lan-123")).ok
     for c in (alice, bob):
         await c.wait_for(lambda c=c: mallory.node_id in c.mirror.peers)
     return alice, bob, mallory, net
@@ -414,4 +417,51 @@ async def test_a_view_of_3000_peers_with_full_candidate_lists_reaches_the_node_i
         assert sum(len(m.encode(p)) for p in want.peers) > m.MAX_SERVER_FRAME
         assert alice.closed is None and r.control.stats["sender_failures"] == 0
         assert await alice.ping(1) < 5
+        await alice.close()
+
+
+# ------------------------------------------------------------------ issue 18 F3: scrypt off the loop
+
+
+class SlowHasher(PasswordHasher):
+    """scrypt that takes `delay` seconds of wall time (sleeping, as scrypt releases the GIL)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(log2_n=4)
+        self.delay = delay
+
+    def hash(self, password: str, salt: bytes) -> str:
+        time.sleep(self.delay)
+        return super().hash(password, salt)
+
+
+async def test_scrypt_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """A slow hash for one session does not delay another session's ping."""
+    async with running(tmp_path, hasher=SlowHasher(1.5)) as r:
+        alice, bob = await login(r, "alice"), await login(r, "bob")
+        t0 = time.monotonic()
+        create = asyncio.create_task(alice.request(m.CreateNetwork, name="lan", password="pw-lan-123"))
+        await asyncio.sleep(0.1)  # the hash is running now
+        rtts = [await bob.ping(i) for i in range(5)]
+        assert max(rtts) < 0.3, rtts
+        assert time.monotonic() - t0 < 1.4  # bob got all five answers while the hash still ran
+        assert (await create).ok
+        assert time.monotonic() - t0 >= 1.5
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_full_password_pool_answers_busy_at_once(tmp_path: Path) -> None:
+    async with running(tmp_path, hasher=SlowHasher(1.0)) as r:
+        r.control.password_pending = 1
+        alice = await login(r, "alice")
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(alice.request(m.CreateNetwork, name=f"net{i}", password="pw-lan-123")
+                                         for i in range(3)))
+        assert sorted(x.code for x in results) == ["", "busy", "busy"]
+        busy = [x for x in results if x.code == "busy"]
+        assert all("busy" in x.message and not x.ok for x in busy)
+        assert len(r.control.core.networks) == 1 and r.control.stats["password_busy"] == 2
+        assert time.monotonic() - t0 < 1.8
+        assert await alice.ping(1) < 0.3 and alice.closed is None
         await alice.close()

@@ -16,7 +16,7 @@ from shoal.server.core import (
     PutBan, PutMember, PutNetwork, PutNode, Send, Effects,
 )
 
-from .helpers import BIG_NET, FAST_HASHER, ULA, Harness, big_network, give_full_candidates, key_of
+from .helpers import BIG_NET, FAST_HASHER, PW, ULA, Harness, big_network, give_full_candidates, key_of, run_jobs
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def refused(h: Harness, who: str, cls: type, code: str, /, **kw: object) -> m.Re
 
 
 def three(h: Harness) -> tuple[str, str, str]:
-    """alice owns "lan" (password pw), bob joined; carol logged in, in no network."""
+    """alice owns "lan" (password PW), bob joined; carol logged in, in no network."""
     for n in ("alice", "bob", "carol"):
         h.login(n)
     net = h.create("alice", "lan")
@@ -200,7 +200,7 @@ def test_password_is_stored_hashed(h: Harness) -> None:
 def test_wrong_password_refused(h: Harness) -> None:
     net, a, b = three(h)
     refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="nope")
-    refused(h, "carol", m.JoinNetwork, "no_such_network", name="other", password="pw")
+    refused(h, "carol", m.JoinNetwork, "wrong_password", name="other", password=PW)  # no existence oracle
     assert h.join("carol", "LAN").ok  # names are case-insensitive
     h.assert_consistent()
 
@@ -217,14 +217,22 @@ def test_fresh_core_checks_password_with_scrypt_not_only_fast_path(h: Harness) -
     net, a, b = three(h)
     h.core._fast_pw.clear()  # as after a restart
     refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="PW")
-    assert h.join("carol", "lan", password="pw").ok
+    assert h.join("carol", "lan", password=PW).ok
 
 
 def test_wrong_passwords_are_rate_limited(h: Harness) -> None:
-    net, a, b = three(h)
-    for _ in range(10):
-        refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="nope")
-    refused(h, "carol", m.JoinNetwork, "rate_limited", name="lan", password="pw")
+    """The node's failure budget (PASSWORD_FAIL_NODE): wrong guesses at an honest pace run
+    it out, then even the right password is refused without a check, until it refills."""
+    three(h)
+    codes = []
+    while len(codes) < 40:
+        h.advance(2.0)  # slower than the work budget (PASSWORD_WORK) refills
+        codes.append(h.join("carol", "lan", password="nope").code)
+        if codes[-1] == "rate_limited":
+            break
+    assert set(codes[:-1]) == {"wrong_password"} and codes[-1] == "rate_limited"
+    assert 10 <= len(codes) - 1 <= 20
+    refused(h, "carol", m.JoinNetwork, "rate_limited", name="lan", password=PW)
     h.advance(61)
     assert h.join("carol", "lan").ok
 
@@ -234,7 +242,7 @@ def test_locked_network(h: Harness) -> None:
     refused(h, "bob", m.SetAccess, "not_owner", network_id=net, locked=True)
     assert h.req("alice", m.SetAccess, network_id=net, locked=True).ok
     assert h.clients["bob"].mirror.networks[net].locked
-    refused(h, "carol", m.JoinNetwork, "locked", name="lan", password="pw")
+    refused(h, "carol", m.JoinNetwork, "locked", name="lan", password=PW)
     refused(h, "alice", m.SetAccess, "invalid", network_id=net)
     assert h.req("alice", m.SetAccess, network_id=net, locked=False).ok
     assert h.join("carol", "lan").ok
@@ -265,7 +273,7 @@ def test_manual_approval_flow(h: Harness) -> None:
     owner_view = h.clients["alice"].mirror.networks[net]
     assert [x.pending for x in owner_view.members if x.node_id == b] == [True]
     # asking again: still pending, nothing changes
-    refused(h, "bob", m.JoinNetwork, "pending_approval", name="club", password="pw")
+    refused(h, "bob", m.JoinNetwork, "pending_approval", name="club", password=PW)
     refused(h, "carol", m.Approve, "not_owner", network_id=net, node_id=b)
     assert h.req("alice", m.Approve, network_id=net, node_id=b).ok
     assert h.peers("bob") == {h.nid("alice")}
@@ -286,7 +294,7 @@ def test_reject_and_ban(h: Harness) -> None:
     assert h.join("bob", "club").code == "pending_approval"  # plain reject: may ask again
     assert h.req("alice", m.Reject, network_id=net, node_id=b, ban=True).ok
     assert any(isinstance(p, PutBan) for p in h.last.persist)
-    refused(h, "bob", m.JoinNetwork, "banned", name="club", password="pw")
+    refused(h, "bob", m.JoinNetwork, "banned", name="club", password=PW)
     refused(h, "alice", m.Reject, "not_member", network_id=net, node_id=h.nid("alice"))
     refused(h, "alice", m.Reject, "invalid", network_id=net, node_id="zzzzzz")
     h.assert_consistent()
@@ -307,7 +315,7 @@ def test_evict_cuts_at_once_and_ban_sticks(h: Harness) -> None:
     assert h.join("carol", "lan").ok  # evicted without ban may come back
     assert h.req("alice", m.Evict, network_id=net, node_id=c, ban=True).ok
     assert {type(p) for p in h.last.persist} == {DeleteMember, PutBan}
-    refused(h, "carol", m.JoinNetwork, "banned", name="lan", password="pw")
+    refused(h, "carol", m.JoinNetwork, "banned", name="lan", password=PW)
     refused(h, "alice", m.Evict, "not_member", network_id=net, node_id=c)  # no ban, not a member
     assert h.req("alice", m.Evict, network_id=net, node_id=c, ban=True).ok  # idempotent
     assert h.last.persist == []
@@ -341,10 +349,10 @@ def test_delete(h: Harness) -> None:
 def test_set_password(h: Harness) -> None:
     net, a, b = three(h)
     refused(h, "bob", m.SetPassword, "not_owner", network_id=net, password="x")
-    assert h.req("alice", m.SetPassword, network_id=net, password="new").ok
+    assert h.req("alice", m.SetPassword, network_id=net, password="new-password").ok
     assert [type(p) for p in h.last.persist] == [PutNetwork]
-    refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password="pw")
-    assert h.join("carol", "lan", password="new").ok
+    refused(h, "carol", m.JoinNetwork, "wrong_password", name="lan", password=PW)
+    assert h.join("carol", "lan", password="new-password").ok
 
 
 # ------------------------------------------------------------------ online / offline, several networks
@@ -587,12 +595,12 @@ def test_random_operations_keep_every_view_consistent(seed: int) -> None:
         nid = rnd.choice(live) if live and rnd.random() < 0.9 else (rnd.choice(nets) if nets else "none")
         other = h.nid(rnd.choice(names)) if all(h.clients[x].node_id for x in names) else "none"
         if op == 0:
-            r = h.req(n, m.CreateNetwork, name=f"net{rnd.randrange(5)}", password="pw",
+            r = h.req(n, m.CreateNetwork, name=f"net{rnd.randrange(5)}", password=PW,
                       approval=rnd.choice(["auto", "manual"]))
             if r.ok:
                 nets.append(r.network_id or "")
         elif op in (1, 2):
-            h.join(n, f"net{rnd.randrange(5)}", password=rnd.choice(["pw", "pw", "bad"]))
+            h.join(n, f"net{rnd.randrange(5)}", password=rnd.choice([PW, PW, "bad"]))
         elif op == 3:
             h.req(n, m.LeaveNetwork, network_id=nid)
         elif op == 4:
@@ -627,7 +635,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 _ids = st.sampled_from(["aaaaaa", "zzzz", "0", "bbbbbbbb"])
 _names = st.sampled_from(["lan", "LAN", " lan ", "x" * 64, "\x01", "club"])
-_pw = st.sampled_from(["", "pw", "x" * 128])
+_pw = st.sampled_from(["", "pw", PW, "x" * 128])
 _req = st.integers(0, 2**63 - 1)
 _any_msg = st.one_of(
     st.builds(m.Login, nickname=st.one_of(st.none(), _names), listen_port=st.integers(0, 65535),
@@ -672,7 +680,7 @@ def test_core_never_raises_on_any_message_sequence(ops: list[tuple[int, m.Client
         if action == "tick":
             now += PRESENCE_GRACE
             core.handle_timer(now)
-        fx = core.receive(sessions[who], msg, now)
+        fx = run_jobs(core, core.receive(sessions[who], msg, now), now)
         for o in fx.out:
             if isinstance(o, Send):
                 m.decode_server(m.encode(o.message))  # every answer fits the contract's limits
@@ -735,13 +743,13 @@ def test_layer2_networks_only_for_nodes_that_know_them(h: Harness) -> None:
     h.login("alice", features=[m.FEATURE_LAN])
     h.login("bob", features=[m.FEATURE_LAN])
     h.login("carol")  # an older node: never sees an l2 network
-    refused(h, "carol", m.CreateNetwork, "unsupported", name="old", password="pw", kind="l2")
-    r = h.req("alice", m.CreateNetwork, name="ipx", password="pw", kind="l2")
+    refused(h, "carol", m.CreateNetwork, "unsupported", name="old", password=PW, kind="l2")
+    r = h.req("alice", m.CreateNetwork, name="ipx", password=PW, kind="l2")
     assert r.ok
     assert h.clients["alice"].mirror.networks[r.network_id].kind == "l2"
     assert h.core.networks[r.network_id].kind == "l2" and any(
         isinstance(p, PutNetwork) and p.network.kind == "l2" for p in h.last.persist)
-    refused(h, "carol", m.JoinNetwork, "unsupported", name="ipx", password="pw")
+    refused(h, "carol", m.JoinNetwork, "unsupported", name="ipx", password=PW)
     assert h.join("bob", "ipx").ok
     assert h.peers("alice") == {h.nid("bob")}
     h.assert_consistent()

@@ -25,7 +25,7 @@ from shoal.server.viewmirror import ViewMirror
 from shoal.testing.clock import FakeClock, Scheduler
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
-from .helpers import FAST_HASHER
+from .helpers import FAST_HASHER, run_jobs
 
 pytestmark = pytest.mark.sim
 
@@ -97,7 +97,7 @@ class Sim:
 
     def server_receive(self, session: int, msg: m.ClientMessage) -> None:
         self.server_free = max(self.server_free, self.now) + RECV_COST
-        self.route(self.core.receive(session, msg, self.now))
+        self.route(run_jobs(self.core, self.core.receive(session, msg, self.now), self.now))  # scrypt at once
 
     def server_connect(self, session: int, node: SimNode) -> None:
         self.route(self.core.connect(session, node.key, self.now, "192.0.2.1"))
@@ -183,12 +183,12 @@ class Sim:
         nets = {"all": nodes[0], "a": nodes[1], "b": nodes[10], "mix": nodes[5]}
         members = {"all": nodes, "a": nodes[:10], "b": nodes[10:], "mix": nodes[::2]}
         for name, owner in nets.items():
-            self.request(owner, m.CreateNetwork, name=name, password="pw")
+            self.request(owner, m.CreateNetwork, name=name, password="pw-lan-123")
         self.sched.run_for(2.0)
         for name, owner in nets.items():
             for node in members[name]:
                 if node is not owner:
-                    self.request(node, m.JoinNetwork, name=name, password="pw")
+                    self.request(node, m.JoinNetwork, name=name, password="pw-lan-123")
         self.sched.run_for(2.0)
         net_ids = {n.name: n.network_id for n in self.core.networks.values()}
         owners = {owner.name for owner in nets.values()}
@@ -210,7 +210,7 @@ class Sim:
                 if node.node_id in self.core.members[net_ids[name]]:
                     self.request(node, m.LeaveNetwork, network_id=net_ids[name])
                 else:
-                    self.request(node, m.JoinNetwork, name=name, password="pw")
+                    self.request(node, m.JoinNetwork, name=name, password="pw-lan-123")
             elif r < 0.85:
                 self.drop(node)
                 back = rnd.choice([rnd.uniform(1, PRESENCE_GRACE - 5), rnd.uniform(PRESENCE_GRACE + 1, 60)])

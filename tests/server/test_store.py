@@ -84,15 +84,15 @@ async def test_write_through_round_trip_loses_nothing(tmp_path: Path) -> None:
     h = Harness(core=Core(prefix, now=50.0, hasher=FAST_HASHER), now=50.0)
     for n in ("alice", "bob", "carol", "dave"):
         h.login(n, remote_ip="192.0.2.9", listen_port=4000 + len(n))
-    net = h.create("alice", "lan", password="secret")
+    net = h.create("alice", "lan", password="secret-123")
     club = h.create("bob", "club", approval="manual")
-    assert h.join("bob", "lan", password="secret").ok
-    assert h.join("carol", "lan", password="secret").ok
-    h.join("dave", "club", password="pw")
+    assert h.join("bob", "lan", password="secret-123").ok
+    assert h.join("carol", "lan", password="secret-123").ok
+    h.join("dave", "club")
     assert h.req("alice", m.Evict, network_id=net, node_id=h.nid("carol"), ban=True).ok
     assert h.req("alice", m.SetAccess, network_id=net, locked=True, broadcast=False).ok
     h.login("erin", features=[m.FEATURE_LAN])
-    assert h.req("erin", m.CreateNetwork, name="ipx", password="pw", kind="l2").ok
+    assert h.req("erin", m.CreateNetwork, name="ipx", password="pw-lan-123", kind="l2").ok
     h.send("erin", m.Logout(req_id=8))
     assert h.req("bob", m.SetOnline, network_id=net, online=False).ok
     assert h.req("dave", m.SetNickname, nickname="Dave").ok
@@ -125,9 +125,9 @@ async def test_write_through_round_trip_loses_nothing(tmp_path: Path) -> None:
     # and the reloaded core enforces the stored rules (ban, lock, password)
     h2 = Harness(core=again, now=1000.0)
     h2.login("carol")
-    assert h2.join("carol", "lan", password="secret").code == "banned"
+    assert h2.join("carol", "lan", password="secret-123").code == "banned"
     h2.login("dave")
-    assert h2.join("dave", "lan", password="secret").code == "locked"
+    assert h2.join("dave", "lan", password="secret-123").code == "locked"
     h2.login("bob")
     assert h2.req("bob", m.Approve, network_id=club, node_id=h.nid("dave")).ok  # the pending join was kept
     assert h2.peers("dave") == {h.nid("bob")}

@@ -91,14 +91,20 @@ async def _worker(args: argparse.Namespace) -> None:
     nets = [list(range(j, min(j + size, count))) for j in range(0, count, size)]
     net_ids: list[str] = []
 
+    async def create(c: ControlClient, name: str) -> m.Result:
+        """CreateNetwork, again after a pause while the server answers "busy" (its scrypt pool is full)."""
+        while True:
+            r = await c.request(m.CreateNetwork, name=name, password="bench-password", timeout=60)
+            if r.code != "busy":
+                return r
+            await asyncio.sleep(0.05 + rnd.random() * 0.2)
+
     async def networks() -> dict[str, Any]:
         t0 = time.monotonic()
-        results = await asyncio.gather(*(
-            clients[g[0]].request(m.CreateNetwork, name=f"bench-{first + g[0]}", password="pw", timeout=60)  # type: ignore[union-attr]
-            for g in nets))
+        results = await asyncio.gather(*(create(clients[g[0]], f"bench-{first + g[0]}") for g in nets))  # type: ignore[arg-type]
         assert all(r.ok for r in results), results
         net_ids.extend(r.network_id or "" for r in results)
-        joins = [clients[i].request(m.JoinNetwork, name=f"bench-{first + g[0]}", password="pw", timeout=60)  # type: ignore[union-attr]
+        joins = [clients[i].request(m.JoinNetwork, name=f"bench-{first + g[0]}", password="bench-password", timeout=60)  # type: ignore[union-attr]
                  for g in nets for i in g[1:]]
         res = await asyncio.gather(*joins)
         assert all(r.ok for r in res), [r for r in res if not r.ok][:3]

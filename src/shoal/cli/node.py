@@ -9,6 +9,7 @@ readable rich table, or JSON with --json for `list`/`status`. Every failure prin
 from __future__ import annotations
 
 import asyncio
+import getpass
 import grp
 import json
 import logging
@@ -48,12 +49,30 @@ def _call(socket: Optional[Path], method: str, endpoint: str, body: dict[str, An
         raise AssertionError("unreachable")
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _password(value: Optional[str], what: str, confirm: bool = False) -> str:
+    """The password given with --password, else asked with a hidden prompt (getpass) on a
+    terminal; without a terminal, or when the answer is empty, the command fails: an empty
+    password is never sent (issue 18 F4; the server refuses weak ones for new passwords)."""
     if value is not None:
+        if not value:
+            _fail("the password must not be empty")
         return value
-    if sys.stdin.isatty():
-        return typer.prompt(what, default="", hide_input=True, confirmation_prompt=confirm, show_default=False)
-    return ""
+    if not _interactive():
+        _fail("a password is needed: give --password, or run this on a terminal to be asked for it", 2)
+    try:
+        first = getpass.getpass(f"{what}: ")
+        if first and confirm and getpass.getpass(f"{what} (again): ") != first:
+            _fail("the two passwords differ")
+    except (EOFError, KeyboardInterrupt):
+        typer.echo("", err=True)
+        _fail("no password given")
+    if not first:
+        _fail("the password must not be empty")
+    return first
 
 
 # ---------------------------------------------------------------------------- daemon
@@ -163,7 +182,7 @@ def logout(socket: Optional[Path] = SocketOpt) -> None:
 @app.command()
 def create(
     name: str = typer.Argument(..., help="network name"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", help="join password (prompted if omitted on a terminal)"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", help="join password, at least 8 characters (asked, hidden, if omitted on a terminal)"),
     approval: str = typer.Option("auto", "--approval", help="auto: a correct password admits; manual: the owner approves"),
     kind: str = typer.Option("ip", "--kind", help="ip: an IP network on shoal0 (broadcast and multicast included); "
                              "l2: a layer-2 network, whole Ethernet frames on its own interface shoal-<id>"),
@@ -190,7 +209,7 @@ def delete(name: str = typer.Argument(..., help="network name"), socket: Optiona
 @app.command()
 def join(
     name: str = typer.Argument(..., help="network name"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", help="the network's password"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", help="the network's password (asked, hidden, if omitted on a terminal)"),
     socket: Optional[Path] = SocketOpt,
 ) -> None:
     """Join a network by name and password."""
@@ -239,7 +258,7 @@ def set_nick(nickname: str = typer.Argument(...), socket: Optional[Path] = Socke
 @app.command("set-pass")
 def set_pass(
     name: str = typer.Argument(..., help="network name"),
-    password: Optional[str] = typer.Option(None, "--password", "-p", help="the new password"),
+    password: Optional[str] = typer.Option(None, "--password", "-p", help="the new password, at least 8 characters (asked, hidden, if omitted on a terminal)"),
     socket: Optional[Path] = SocketOpt,
 ) -> None:
     """Change a network's password (owner only)."""

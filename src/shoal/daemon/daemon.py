@@ -783,14 +783,16 @@ class Daemon:
             raise HttpError(400, "kind must be ip or l2", "invalid")
         if kind != "ip":
             self._need_lan_server("layer-2 networks")
-        result = await self._ok(lambda r: M.CreateNetwork(req_id=r, name=name, password=str(body.get("password") or ""),
+        password = _need(body, "password")  # never "" (issue 18 F4); the server judges its strength
+        result = await self._ok(lambda r: M.CreateNetwork(req_id=r, name=name, password=password,
                                                           approval=approval, kind=kind))
         await self._wait_view(lambda: result.network_id in self.view.networks)
         return {"network_id": result.network_id, "name": name}
 
     async def api_join(self, body: dict[str, Any]) -> dict[str, Any]:
         name = _need(body, "name")
-        result = await self.request(lambda r: M.JoinNetwork(req_id=r, name=name, password=str(body.get("password") or "")))
+        password = _need(body, "password")
+        result = await self.request(lambda r: M.JoinNetwork(req_id=r, name=name, password=password))
         if not result.ok and result.code != "pending_approval":  # a pending join is recorded, not refused
             raise HttpError(409, result.message or result.code or "refused by the server", result.code or "refused")
         if result.network_id is not None:
@@ -833,9 +835,7 @@ class Daemon:
 
     async def api_set_password(self, body: dict[str, Any]) -> dict[str, Any]:
         net = self._network(_need(body, "network"))
-        password = body.get("password")
-        if not isinstance(password, str):
-            raise HttpError(400, "missing or invalid 'password'", "invalid")
+        password = _need(body, "password")
         await self._ok(lambda r: M.SetPassword(req_id=r, network_id=net.network_id, password=password))
         return {"network_id": net.network_id, "name": net.name}
 

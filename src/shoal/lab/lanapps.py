@@ -410,10 +410,10 @@ class ShoalFabric:
                 for net in nets:
                     if net not in created:
                         extra = ["--kind", "l2"] if kinds[net] == "l2" else []
-                        node.cli("create", f"lan{net}", "--password", f"pw-{net}", *extra)
+                        node.cli("create", f"lan{net}", "--password", f"password-{net}", *extra)
                         created.add(net)
                     else:
-                        node.cli("join", f"lan{net}", "--password", f"pw-{net}")
+                        node.cli("join", f"lan{net}", "--password", f"password-{net}")
                 m = Member(host, lab.host(host).ns, self.dir / host / "apps")
                 m.workdir.mkdir(parents=True)
                 self.members[host] = m

@@ -209,7 +209,7 @@ def start_nodes(mesh: Mesh, names: list[str], workers: int = 4) -> None:
 
 def run_matrix(mesh: Mesh, plan: MatrixPlan, accepts: Callable[[Pair], frozenset[str]],
                connect_timeout: float = 60.0, settle_timeout: float = 15.0,
-               password: str = "pw") -> MatrixRun:
+               password: str = "pw-lab-paths") -> MatrixRun:
     """Create the plan's networks, join their members one by one (starting both pingers of
     every pair the join completes at once), then wait until every pair has passed traffic both
     ways (at most `connect_timeout` after the last join) and both sides of every pair show

@@ -73,9 +73,9 @@ def step_networks(lab: Lab, out: Out) -> bool:
     m = _mesh(lab)
     ann, ben, cat = (m.nodes[n] for n in NODES)
     return all([
-        _show(out, ann, "create", "lan-party", "--password", "pizza"),
+        _show(out, ann, "create", "lan-party", "--password", "pizza-party"),
         _show(out, ann, "create", "study-group", "--password", "calculus"),
-        _show(out, ben, "join", "lan-party", "--password", "pizza"),
+        _show(out, ben, "join", "lan-party", "--password", "pizza-party"),
         _show(out, cat, "join", "study-group", "--password", "calculus"),
         _show(out, cat, "join", "lan-party", "--password", "wrong", check=False),
     ])

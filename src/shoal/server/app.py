@@ -53,6 +53,16 @@ limited, 1013 try again later, 1011 server error, 1001 server shutting down; the
 (1000 logout, 4000 replaced, 4004 new node refused: registration limit or address pool full)
 pass through.
 
+Password work (issue 18 F3). The core hands scrypt out as `PasswordJob`s (`Effects.jobs`);
+`_emit` runs them on a thread pool of PASSWORD_POOL_WORKERS threads (hashlib.scrypt releases
+the GIL, so the event loop and every other session go on meanwhile) and hands each result
+back on the loop with `Core.password_done`, which answers the request. At most
+PASSWORD_POOL_PENDING jobs are submitted and not finished at a time; a job beyond that is not
+queued: its request is answered at once Result(ok=False, code "busy") through
+`Core.password_failed`. A job that raises is answered code "server_error" and logged. The
+per-node work budget (PASSWORD_WORK) is the core's; the per-session request limit above
+(class "password") comes first.
+
 Attribute owners: `_sessions` is mutated by the session handlers; `admission` by `handle`;
 a session's `limiter` and `timer` by its handler and its timer callback; `core` only through
 `_emit`-ed calls on the loop; the writer task owns `_batches`; the timer task calls `core.handle_timer`.
@@ -61,6 +71,7 @@ a session's `limiter` and `timer` by its handler and its timer callback; `core` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -76,7 +87,7 @@ import uvicorn
 from litestar import Litestar, Response, get, websocket
 from litestar.connection import WebSocket
 
-from shoal.constants import CONTROL_HANDSHAKE_TIMEOUT
+from shoal.constants import CONTROL_HANDSHAKE_TIMEOUT, PASSWORD_POOL_PENDING, PASSWORD_POOL_WORKERS
 from shoal.control import messages as m
 from shoal.control.limits import Admission, ReplayCache, SessionLimiter, Ticket, Verdict
 from shoal.control.transport import (
@@ -95,7 +106,7 @@ from shoal.control.transport import (
 from shoal.constants import RELAY_PORT, RELAY_WS_PATH
 from shoal.relay.engine import RelayEngine
 from shoal.relay.service import RelayService, core_may_bind
-from shoal.server.core import PRESENCE_GRACE, Close, Core, Effects, Send
+from shoal.server.core import PRESENCE_GRACE, Close, Core, Effects, PasswordJob, Send
 from shoal.server.passwords import PasswordHasher
 from shoal.server.store import Store, load_or_create_server_key
 from shoal.wireguard.keys import PrivateKey
@@ -142,8 +153,11 @@ class ControlServer:
         self.admission = Admission(clock())
         self.replays = ReplayCache()
         self._refused_logged = (float("-inf"), 0)  # when we last logged refusals, and the count then
+        self._pool = concurrent.futures.ThreadPoolExecutor(PASSWORD_POOL_WORKERS, thread_name_prefix="shoal-scrypt")
+        self.password_pending = PASSWORD_POOL_PENDING  # jobs submitted and not finished, at most
+        self._pw_inflight = 0
         self.stats = {"sessions": 0, "protocol_errors": 0, "too_slow": 0, "commits": 0, "refused": 0,
-                      "rate_limited": 0, "sender_failures": 0}
+                      "rate_limited": 0, "sender_failures": 0, "password_jobs": 0, "password_busy": 0}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -162,6 +176,7 @@ class ControlServer:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _drained(self) -> None:
         while self._inflight:
@@ -169,14 +184,40 @@ class ControlServer:
 
     # ------------------------------------------------------------ effects
     def _emit(self, fx: Effects) -> None:
-        if not fx.out and not fx.persist:
+        if fx.out or fx.persist:
+            if fx.persist or self._inflight:
+                self._inflight += 1
+                self._batches.put_nowait(fx)
+            else:
+                self._dispatch(fx.out)
+            self._wake.set()
+        for job in fx.jobs:
+            self._submit(job)
+
+    # ------------------------------------------------------------ password work (F3)
+    def _submit(self, job: PasswordJob) -> None:
+        """Run one job on the pool, or answer "busy" at once when the pool is full."""
+        if self._pw_inflight >= self.password_pending:
+            self.stats["password_busy"] += 1
+            self._emit(self.core.password_failed(
+                job.job_id, "busy", "the server is busy checking passwords; try again in a few seconds", self.clock()))
             return
-        if fx.persist or self._inflight:
-            self._inflight += 1
-            self._batches.put_nowait(fx)
-        else:
-            self._dispatch(fx.out)
-        self._wake.set()
+        self._pw_inflight += 1
+        self.stats["password_jobs"] += 1
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, job.run)
+        fut.add_done_callback(lambda f: self._job_done(job, f))
+
+    def _job_done(self, job: PasswordJob, fut: asyncio.Future[str | bool]) -> None:
+        self._pw_inflight -= 1
+        if fut.cancelled():  # shutting down
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("password job %d failed: %s: %s", job.job_id, type(exc).__name__, exc, exc_info=exc)
+            self._emit(self.core.password_failed(job.job_id, "server_error",
+                                                 "the server could not check the password", self.clock()))
+            return
+        self._emit(self.core.password_done(job.job_id, fut.result(), self.clock()))
 
     async def _writer(self) -> None:
         while True:
@@ -441,6 +482,7 @@ async def serve(
         load_tls(*tls)
     key = load_or_create_server_key(data_dir)
     store = await Store.open(data_dir)
+    relay: RelayService | None = None
     try:
         loaded = await store.load()
         now = time.monotonic()
@@ -450,7 +492,6 @@ async def serve(
             relay=relay_port is not None, relay_port=relay_port or 0,
         )
         control = ControlServer(core, store, key)
-        relay: RelayService | None = None
         if relay_port is not None:
             relay = RelayService(RelayEngine(key, core.may_relay, may_bind=core_may_bind(core)), host, relay_port, udp=bool(relay_port), ws=False)
             try:

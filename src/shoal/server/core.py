@@ -11,12 +11,26 @@ Inputs (each returns `Effects`):
     receive(session, message, now)                    a decoded ClientMessage on it
     disconnect(session, now)                          the connection ended (any reason)
     handle_timer(now)                                 at or after next_deadline()
+    password_done(job_id, value, now)                 a PasswordJob finished (value = job.run())
+    password_failed(job_id, code, message, now)       a PasswordJob could not run ("busy")
 
 Outputs: `Effects.out`, an ordered list of `Send(session, node_key, message)` and
 `Close(session, code, reason)`; `Effects.persist`, an ordered list of write intents
 (`PutNode`, `DeleteNode`, `PutNetwork`, `DeleteNetwork`, `PutMember`, `DeleteMember`, `PutBan`) that the
 store applies in one transaction before the glue sends `out` (write-through: what a node
-was told survives a restart). `Core.from_state` rebuilds the core from stored records.
+was told survives a restart); `Effects.jobs`, scrypt work (`PasswordJob`) the glue runs off
+the event loop. `Core.from_state` rebuilds the core from stored records.
+
+Password work (issue 18 F3). The core never runs scrypt itself. A request that needs a hash
+(create, set_password) or a verification (join, unless the fast path below answers) is
+checked as far as it can be, changes nothing, and leaves a PasswordJob in `Effects.jobs`
+instead of a Result; when the glue hands the job's value back (`password_done`), the request
+is carried out from the start with every rule checked again (the state may have changed
+meanwhile: a name taken, the password changed, the node evicted) and its Result is sent
+then. So Results of password requests may overtake earlier requests' (clients match by
+req_id). Each job takes a token of the node's work bucket (PASSWORD_WORK, kept across its
+sessions); when it is empty the request is refused `rate_limited` without any work. A job the
+glue has no room for is answered by `password_failed` (code "busy").
 
 Identity. A node is its Noise static key. First Login registers it: node id = the first 6
 base32 characters (a-z, 2-7) of BLAKE2s(key) (longer on a collision), nickname "node-<id>",
@@ -53,14 +67,20 @@ with approve / reject (reject --ban bans that key too); approving clears the not
 networks and other prefixes are not affected; loopback has no prefix (nothing is recorded).
 
 Networks. Name unique (case-insensitive), password stored as a salted scrypt hash
-(`shoal.server.passwords`), owner = creator. Rules, checked in this order; a refused request
-returns Result(ok=False, code) and changes nothing:
+(`shoal.server.passwords`), owner = creator. Every network created or re-keyed needs a
+password of at least PASSWORD_MIN_LENGTH characters (`weak_password`); there are no open
+networks (a network anyone may ask to join is one with approval "manual" and a password
+its owner shares). A network stored with a shorter password (from before that rule) still
+admits that password, until its owner sets a new one. Rules, checked in this order; a
+refused request returns Result(ok=False, code) and changes nothing:
 
-    create   invalid (bad name / too many networks) | name_taken
-    join     no_such_network | banned | (already member: ok) | (pending: pending_approval)
-             | locked | rate_limited | wrong_password | invalid (full / too many networks)
-             | approval manual, or from a banned node's source prefix (note "banned_prefix")
-               -> membership recorded as pending, Result code pending_approval
+    create   invalid (bad name / too many networks) | name_taken | unsupported (l2)
+             | weak_password | (hash job) | rate_limited (work budget) | busy
+    join     (already member: ok) | (pending: pending_approval) | rate_limited (a wrong-
+             password budget is empty) | (verify job) | rate_limited (work budget) | busy
+             | wrong_password | banned | locked | unsupported | invalid (full / too many
+             networks) | approval manual, or from a banned node's source prefix (note
+             "banned_prefix") -> membership recorded as pending, Result code pending_approval
     leave    no_such_network | not_member | owner_cannot_leave (the owner deletes instead)
     delete   no_such_network | not_owner
     set_online / set_password / set_access / approve / reject / evict:
@@ -70,11 +90,21 @@ returns Result(ok=False, code) and changes nothing:
              evicted node may be banned later: evict ban=True on a non-member who is banned
              or bannable is ok)
 
+    set_password adds weak_password | (hash job) | rate_limited | busy after not_owner
+
 Repeating a request that already took effect succeeds and changes nothing (idempotent).
-Wrong passwords: at most PASSWORD_FAILURES_MAX per PASSWORD_FAILURE_WINDOW seconds per node,
-beyond that `rate_limited` without checking. A password already verified once for a network
-is remembered in memory only as an HMAC under a per-process secret (fast path for the next
-joiner); changing the password forgets it.
+No existence oracle (F4): a join to a network that does not exist, that bans the node or
+that is locked is answered exactly as a wrong password ("wrong_password", the same message
+naming what was typed) unless the password is right: for a name that does not exist the
+core verifies against a dummy hash with the same parameters (the same job, the same work).
+Only a node that gave the right password learns banned/locked. Wrong passwords spend three
+budgets (token buckets, `shoal.control.limits`): the node's (PASSWORD_FAIL_NODE), its
+source prefix's (PASSWORD_FAIL_PREFIX; the node's source prefix as below, loopback
+included, from `connect(remote_ip=...)`) and the typed name's (PASSWORD_FAIL_NETWORK, for existing
+and missing names alike); while any is empty a join is refused `rate_limited` before any
+check. A password already verified once for a network is remembered in memory only as an
+HMAC under a per-process secret (fast path for the next joiner: no job); changing the
+password forgets it.
 
 Presence. A member is *online* in a network when it is an approved member, has set itself
 online there (the default on create/join/approve), and its node is *present*. A node is
@@ -118,6 +148,7 @@ import hashlib
 import heapq
 import hmac
 import ipaddress
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -132,7 +163,7 @@ from shoal.server.passwords import PasswordHasher
 from shoal.wireguard.keys import PublicKey
 
 __all__ = [
-    "Core", "Effects", "Send", "Close", "NodeRec", "NetworkRec", "MemberRec", "BanRec",
+    "Core", "Effects", "Send", "Close", "PasswordJob", "NodeRec", "NetworkRec", "MemberRec", "BanRec",
     "PutNode", "DeleteNode", "PutNetwork", "DeleteNetwork", "PutMember", "DeleteMember", "PutBan", "Persist",
     "PRESENCE_GRACE", "IPV4_POOL", "IPV4_RESERVED", "make_ula_prefix",
 ]
@@ -140,8 +171,6 @@ __all__ = [
 log = logging.getLogger("shoal.server")
 
 PRESENCE_GRACE = 30.0  # seconds a dropped (not logged out) node stays online for its peers
-PASSWORD_FAILURES_MAX = 10
-PASSWORD_FAILURE_WINDOW = 60.0
 IPV4_POOL = ipaddress.IPv4Network("100.64.0.0/10")
 IPV4_RESERVED = ipaddress.IPv4Network("100.64.0.0/24")
 NODE_ID_LEN = 6
@@ -265,10 +294,31 @@ class Close:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class PasswordJob:
+    """scrypt work for the glue to run off the event loop, then hand back with
+    `Core.password_done(job_id, run(), now)` (or `Core.password_failed`). Exactly one of
+    `salt` (hash: `run()` returns the stored form) and `stored` (verify: returns a bool)."""
+
+    job_id: int
+    hasher: PasswordHasher = field(repr=False)
+    password: str = field(repr=False)
+    salt: bytes | None = field(default=None, repr=False)
+    stored: str | None = field(default=None, repr=False)
+
+    def run(self) -> str | bool:
+        """The work itself (pure; about 50 ms of CPU with the default parameters)."""
+        if self.salt is not None:
+            return self.hasher.hash(self.password, self.salt)
+        assert self.stored is not None
+        return self.hasher.verify(self.password, self.stored)
+
+
 @dataclass(slots=True)
 class Effects:
     out: list[Send | Close] = field(default_factory=list)
     persist: list[Persist] = field(default_factory=list)
+    jobs: list[PasswordJob] = field(default_factory=list)  # scrypt to run off the loop (see PasswordJob)
 
     def sends(self) -> list[Send]:
         return [o for o in self.out if isinstance(o, Send)]
@@ -295,7 +345,8 @@ class _Runtime:
     sent_self: m.SelfInfo | None = None
     sent_networks: dict[str, m.NetworkInfo] = field(default_factory=dict)
     sent_peers: dict[str, m.PeerInfo] = field(default_factory=dict)
-    pw_failures: collections.deque[float] = field(default_factory=collections.deque)
+    pw_failures: TokenBucket | None = None  # wrong join passwords (PASSWORD_FAIL_NODE)
+    pw_work: TokenBucket | None = None  # scrypt jobs (PASSWORD_WORK)
     candidates: tuple[m.Candidate, ...] = ()  # NAT-traversal candidates (runtime only, kept through grace)
     nat_hard: bool = False
     lan: bool = False  # the logged-in session listed FEATURE_LAN
@@ -312,6 +363,29 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class _NeedWork(Exception):
+    """A request needs scrypt first: raised before it changed anything, like _Refused."""
+
+    def __init__(self, password: str, *, salt: bytes | None = None, stored: str | None = None) -> None:
+        super().__init__("password work")
+        self.password, self.salt, self.stored = password, salt, stored
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What a finished job gives the re-run request: the input it worked on and its result."""
+
+    stored: str | None  # verify: the stored form checked against; hash: None
+    value: str | bool
+
+
+@dataclass(slots=True)
+class _Waiting:
+    session: SessionId
+    msg: m.ClientMessage
+    stored: str | None
 
 
 def _b32(data: bytes) -> str:
@@ -400,6 +474,17 @@ class Core:
         self._refusal_logged, self._refusals = float("-inf"), 0  # refused logins: last logged, count since
         self.stats = {"registrations_refused": 0, "logins_refused_pool_full": 0, "nodes_expired": 0,
                       "joins_held_banned_prefix": 0}
+        # password work (F3) and wrong-password budgets (F4); see the module docstring
+        self._jobs: dict[int, _Waiting] = {}
+        self._job_ids = itertools.count(1)
+        self._done: _Done | None = None  # the finished job a re-run request is given
+        self._req_session: _Session | None = None  # the session whose request is being carried out
+        self._fail_prefix = BucketTable(*C.PASSWORD_FAIL_PREFIX, C.PASSWORD_FAIL_TABLE_MAX)
+        self._fail_name = BucketTable(*C.PASSWORD_FAIL_NETWORK, C.PASSWORD_FAIL_TABLE_MAX)
+        h = self._hasher
+        b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+        # what a join to a network that does not exist is checked against: same work, never matches
+        self._dummy_stored = f"scrypt${h.log2_n}${h.r}${h.p}${b64(rng(16))}${b64(rng(32))}"
 
     # ---------------------------------------------------------------- loading
 
@@ -829,11 +914,37 @@ class Core:
 
     def disconnect(self, session: SessionId, now: float) -> Effects:
         fx = Effects()
+        for job_id in [j for j, w in self._jobs.items() if w.session == session]:
+            del self._jobs[job_id]  # its result will find nobody to answer
         s = self._sessions.pop(session, None)
         if s is None or s.dead:
             return fx
         self._detach(s, now, clean=False, fx=fx)
         self._flush(fx)
+        return fx
+
+    def password_done(self, job_id: int, value: str | bool, now: float) -> Effects:
+        """A PasswordJob finished with `value` (its `run()`): the request it belongs to is
+        carried out now, with every rule checked again (state may have changed meanwhile).
+        A job whose session is gone, or an unknown id, changes nothing."""
+        fx = Effects()
+        w = self._jobs.pop(job_id, None)
+        s = self._sessions.get(w.session) if w is not None else None
+        if w is None or s is None or s.dead or s.node_id is None:
+            return fx
+        self._request(s, w.msg, now, fx, _Done(w.stored, value))
+        self._flush(fx)
+        return fx
+
+    def password_failed(self, job_id: int, code: str, message: str, now: float) -> Effects:
+        """A PasswordJob could not run (the glue's pool is full: code "busy"): the request is
+        answered Result(ok=False, code, message) and changes nothing."""
+        fx = Effects()
+        w = self._jobs.pop(job_id, None)
+        s = self._sessions.get(w.session) if w is not None else None
+        if w is not None and s is not None and not s.dead:
+            fx.out.append(Send(s.session, s.key, m.Result(req_id=w.msg.req_id, ok=False, code=code,  # type: ignore[attr-defined]
+                                                          message=message)))
         return fx
 
     def handle_timer(self, now: float) -> Effects:
@@ -876,18 +987,48 @@ class Core:
             self._detach(s, now, clean=True, fx=fx)
             fx.out.append(Close(session, CLOSE_NORMAL, "logged out"))
         else:
-            handler = self._handlers.get(type(msg))
-            if handler is None:  # a ClientMessage type this core does not know: fail loudly, per session
+            if type(msg) not in self._handlers:  # a ClientMessage type this core does not know: fail loudly
                 self._protocol_error(s, f"unexpected {type(msg).__name__}", now, fx)
             else:
-                try:
-                    result = handler(self, s.node_id, msg, now, fx)
-                except _Refused as r:
-                    result = m.Result(req_id=msg.req_id, ok=False, code=r.code, message=r.message)  # type: ignore[attr-defined]
-                    assert not fx.persist and not self._dirty, "a refused request must change nothing"
-                fx.out.append(Send(session, s.key, result))
+                self._request(s, msg, now, fx, None)
         self._flush(fx)
         return fx
+
+    def _request(self, s: _Session, msg: m.ClientMessage, now: float, fx: Effects, done: _Done | None) -> None:
+        """Carry out one request (first time: done=None; after its PasswordJob: its result)."""
+        assert s.node_id is not None
+        handler = self._handlers[type(msg)]
+        self._done, self._req_session = done, s
+        try:
+            result = handler(self, s.node_id, msg, now, fx)
+        except _Refused as r:
+            result = m.Result(req_id=msg.req_id, ok=False, code=r.code, message=r.message)  # type: ignore[attr-defined]
+            assert not fx.persist and not self._dirty, "a refused request must change nothing"
+        except _NeedWork as w:
+            assert not fx.persist and not self._dirty, "a request waiting for scrypt must change nothing yet"
+            self._start_job(s, msg, w, now, fx)
+            return
+        finally:
+            self._done, self._req_session = None, None
+        fx.out.append(Send(s.session, s.key, result))
+
+    def _start_job(self, s: _Session, msg: m.ClientMessage, w: _NeedWork, now: float, fx: Effects) -> None:
+        """Queue the scrypt a request needs, if the node's work budget allows (PASSWORD_WORK)."""
+        assert s.node_id is not None
+        rt = self._rt_of(s.node_id)
+        if rt.pw_work is None:
+            rt.pw_work = TokenBucket(*C.PASSWORD_WORK, now)
+        if not rt.pw_work.take(now):
+            burst, rate = C.PASSWORD_WORK
+            wait = rt.pw_work.when_ready(now) - now
+            fx.out.append(Send(s.session, s.key, m.Result(
+                req_id=msg.req_id, ok=False, code="rate_limited",  # type: ignore[attr-defined]
+                message=f"too many password operations (at most {burst:g} at once and {rate:g} per second); "
+                        f"try again in {max(wait, 0.1):.1f} s")))
+            return
+        job = PasswordJob(next(self._job_ids), self._hasher, w.password, salt=w.salt, stored=w.stored)
+        self._jobs[job.job_id] = _Waiting(s.session, msg, w.stored)
+        fx.jobs.append(job)
 
     def _features(self) -> list[str]:
         return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO, m.FEATURE_LAN] + ([m.FEATURE_RELAY] if self.relay else [])
@@ -1092,20 +1233,47 @@ class Core:
     def _fast_tag(self, password: str) -> bytes:
         return hmac.new(self._fast_secret, password.encode("utf-8"), "sha256").digest()
 
-    def _check_password(self, node_id: str, net: NetworkRec, password: str, now: float) -> None:
-        fails = self._rt_of(node_id).pw_failures
-        while fails and fails[0] <= now - PASSWORD_FAILURE_WINDOW:
-            fails.popleft()
-        if len(fails) >= PASSWORD_FAILURES_MAX:  # before the fast path: no oracle past the limit
-            raise _Refused("rate_limited", "too many wrong passwords; try again in a minute")
-        tag = self._fast_tag(password)
-        known = self._fast_pw.get(net.network_id)
-        if known is not None and hmac.compare_digest(known, tag):
-            return
-        if not self._hasher.verify(password, net.password_hash):
-            fails.append(now)
-            raise _Refused("wrong_password", f"wrong password for {net.name!r}")
-        self._fast_pw[net.network_id] = tag
+    def _new_password_hash(self, password: str) -> str:
+        """The stored form of a new network password: refused if weak, else a hash job first
+        (_NeedWork); the request's re-run gets the job's result."""
+        if len(password) < C.PASSWORD_MIN_LENGTH:
+            raise _Refused("weak_password", f"a network password needs at least {C.PASSWORD_MIN_LENGTH} characters")
+        done = self._done
+        if done is not None and done.stored is None and isinstance(done.value, str):
+            return done.value
+        raise _NeedWork(password, salt=self._rng(16))
+
+    def _fail_budgets(self, node_id: str, name_key: str, now: float) -> list[TokenBucket]:
+        """The wrong-password budgets a join spends: its node's, its source prefix's, its name's."""
+        rt = self._rt_of(node_id)
+        if rt.pw_failures is None:
+            rt.pw_failures = TokenBucket(*C.PASSWORD_FAIL_NODE, now)
+        out = [rt.pw_failures, self._fail_name.get(name_key, now)]
+        s = self._req_session
+        if s is not None and s.remote_ip is not None:
+            prefix = source_prefix(s.remote_ip, v4=C.NODE_SOURCE_PREFIX_V4, v6=C.NODE_SOURCE_PREFIX_V6)
+            out.append(self._fail_prefix.get(prefix, now))
+        return out
+
+    def _password_matches(self, net: NetworkRec | None, password: str) -> bool:
+        """Whether `password` opens `net`; for a network that does not exist, the same work
+        against a dummy hash and False. Raises _NeedWork unless the fast path or the finished
+        job (for this very stored hash) answers."""
+        stored = net.password_hash if net is not None else self._dummy_stored
+        done = self._done
+        if done is not None and done.stored == stored and isinstance(done.value, bool):
+            ok = done.value
+        else:
+            tag = self._fast_tag(password)  # computed for a missing network too: the same path
+            known = self._fast_pw.get(net.network_id) if net is not None else None
+            if hmac.compare_digest(known or bytes(len(tag)), tag) and known is not None:
+                return True
+            raise _NeedWork(password, stored=stored)
+        if net is None:
+            return False
+        if ok:
+            self._fast_pw[net.network_id] = self._fast_tag(password)
+        return ok
 
     def _create(self, me: str, msg: m.CreateNetwork, now: float, fx: Effects) -> m.Result:
         name = _clean_label(msg.name, "network name")
@@ -1114,12 +1282,13 @@ class Core:
             raise _Refused("name_taken", f"a network named {name!r} exists already")
         if msg.kind == "l2" and not self._rt_of(me).lan:
             raise _Refused("unsupported", "this node's software does not support layer-2 networks; update it")
+        password_hash = self._new_password_hash(msg.password)
         nid = _b32(self._rng(5))
         while nid in self.networks:
             nid = _b32(self._rng(5))
         net = NetworkRec(
             network_id=nid, name=name, owner_id=me,
-            password_hash=self._hasher.hash(msg.password, self._rng(16)),
+            password_hash=password_hash,
             approval=msg.approval, created_at=now + self._wall_offset, kind=msg.kind,
         )
         self._add_network(net)
@@ -1132,23 +1301,31 @@ class Core:
         return m.Result(req_id=msg.req_id, ok=True, network_id=nid)
 
     def _join(self, me: str, msg: m.JoinNetwork, now: float, fx: Effects) -> m.Result:
-        nid = self._by_name.get(msg.name.strip().casefold())
-        if nid is None:
-            raise _Refused("no_such_network", f"no network named {msg.name.strip()!r}")
-        net = self.networks[nid]
-        if me in self.bans.get(nid, {}):
-            raise _Refused("banned", f"you are banned from {net.name!r}")
-        mem = self.members[nid].get(me)
-        if mem is not None:
+        typed = msg.name.strip()
+        nid = self._by_name.get(typed.casefold())
+        net = self.networks[nid] if nid is not None else None
+        mem = self.members[nid].get(me) if nid is not None else None
+        if net is not None and mem is not None:  # tells a node only about itself
             if mem.pending:
                 raise _Refused("pending_approval", f"your request to join {net.name!r} waits for the owner")
             return m.Result(req_id=msg.req_id, ok=True, network_id=nid, message="already a member")
+        budgets = self._fail_budgets(me, typed.casefold(), now)
+        empty = [b for b in budgets if not b.ready(now)]
+        if empty:  # before the fast path: no oracle past the limit
+            wait = max(b.when_ready(now) for b in empty) - now
+            raise _Refused("rate_limited", f"too many wrong passwords; try again in {max(wait, 1):.0f} s")
+        if not self._password_matches(net, msg.password):  # existing or not, banned or not: the same
+            for b in budgets:
+                b.take(now)
+            raise _Refused("wrong_password", f"wrong password for network {typed!r}, or no such network")
+        assert net is not None and nid is not None
+        if me in self.bans.get(nid, {}):
+            raise _Refused("banned", f"you are banned from {net.name!r}")
         if net.locked:
             raise _Refused("locked", f"{net.name!r} is locked: it accepts no new members")
         if net.kind != "ip" and not self._rt_of(me).lan:
             raise _Refused("unsupported", f"{net.name!r} is a layer-2 network; this node's software does not "
                                           "support them: update it")
-        self._check_password(me, net, msg.password, now)
         self._check_room(me, nid)
         pending = net.approval == "manual"
         # F5 (bans by source prefix): a new key from where a banned node came from waits for the owner
@@ -1223,7 +1400,7 @@ class Core:
 
     def _set_password(self, me: str, msg: m.SetPassword, now: float, fx: Effects) -> m.Result:
         net = self._owned(me, msg.network_id)
-        net = dataclasses.replace(net, password_hash=self._hasher.hash(msg.password, self._rng(16)))
+        net = dataclasses.replace(net, password_hash=self._new_password_hash(msg.password))
         self.networks[net.network_id] = net
         self._fast_pw[net.network_id] = self._fast_tag(msg.password)
         fx.persist.append(PutNetwork(net))

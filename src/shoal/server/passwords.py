@@ -6,9 +6,12 @@ Owns: how a network's join password is stored and checked. Stored form (one ASCI
 
 so parameters can be raised later without breaking old rows. `verify` recomputes with the
 stored parameters and compares in constant time. Cost with the defaults (n=2**14, r=8, p=1):
-about 50 ms and 16 MiB per check on the reference machine; the coordination core keeps an
-in-memory fast path for a password it has already verified (see `shoal.server.core`) and
-rate-limits failures, so only wrong guesses pay the full price repeatedly.
+about 50 ms and 16 MiB per check on the reference machine. The server never runs it on its
+event loop: the coordination core hands each hash or check out as a `PasswordJob` that the
+glue runs on a small thread pool (hashlib.scrypt releases the GIL; `shoal.server.app`). The
+core keeps an in-memory fast path for a password it has already verified and limits the
+work per node and the failures per node, source prefix and network (`shoal.server.core`),
+so only wrong guesses pay the full price, and only a few of them.
 
 Tests and simulations pass `PasswordHasher(log2_n=4)` to stay fast; the text form records it.
 """

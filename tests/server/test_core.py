@@ -755,3 +755,59 @@ def test_broadcast_switch(h: Harness) -> None:
     assert h.req("alice", m.SetAccess, network_id=net, broadcast=False).ok
     assert h.last.persist == []  # idempotent
     refused(h, "alice", m.SetAccess, "invalid", network_id=net)
+
+
+# ---------------------------------------------------------------- endpoint checks (issue 18 F15, F10)
+
+
+def test_non_ascii_port_in_login_endpoints_is_dropped_not_raised(h: Harness) -> None:
+    h.login("alice", remote_ip="192.0.2.10", listen_port=51820,
+            endpoints=["1.2.3.4:²", "1.2.3.4:٣", "127.0.0.1:5", "[100::1]:5", "224.0.0.1:5", "198.51.100.7:51820"])
+    rec = h.core.nodes[h.nid("alice")]
+    assert rec.endpoints == ("198.51.100.7:51820", "192.0.2.10:51820")
+    assert not h.clients["alice"].closed
+
+
+def test_non_ascii_port_candidate_is_refused_without_an_exception() -> None:
+    h = Harness()
+    for name in ("a", "b"):
+        h.login(name)
+    h.create("a", "lan")
+    assert h.join("b", "lan").ok
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "1.2.3.4:²"),
+                                         m.Candidate("reflexive", "127.0.0.1:4000"),
+                                         m.Candidate("local", "[fe80::1]:4000"),
+                                         m.Candidate("local", "192.168.1.5:4000"),
+                                         m.Candidate("reflexive", "203.0.113.9:4000")]))
+    pa = h.clients["b"].mirror.peers[h.nid("a")]
+    assert [c.addr for c in pa.candidates] == ["192.168.1.5:4000", "203.0.113.9:4000"]
+    assert not h.clients["a"].closed  # the session survives; the bad entries are dropped
+    r = h.req("a", m.SetNickname, nickname="still-here")  # and the core still answers it
+    assert r.ok
+
+
+def test_server_marks_only_candidates_at_the_address_it_saw() -> None:
+    h = Harness()
+    h.login("a", remote_ip="203.0.113.9")
+    h.login("b", remote_ip="198.51.100.4")
+    h.create("a", "lan")
+    assert h.join("b", "lan").ok
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "203.0.113.9:4000"),
+                                         m.Candidate("mapped", "[::ffff:203.0.113.9]:5000"),
+                                         m.Candidate("reflexive", "198.51.100.66:4000", observed=True),  # a claim
+                                         m.Candidate("local", "192.168.1.5:4000")], nat_hard=True))
+    pa = h.clients["b"].mirror.peers[h.nid("a")]
+    assert [(c.addr, c.observed) for c in pa.candidates] == [
+        ("203.0.113.9:4000", True), ("203.0.113.9:5000", True),
+        ("198.51.100.66:4000", False), ("192.168.1.5:4000", False)]
+
+
+def test_private_session_address_is_never_marked_observed() -> None:
+    h = Harness()
+    h.login("a", remote_ip="192.168.1.5")
+    h.login("b", remote_ip="192.168.1.6")
+    h.create("a", "lan")
+    assert h.join("b", "lan").ok
+    h.send("a", m.Candidates(candidates=[m.Candidate("local", "192.168.1.5:4000")], nat_hard=True))
+    pa = h.clients["b"].mirror.peers[h.nid("a")]
+    assert [(c.addr, c.observed) for c in pa.candidates] == [("192.168.1.5:4000", False)]

@@ -74,6 +74,14 @@ sends nothing, and a node never gets a delta it cannot apply). Versions are per 
 one per ViewUpdate and never go back while the server runs; a ResyncRequest (or a new Login)
 gets a FullView at the current version. Login.have_version is informational only.
 
+Endpoints and candidates (Login.endpoints, Candidates) are kept only in the strict form of
+`shoal.control.endpoint` and only for usable addresses (public or private; never loopback,
+unspecified, multicast, link-local, reserved or overlay); any other entry is dropped, the
+rest of the message still applies (never an exception, never a closed session). Login adds
+the address the connection came from with the Login's listen_port. A candidate is marked
+`observed` when its IP is that connection's address and public (issue 18 F10: peers spray
+only there); the mark is computed when the Candidates arrive and kept with them.
+
 Protocol errors the core detects (anything before Login, a second Login): Error
 (code "protocol_error") then Close(4002) for that session only; the node gets the grace as
 for a dropped connection. Attribute owners: all state here is mutated only by the Core
@@ -95,6 +103,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
+from shoal.control import endpoint
 from shoal.control import messages as m
 from shoal.server.passwords import PasswordHasher
 from shoal.wireguard.keys import PublicKey
@@ -286,21 +295,20 @@ def _clean_label(text: str, what: str) -> str:
     return t
 
 
-def _valid_endpoint(ep: str) -> bool:
-    host, sep, port = ep.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return False
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+def _clean_endpoint(text: str) -> str | None:
+    """A node's endpoint or candidate text in canonical form, or None when it is not a strict
+    "ip:port" of a usable address (shoal.control.endpoint; never raises)."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        ip, port = endpoint.parse(text)
+    except endpoint.EndpointError:
+        return None
+    return endpoint.format(ip, port) if endpoint.usable(ip) else None
 
 
-def _fmt_endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+def _observed(addr: str, remote_ip: str | None) -> bool:
+    """`addr` (canonical) is at the public IP this session's connection came from."""
+    ip, _ = endpoint.parse(addr)
+    return endpoint.sprayable(ip) and endpoint.same_ip(ip, remote_ip)
 
 
 class Core:
@@ -723,7 +731,7 @@ class Core:
         elif isinstance(msg, m.PeerReport):
             self._peer_report(s, msg, now)
         elif isinstance(msg, m.Candidates):
-            self._candidates(s.node_id, msg)
+            self._candidates(s.node_id, msg, s.remote_ip)
         elif isinstance(msg, m.Logout):
             fx.out.append(Send(session, s.key, m.Result(req_id=msg.req_id, ok=True)))
             self._detach(s, now, clean=True, fx=fx)
@@ -745,11 +753,16 @@ class Core:
     def _features(self) -> list[str]:
         return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO, m.FEATURE_LAN] + ([m.FEATURE_RELAY] if self.relay else [])
 
-    def _candidates(self, node_id: str, msg: m.Candidates) -> None:
-        """A node's NAT-traversal candidates: kept while it is known, sent to its peers."""
+    def _candidates(self, node_id: str, msg: m.Candidates, remote_ip: str | None) -> None:
+        """A node's NAT-traversal candidates: kept while it is known, sent to its peers. Bad or
+        unusable addresses are dropped; `observed` is ours to set (see messages.Candidate)."""
         cands: list[m.Candidate] = []
         for c in msg.candidates:
-            if _valid_endpoint(c.addr) and c not in cands:
+            addr = _clean_endpoint(c.addr)
+            if addr is None:
+                continue
+            c = m.Candidate(c.kind, addr, observed=_observed(addr, remote_ip))
+            if c not in cands:
                 cands.append(c)
         rt = self._rt_of(node_id)
         new = tuple(cands)
@@ -793,10 +806,15 @@ class Core:
         return str(ipaddress.IPv6Address(int(self.ula_prefix.network_address) | int(ipaddress.IPv4Address(ipv4))))
 
     def _login(self, s: _Session, msg: m.Login, now: float, fx: Effects) -> None:
-        endpoints = [e for e in msg.endpoints if _valid_endpoint(e)]
+        endpoints: list[str] = []
+        for e in msg.endpoints:
+            clean = _clean_endpoint(e)
+            if clean is not None and clean not in endpoints:
+                endpoints.append(clean)
         if s.remote_ip is not None and msg.listen_port:
-            obs = _fmt_endpoint(s.remote_ip, msg.listen_port)
-            if obs not in endpoints:
+            obs = _clean_endpoint(f"[{s.remote_ip}]:{msg.listen_port}" if ":" in s.remote_ip
+                                  else f"{s.remote_ip}:{msg.listen_port}")
+            if obs is not None and obs not in endpoints:
                 endpoints.append(obs)
         endpoints = endpoints[: m.MAX_ENDPOINTS]
         nickname = None

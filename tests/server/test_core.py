@@ -786,28 +786,29 @@ def test_non_ascii_port_candidate_is_refused_without_an_exception() -> None:
     assert r.ok
 
 
-def test_server_marks_only_candidates_at_the_address_it_saw() -> None:
+def test_peers_get_the_public_address_the_server_saw_as_observed_ip() -> None:
     h = Harness()
-    h.login("a", remote_ip="203.0.113.9")
+    h.login("a", remote_ip="::ffff:203.0.113.9")
     h.login("b", remote_ip="198.51.100.4")
     h.create("a", "lan")
     assert h.join("b", "lan").ok
-    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "203.0.113.9:4000"),
-                                         m.Candidate("mapped", "[::ffff:203.0.113.9]:5000"),
-                                         m.Candidate("reflexive", "198.51.100.66:4000", observed=True),  # a claim
-                                         m.Candidate("local", "192.168.1.5:4000")], nat_hard=True))
-    pa = h.clients["b"].mirror.peers[h.nid("a")]
-    assert [(c.addr, c.observed) for c in pa.candidates] == [
-        ("203.0.113.9:4000", True), ("203.0.113.9:5000", True),
-        ("198.51.100.66:4000", False), ("192.168.1.5:4000", False)]
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.9"
+    assert h.clients["a"].mirror.peers[h.nid("b")].observed_ip == "198.51.100.4"
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "198.51.100.66:4000")], nat_hard=True))
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.9"  # a claim changes nothing
+    h.drop("a")
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.9"  # kept through the grace
+    h.login("a", remote_ip="203.0.113.50")  # back from elsewhere: the peer is told
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.50"
 
 
-def test_private_session_address_is_never_marked_observed() -> None:
+def test_private_or_unknown_session_address_is_never_observed() -> None:
     h = Harness()
     h.login("a", remote_ip="192.168.1.5")
-    h.login("b", remote_ip="192.168.1.6")
+    h.login("b", remote_ip=None)
+    h.login("c", remote_ip="127.0.0.1")
     h.create("a", "lan")
-    assert h.join("b", "lan").ok
-    h.send("a", m.Candidates(candidates=[m.Candidate("local", "192.168.1.5:4000")], nat_hard=True))
-    pa = h.clients["b"].mirror.peers[h.nid("a")]
-    assert [(c.addr, c.observed) for c in pa.candidates] == [("192.168.1.5:4000", False)]
+    assert h.join("b", "lan").ok and h.join("c", "lan").ok
+    peers = h.clients["b"].mirror.peers
+    assert peers[h.nid("a")].observed_ip == "" and peers[h.nid("c")].observed_ip == ""
+    assert h.clients["a"].mirror.peers[h.nid("b")].observed_ip == ""

@@ -78,9 +78,9 @@ Endpoints and candidates (Login.endpoints, Candidates) are kept only in the stri
 `shoal.control.endpoint` and only for usable addresses (public or private; never loopback,
 unspecified, multicast, link-local, reserved or overlay); any other entry is dropped, the
 rest of the message still applies (never an exception, never a closed session). Login adds
-the address the connection came from with the Login's listen_port. A candidate is marked
-`observed` when its IP is that connection's address and public (issue 18 F10: peers spray
-only there); the mark is computed when the Candidates arrive and kept with them.
+the address the connection came from with the Login's listen_port. That address, when it is
+public, is also the node's PeerInfo.observed_ip (issue 18 F10: the only IP its peers spray
+before a pong proves another): set at each Login, kept through the grace like candidates.
 
 Protocol errors the core detects (anything before Login, a second Login): Error
 (code "protocol_error") then Close(4002) for that session only; the node gets the grace as
@@ -265,6 +265,7 @@ class _Runtime:
     pw_failures: collections.deque[float] = field(default_factory=collections.deque)
     candidates: tuple[m.Candidate, ...] = ()  # NAT-traversal candidates (runtime only, kept through grace)
     nat_hard: bool = False
+    observed_ip: str = ""  # PeerInfo.observed_ip: the last Login's public source IP (runtime only)
     lan: bool = False  # the logged-in session listed FEATURE_LAN
 
 
@@ -303,12 +304,6 @@ def _clean_endpoint(text: str) -> str | None:
     except endpoint.EndpointError:
         return None
     return endpoint.format(ip, port) if endpoint.usable(ip) else None
-
-
-def _observed(addr: str, remote_ip: str | None) -> bool:
-    """`addr` (canonical) is at the public IP this session's connection came from."""
-    ip, _ = endpoint.parse(addr)
-    return endpoint.sprayable(ip) and endpoint.same_ip(ip, remote_ip)
 
 
 class Core:
@@ -470,6 +465,7 @@ class Core:
             ipv4=n.ipv4, ipv6=n.ipv6, endpoints=list(n.endpoints),
             candidates=list(rt.candidates) if rt is not None else [],
             nat_hard=rt.nat_hard if rt is not None else False,
+            observed_ip=rt.observed_ip if rt is not None else "",
         )
 
     def may_relay(self, src_key: bytes, dst_key: bytes) -> bool:
@@ -731,7 +727,7 @@ class Core:
         elif isinstance(msg, m.PeerReport):
             self._peer_report(s, msg, now)
         elif isinstance(msg, m.Candidates):
-            self._candidates(s.node_id, msg, s.remote_ip)
+            self._candidates(s.node_id, msg)
         elif isinstance(msg, m.Logout):
             fx.out.append(Send(session, s.key, m.Result(req_id=msg.req_id, ok=True)))
             self._detach(s, now, clean=True, fx=fx)
@@ -753,15 +749,15 @@ class Core:
     def _features(self) -> list[str]:
         return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO, m.FEATURE_LAN] + ([m.FEATURE_RELAY] if self.relay else [])
 
-    def _candidates(self, node_id: str, msg: m.Candidates, remote_ip: str | None) -> None:
-        """A node's NAT-traversal candidates: kept while it is known, sent to its peers. Bad or
-        unusable addresses are dropped; `observed` is ours to set (see messages.Candidate)."""
+    def _candidates(self, node_id: str, msg: m.Candidates) -> None:
+        """A node's NAT-traversal candidates: kept while it is known, sent to its peers (bad
+        or unusable addresses dropped)."""
         cands: list[m.Candidate] = []
         for c in msg.candidates:
             addr = _clean_endpoint(c.addr)
             if addr is None:
                 continue
-            c = m.Candidate(c.kind, addr, observed=_observed(addr, remote_ip))
+            c = m.Candidate(c.kind, addr)
             if c not in cands:
                 cands.append(c)
         rt = self._rt_of(node_id)
@@ -771,6 +767,22 @@ class Core:
         rt.candidates, rt.nat_hard = new, msg.nat_hard
         for p in self.peers_of(node_id):
             self._d(p).peers.add(node_id)
+
+    def _observe(self, node_id: str, remote_ip: str | None) -> None:
+        """The node logged in from `remote_ip`: its observed_ip (public only) for its peers."""
+        ip = ""
+        if remote_ip is not None:
+            try:
+                addr = endpoint.parse_ip(remote_ip)
+            except endpoint.EndpointError:
+                addr = None
+            if addr is not None and endpoint.sprayable(addr):
+                ip = str(addr)
+        rt = self._rt_of(node_id)
+        if ip != rt.observed_ip:
+            rt.observed_ip = ip
+            for p in self.peers_of(node_id):
+                self._d(p).peers.add(node_id)
 
     def _protocol_error(self, s: _Session, reason: str, now: float, fx: Effects) -> None:
         log.warning("session %s (%s): protocol error: %s", s.session, s.key.fingerprint(), reason)
@@ -854,6 +866,7 @@ class Core:
         was_away = rt.session is None and rt.grace_until is not None and node_id in self._present
         rt.session = s.session
         rt.grace_until = None
+        self._observe(node_id, s.remote_ip)
         self._set_present(node_id, True, fx)
         fx.out.append(Send(s.session, s.key, m.LoginOk(node=self.self_info(node_id), server_time=now + self._wall_offset,
                                                       features=self._features(), relay_port=self.relay_port)))

@@ -164,3 +164,13 @@ def test_first_endpoint_skips_unusable_entries():
     assert first_endpoint(["nonsense", "example.com:1", "[fd00::1]:5", "203.0.113.1:7"]) == ("fd00::1", 5)
     assert first_endpoint([]) is None
     assert first_endpoint(["203.0.113.1:99999"]) is None
+
+
+def test_first_endpoint_never_resolves_names_and_skips_unusable_addresses(monkeypatch):
+    import socket
+
+    def no_lookup(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("a name from the server was resolved")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    assert first_endpoint(["localhost:1", "1.2.3.4:²", "127.0.0.1:5", "[ff02::1]:5", "203.0.113.1:7"]) == ("203.0.113.1", 7)

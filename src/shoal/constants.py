@@ -342,6 +342,7 @@ PATH_SPRAY_WINDOW = 60.0  # seconds a budget below refills in
 PATH_SPRAY_PEER_BUDGET = 1024  # probes toward one peer per window (one full spray attempt)
 PATH_SPRAY_TARGET_BUDGET = 1024  # probes at one target IP per window, all peers together
 PATH_SPRAY_MAX_KEYS = 4096  # buckets kept per level (full ones forgotten first)
+PATH_CALL_ME_MAYBE_GAP = 1.0  # a CallMeMaybe starts a new probing burst at most this often (s)
 
 # --- The daemon's NAT traversal glue (shoal.daemon.traversal, shoal.nat.reflexive)
 REFLEXIVE_REFRESH = 20.0  # seconds between STUN rounds on the data socket (keeps the mapping, notices changes)

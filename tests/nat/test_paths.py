@@ -294,3 +294,47 @@ def test_per_peer_cap_holds_when_the_peer_flips_its_hardness() -> None:
             now = step if d is None or d > step else d
             sent += sum(1 for t in eng.handle_timer(now) if t.dst is not None and t.dst != WAN_B)
     assert sent <= PATH_SPRAY_PEER_BUDGET + now * PATH_SPRAY_PEER_BUDGET / PATH_SPRAY_WINDOW
+
+
+def _cmm(eng: PathEngine, b: DiscoCodec, addrs: list[tuple[str, int]], now: float) -> list[Transmit]:
+    msg = CallMeMaybe(tuple((CandidateKind.REFLEXIVE, x) for x in addrs))
+    opened = eng.codec.open(b.seal(eng.codec.public_key, msg), now)
+    assert opened is not None
+    return eng.handle_message(opened[1], ("0.0.0.0", 1), now, via_relay=True)
+
+
+def test_call_me_maybe_replaces_the_previous_set_so_candidates_stay_bounded() -> None:
+    eng, a, b = setup()
+    eng.set_remote_candidates([(R, WAN_B)], 0.0, relay=True)
+    eng.start(0.0)
+    eng.handle_timer(0.0)
+    now = 0.0
+    for i in range(50):  # each CallMeMaybe names 16 new victims
+        now += 2.0
+        _cmm(eng, b, [(f"198.51.{100 + i % 2}.{j + 1}", 1000 + i) for j in range(16)], now)
+    d = eng.next_deadline()
+    out = eng.handle_timer(max(now, d or now))
+    assert len(pings(out, b, now)) <= 16 + 1  # the last set and the control candidate
+
+
+def test_call_me_maybe_flood_starts_at_most_one_burst_per_gap() -> None:
+    eng, a, b = setup()
+    eng.set_remote_candidates([], 0.0, relay=True)
+    eng.start(0.0)
+    eng.handle_timer(0.0)
+    victims = [("198.51.100.%d" % (j + 1), 80) for j in range(16)]
+    sent = 0
+    for i in range(100):  # 100 CallMeMaybe in 1 s, all naming the same 16 addresses
+        now = 1.0 + i * 0.01
+        sent += sum(1 for t in _cmm(eng, b, victims, now) if t.dst is not None)
+    assert sent <= 2 * 16
+
+
+def test_unusable_addresses_are_never_pinged() -> None:
+    eng, a, b = setup()
+    bad = [("127.0.0.1", 22), ("224.0.0.1", 5), ("0.0.0.0", 5), ("100.64.0.9", 5), ("169.254.0.1", 5)]
+    eng.set_remote_candidates([(R, x) for x in bad] + [(R, WAN_B)], 0.0, relay=True)
+    eng.start(0.0)
+    out = eng.handle_timer(0.0) + _cmm(eng, b, bad, 0.5)
+    assert set(pings(out, b, 0.5)) == {WAN_B}
+    assert eng.stats["candidate-unusable"] >= len(bad)

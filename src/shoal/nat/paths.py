@@ -13,7 +13,10 @@ Inputs
   - `handle_message(msg, src, now, via_relay)`: a disco message from this peer, already
     opened by `DiscoCodec`. A Ping is answered with a Pong to its source; a Ping from an
     address we did not know is a learned (peer-reflexive) candidate and is probed at once
-    (this is how roaming is noticed); a CallMeMaybe adds candidates and starts a new burst.
+    (this is how roaming is noticed); a CallMeMaybe replaces the candidates the previous one
+    gave (it is the peer's whole current set) and starts a new burst, at most one per
+    PATH_CALL_ME_MAYBE_GAP. A candidate whose address is not usable
+    (`shoal.control.endpoint.usable`: loopback, multicast, overlay, ...) is never probed.
   - `set_local_candidates`: our own candidates changed (new port mapping, new address):
     a CallMeMaybe goes to the peer through the relay and a new burst starts.
 
@@ -68,6 +71,7 @@ from collections.abc import Iterable
 from shoal.constants import (
     PATH_BIRTHDAY_SOCKETS,
     PATH_BIRTHDAY_START,
+    PATH_CALL_ME_MAYBE_GAP,
     PATH_HEARTBEAT,
     PATH_LAN_MARGIN,
     PATH_MAX_LEARNED,
@@ -199,6 +203,7 @@ class PathEngine:
         self._limit = spray_limit if spray_limit is not None else SprayLimit()
         self._observed = ""  # the IP the server saw the peer at (PeerInfo.observed_ip)
         self._confirmed: set[str] = set()  # IPs an expected, sealed pong came from
+        self._cmm_burst = -1e18  # when a CallMeMaybe last started a burst
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -209,6 +214,9 @@ class PathEngine:
         addr = (str(addr[0]), int(addr[1]))
         c = self._cands.get((addr, sock))
         if c is None:
+            if not endpoint.usable(addr[0]):  # loopback, multicast, overlay, ...: never probed
+                self._count("candidate-unusable")
+                return None
             if source == LEARNED and sum(1 for x in self._cands.values() if x.source == LEARNED) >= PATH_MAX_LEARNED:
                 self._count("learned-limit")
                 return None
@@ -315,9 +323,17 @@ class PathEngine:
             out += self._select(now)
         elif isinstance(msg, CallMeMaybe):
             self._count("call-me-maybe-in")
+            keep = set()
             for kind, addr in msg.candidates:
-                self._add(addr, kind, "call-me-maybe")
-            if self._started_at is not None:
+                c = self._add(addr, kind, "call-me-maybe")
+                if c is not None:
+                    keep.add((c.addr, c.sock))
+            cur = (self.path.addr, self.path.sock) if self.path is not None else None
+            for k, c in list(self._cands.items()):  # the peer's whole current set: replaces the last one
+                if c.source == "call-me-maybe" and k not in keep and k != cur:
+                    del self._cands[k]
+            if self._started_at is not None and now - self._cmm_burst >= PATH_CALL_ME_MAYBE_GAP:
+                self._cmm_burst = now
                 self._burst(now)
                 out += self.handle_timer(now)
         return out

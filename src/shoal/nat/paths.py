@@ -403,7 +403,7 @@ class PathEngine:
             if not self._direct_alive(now):
                 self._spray_queue = self._spray_targets()
                 self._spray_next = now
-                self._count("spray-started")
+                self._count("spray-started" if self._spray_queue else "spray-no-owned-target")
             if self.peer_hard and not self.local_hard:
                 self._spray_at = now + PATH_SPRAY_BACKOFF
         if self._spray_next is not None and now >= self._spray_next:

@@ -626,10 +626,14 @@ _ids = st.sampled_from(["aaaaaa", "zzzz", "0", "bbbbbbbb"])
 _names = st.sampled_from(["lan", "LAN", " lan ", "x" * 64, "\x01", "club"])
 _pw = st.sampled_from(["", "pw", "x" * 128])
 _req = st.integers(0, 2**63 - 1)
+_addr = st.one_of(st.sampled_from(["1.2.3.4:5", "x", "[::1]:7", "1.2.3.4:99999", "1.2.3.4:²", "[2001:db8::1]:5"]),
+                  st.text(max_size=64))
 _any_msg = st.one_of(
     st.builds(m.Login, nickname=st.one_of(st.none(), _names), listen_port=st.integers(0, 65535),
               features=st.lists(st.sampled_from([m.FEATURE_CHECK_PEER, "x"]), max_size=2),
-              endpoints=st.lists(st.sampled_from(["1.2.3.4:5", "x", "[::1]:7", "1.2.3.4:99999"]), max_size=4)),
+              endpoints=st.lists(_addr, max_size=4)),
+    st.builds(m.Candidates, candidates=st.lists(st.builds(m.Candidate, kind=st.sampled_from(["local", "reflexive", "mapped"]),
+                                                          addr=_addr), max_size=4), nat_hard=st.booleans()),
     st.builds(m.Logout, req_id=_req),
     st.builds(m.Ping, nonce=_req),
     st.builds(m.ResyncRequest, have_version=_req),

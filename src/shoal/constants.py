@@ -336,6 +336,13 @@ PATH_SPRAY_START = 1.0  # the easy side starts spraying this long after the star
 PATH_BIRTHDAY_START = 0.5  # ...the hard side opens its birthday mappings before that
 PATH_BIRTHDAY_SOCKETS = 256  # extra sockets on the hard side (ports its NAT opens toward the peer)
 PATH_SPRAY_BACKOFF = 60.0  # seconds between spray attempts while still relayed
+# Spray limits (issue 18 F10): probes (sprayed pings and birthday pings) per sliding window,
+# token buckets shared by all of a daemon's path engines (shoal.nat.paths.SprayLimit)
+PATH_SPRAY_WINDOW = 60.0  # seconds a budget below refills in
+PATH_SPRAY_PEER_BUDGET = 1024  # probes toward one peer per window (one full spray attempt)
+PATH_SPRAY_TARGET_BUDGET = 1024  # probes at one target IP per window, all peers together
+PATH_SPRAY_MAX_KEYS = 4096  # buckets kept per level (full ones forgotten first)
+PATH_CALL_ME_MAYBE_GAP = 1.0  # a CallMeMaybe starts a new probing burst at most this often (s)
 
 # --- The daemon's NAT traversal glue (shoal.daemon.traversal, shoal.nat.reflexive)
 REFLEXIVE_REFRESH = 20.0  # seconds between STUN rounds on the data socket (keeps the mapping, notices changes)

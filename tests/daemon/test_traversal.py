@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from shoal.control import messages as M
@@ -141,3 +142,29 @@ async def test_two_nodes_find_the_direct_path_and_fall_back_to_the_relay() -> No
     finally:
         await ta.close()
         await tb.close()
+
+
+def test_candidates_of_drops_names_non_ascii_ports_and_unusable_addresses() -> None:
+    k = PrivateKey.generate().public_key()
+    p = peer(k, ["localhost:4000", "1.2.3.4:²", "127.0.0.1:4000", "[::1]:4000", "224.0.0.1:4000",
+                 "169.254.1.1:4000", "100.64.0.7:4000", "[100::1]:4000", "203.0.113.7:4000"],
+             [M.Candidate("reflexive", "example.com:80"), M.Candidate("local", "198.18.1.2:4000")])
+    assert candidates_of(p) == [(CandidateKind.LOCAL, ("198.18.1.2", 4000)),
+                                (CandidateKind.REFLEXIVE, ("203.0.113.7", 4000))]
+
+
+async def test_engines_get_the_observed_ip_and_share_one_spray_limit() -> None:
+    net = Net()
+    ka, kb, kc = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    ta = Traversal(ka, FakePlane(("203.0.113.1", 1000), net), on_candidates=lambda c, h: None, portmap=False)
+    try:
+        pb = peer(kb.public_key(), ["203.0.113.2:2000"], hard=True)
+        pc = peer(kc.public_key(), ["203.0.113.3:2000"], hard=True)
+        ta.set_peers([msgspec.structs.replace(pb, observed_ip="203.0.113.2"), pc])
+        eb, ec = ta.engines[kb.public_key()], ta.engines[kc.public_key()]
+        assert eb.observed == "203.0.113.2" and ec.observed == ""
+        assert eb._limit is ec._limit is ta.spray_limit
+        ta.set_peers([msgspec.structs.replace(pb, observed_ip="203.0.113.9")])
+        assert eb.observed == "203.0.113.9"  # a new observation alone reaches the engine
+    finally:
+        await ta.close()

@@ -212,3 +212,13 @@ def test_a_part_out_of_sequence_asks_for_resync_and_changes_nothing():
     assert view.apply(ViewUpdate(prev_version=1, version=2)) is Outcome.RESYNC  # not a part: staging dropped
     assert view.apply(parts[-1]) is Outcome.STAGED  # the rest of the dropped message: ignored, no 2nd resync
     assert view.as_full_view() == before and not view.parts.staged
+
+
+def test_first_endpoint_never_resolves_names_and_skips_unusable_addresses(monkeypatch):
+    import socket
+
+    def no_lookup(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("a name from the server was resolved")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    assert first_endpoint(["localhost:1", "1.2.3.4:²", "127.0.0.1:5", "[ff02::1]:5", "203.0.113.1:7"]) == ("203.0.113.1", 7)

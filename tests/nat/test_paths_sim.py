@@ -126,6 +126,11 @@ class Node:
                 assert t.dst is not None
                 (self.bsock(t.sock) if t.sock else self.sock).sendto(t.data, t.dst)
 
+    def observed(self) -> str:
+        """What the server would hand out as PeerInfo.observed_ip: its control connection
+        leaves through the same NAT as the data socket, so it comes from the reflexive IP."""
+        return self.reflexive[0] if self.reflexive is not None else ""
+
     def candidates(self) -> list[tuple[CandidateKind, Address]]:
         local = (self.host.address, PORT)
         out = [(CandidateKind.LOCAL, local)]
@@ -184,7 +189,8 @@ class World:
         for me, other in ((a, b), (b, a)):
             me.engine = PathEngine(me.codec, other.codec.public_key, local_hard=me.hard, peer_hard=other.hard,
                                    rng=random.Random(me.name + "spray"))
-            me.engine.set_remote_candidates(other.candidates(), self.net.clock.now(), relay=True)
+            me.engine.set_remote_candidates(other.candidates(), self.net.clock.now(), relay=True,
+                                            observed=other.observed())
             me.engine.set_local_candidates(me.candidates(), self.net.clock.now())
             me.engine.start(START)
             self.net.scheduler.add_engine(me.engine, on_output=me.emit, name=me.name)
@@ -252,7 +258,7 @@ def test_relayed_pair_upgrades_when_udp_opens() -> None:
     a.stun()  # a's next STUN round finds its reflexive address; the server hands it to b
     w.net.scheduler.run_until_true(lambda: a.reflexive is not None, timeout=1.0)
     assert b.engine is not None
-    b.emit(b.engine.set_remote_candidates(a.candidates(), w.net.clock.now(), relay=True))
+    b.emit(b.engine.set_remote_candidates(a.candidates(), w.net.clock.now(), relay=True, observed=a.observed()))
     t = w.first_time((a, b), lambda n: kind_of(n) == "direct", timeout=10.0)
     assert t is not None and t - opened <= 10.0
     print(f"\nrelay -> direct {t - opened:.2f} s after UDP opened")

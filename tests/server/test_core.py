@@ -637,10 +637,14 @@ _ids = st.sampled_from(["aaaaaa", "zzzz", "0", "bbbbbbbb"])
 _names = st.sampled_from(["lan", "LAN", " lan ", "x" * 64, "\x01", "club"])
 _pw = st.sampled_from(["", "pw", PW, "x" * 128])
 _req = st.integers(0, 2**63 - 1)
+_addr = st.one_of(st.sampled_from(["1.2.3.4:5", "x", "[::1]:7", "1.2.3.4:99999", "1.2.3.4:²", "[2001:db8::1]:5"]),
+                  st.text(max_size=64))
 _any_msg = st.one_of(
     st.builds(m.Login, nickname=st.one_of(st.none(), _names), listen_port=st.integers(0, 65535),
               features=st.lists(st.sampled_from([m.FEATURE_CHECK_PEER, "x"]), max_size=2),
-              endpoints=st.lists(st.sampled_from(["1.2.3.4:5", "x", "[::1]:7", "1.2.3.4:99999"]), max_size=4)),
+              endpoints=st.lists(_addr, max_size=4)),
+    st.builds(m.Candidates, candidates=st.lists(st.builds(m.Candidate, kind=st.sampled_from(["local", "reflexive", "mapped"]),
+                                                          addr=_addr), max_size=4), nat_hard=st.booleans()),
     st.builds(m.Logout, req_id=_req),
     st.builds(m.Ping, nonce=_req),
     st.builds(m.ResyncRequest, have_version=_req),
@@ -1067,3 +1071,58 @@ def test_a_view_over_what_a_node_accepts_is_logged_not_silent(monkeypatch: pytes
     assert "its view has 1 networks and 30 peers, over what a node accepts" in caplog.text
     view = [s.message for s in fx.sends() if isinstance(s.message, m.FullView)]
     assert len(view) == 1 and len(view[0].peers) == 30  # sent all the same; the node asks again
+# ---------------------------------------------------------------- endpoint checks (issue 18 F15, F10)
+
+
+def test_non_ascii_port_in_login_endpoints_is_dropped_not_raised(h: Harness) -> None:
+    h.login("alice", remote_ip="192.0.2.10", listen_port=51820,
+            endpoints=["1.2.3.4:²", "1.2.3.4:٣", "127.0.0.1:5", "[100::1]:5", "224.0.0.1:5", "198.51.100.7:51820"])
+    rec = h.core.nodes[h.nid("alice")]
+    assert rec.endpoints == ("198.51.100.7:51820", "192.0.2.10:51820")
+    assert not h.clients["alice"].closed
+
+
+def test_non_ascii_port_candidate_is_refused_without_an_exception() -> None:
+    h = Harness()
+    for name in ("a", "b"):
+        h.login(name)
+    h.create("a", "lan")
+    assert h.join("b", "lan").ok
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "1.2.3.4:²"),
+                                         m.Candidate("reflexive", "127.0.0.1:4000"),
+                                         m.Candidate("local", "[fe80::1]:4000"),
+                                         m.Candidate("local", "192.168.1.5:4000"),
+                                         m.Candidate("reflexive", "203.0.113.9:4000")]))
+    pa = h.clients["b"].mirror.peers[h.nid("a")]
+    assert [c.addr for c in pa.candidates] == ["192.168.1.5:4000", "203.0.113.9:4000"]
+    assert not h.clients["a"].closed  # the session survives; the bad entries are dropped
+    r = h.req("a", m.SetNickname, nickname="still-here")  # and the core still answers it
+    assert r.ok
+
+
+def test_peers_get_the_public_address_the_server_saw_as_observed_ip() -> None:
+    h = Harness()
+    h.login("a", remote_ip="::ffff:203.0.113.9")
+    h.login("b", remote_ip="198.51.100.4")
+    h.create("a", "lan")
+    assert h.join("b", "lan").ok
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.9"
+    assert h.clients["a"].mirror.peers[h.nid("b")].observed_ip == "198.51.100.4"
+    h.send("a", m.Candidates(candidates=[m.Candidate("reflexive", "198.51.100.66:4000")], nat_hard=True))
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.9"  # a claim changes nothing
+    h.drop("a")
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.9"  # kept through the grace
+    h.login("a", remote_ip="203.0.113.50")  # back from elsewhere: the peer is told
+    assert h.clients["b"].mirror.peers[h.nid("a")].observed_ip == "203.0.113.50"
+
+
+def test_private_or_unknown_session_address_is_never_observed() -> None:
+    h = Harness()
+    h.login("a", remote_ip="192.168.1.5")
+    h.login("b", remote_ip=None)
+    h.login("c", remote_ip="127.0.0.1")
+    h.create("a", "lan")
+    assert h.join("b", "lan").ok and h.join("c", "lan").ok
+    peers = h.clients["b"].mirror.peers
+    assert peers[h.nid("a")].observed_ip == "" and peers[h.nid("c")].observed_ip == ""
+    assert h.clients["a"].mirror.peers[h.nid("b")].observed_ip == ""

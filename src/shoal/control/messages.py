@@ -51,8 +51,13 @@ Candidates only to such a server). A node learns its reflexive address on its Wi
 socket (STUN to the server), maps a port on its gateway if it can (UPnP IGD, NAT-PMP, PCP),
 and sends Candidates whenever that set changes; the server keeps them while the node is
 connected (not stored) and hands them to the node's peers in PeerInfo.candidates, next to the
-host endpoints of the Login. `nat_hard` says the node's NAT maps per destination (symmetric):
-a peer then sprays ports (shoal.nat.paths). LoginOk.relay_port names the UDP port of the
+host endpoints of the Login. Endpoints and candidates are strict "ip:port" / "[v6]:port" text
+(`shoal.control.endpoint`); the server drops any other entry, and any whose address is not
+usable (loopback, unspecified, multicast, link-local, reserved, overlay).
+PeerInfo.observed_ip is the public IP the server saw the peer's control connection come
+from (issue 18 F10; "" when none or private, and from an older server). `nat_hard` says the
+node's NAT maps per destination (symmetric): a peer then sprays ports (shoal.nat.paths), but
+only at an address the node showed it owns: observed_ip, or one a sealed pong came from. LoginOk.relay_port names the UDP port of the
 relay inside the server (on the server's host; 0: none); a server listing "relay" also
 accepts relay WebSocket sessions at RELAY_WS_PATH on its HTTP port (for UDP-blocked nodes).
 
@@ -176,7 +181,7 @@ CandidateKind = Literal["local", "reflexive", "mapped"]  # host address / as STU
 
 class Candidate(msgspec.Struct, frozen=True):
     kind: CandidateKind
-    addr: Address  # "ip:port" / "[ip6]:port"
+    addr: Address  # "ip:port" / "[ip6]:port" (strict form: shoal.control.endpoint)
 
 
 CandidateList = Annotated[list[Candidate], msgspec.Meta(max_length=MAX_CANDIDATES)]
@@ -191,6 +196,10 @@ class PeerInfo(msgspec.Struct, frozen=True):
     endpoints: Annotated[list[Address], msgspec.Meta(max_length=MAX_ENDPOINTS)]  # "ip:port"
     candidates: CandidateList = []  # NAT-traversal candidates (a "disco" server; none while away)
     nat_hard: bool = False  # its NAT maps per destination (symmetric)
+    # the public IP the server saw this node's control connection come from, set by the
+    # server alone ("": none, not public, or an older server); the only address a peer may
+    # spray (birthday probing) before a pong proves another one (issue 18 F10)
+    observed_ip: Address = ""
 
 
 class SelfInfo(msgspec.Struct, frozen=True):

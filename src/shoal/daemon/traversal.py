@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections import Counter
@@ -72,14 +71,14 @@ from shoal.constants import (
     STUN_PORT,
     VIRTUAL_ENDPOINT_PREFIX,
 )
+from shoal.control import endpoint
 from shoal.control import messages as M
 from shoal.nat import stun
 from shoal.nat.disco import CandidateKind, DiscoCodec
-from shoal.nat.paths import Path, PathEngine, PathKind, Transmit
+from shoal.nat.paths import Path, PathEngine, PathKind, SprayLimit, Transmit
 from shoal.nat.portmap.client import PortMapper, find_gateway
 from shoal.nat.reflexive import ReflexiveProbe
 from shoal.relay.client import RelayClient
-from shoal.dataplane.config import parse_endpoint
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 log = logging.getLogger("shoal.traversal")
@@ -94,30 +93,28 @@ def _addr_text(a: Address) -> str:
 
 
 def _parse(text: str) -> Address | None:
+    """A strict "ip:port" of a usable address (shoal.control.endpoint), else None: never a
+    host name to resolve, never loopback, multicast, link-local, reserved or overlay."""
     try:
-        host, port = parse_endpoint(text)
-    except ValueError:
+        ip, port = endpoint.parse(text)
+    except endpoint.EndpointError:
         return None
-    return (host, port)
-
-
-_DOCUMENTATION = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+    return (str(ip), port) if endpoint.usable(ip) else None
 
 
 def _is_lan(host: str) -> bool:
-    """A private (LAN) address. Documentation ranges (RFC 5737/3849) count as public: they
-    stand for the internet in examples and in the lab."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_private and not ip.is_loopback and not any(ip in n for n in _DOCUMENTATION)
+    """A private (LAN) address (shoal.control.endpoint: RFC 1918, ULA, the lab's 198.18/15).
+    Documentation ranges (RFC 5737/3849) count as public: they stand for the internet in
+    examples and in the lab."""
+    return endpoint.classify(host) is endpoint.Scope.PRIVATE
 
 
 def candidates_of(peer: M.PeerInfo) -> list[tuple[CandidateKind, Address]]:
     """A peer's candidates as the path engine takes them: what it reported (port-mapped,
     reflexive, its host addresses) and its endpoints from the login. A private address is a
-    LAN candidate (LOCAL), any other one is reachable across the internet (REFLEXIVE)."""
+    LAN candidate (LOCAL), any other one is reachable across the internet (REFLEXIVE).
+    Entries that are not a strict endpoint of a usable address are dropped. Which of these
+    the path engine may spray comes separately: PeerInfo.observed_ip (issue 18 F10)."""
     out: list[tuple[CandidateKind, Address]] = []
     seen: set[Address] = set()
     entries = [c.addr for c in peer.candidates if c.kind == "mapped"]
@@ -161,6 +158,8 @@ class Traversal:
         self._vep_key: dict[Address, PublicKey] = {}
         self._vep_next = 1
         self._peer_hard: dict[PublicKey, bool] = {}
+        self._observed: dict[PublicKey, str] = {}  # PeerInfo.observed_ip per peer
+        self.spray_limit = SprayLimit()  # spray budgets per peer and per target IP, all engines together
         self._last_direct: dict[PublicKey, Address] = {}  # the endpoint of the last direct path
         # birthday sockets: k -> socket; paths over them: virtual endpoint <-> (k, peer address)
         self._bsocks: dict[int, socket.socket] = {}
@@ -238,6 +237,7 @@ class Traversal:
         for key in [k for k in self.engines if k not in wanted]:
             del self.engines[key]
             self._cands.pop(key, None)
+            self._observed.pop(key, None)
             self._peer_hard.pop(key, None)
             self._last_direct.pop(key, None)
             self.codec.remove_peer(bytes(key))
@@ -257,17 +257,18 @@ class Traversal:
             self._peer_hard[key] = p.nat_hard
             if eng is None:
                 self.codec.add_peer(bytes(key))
-                eng = self.engines[key] = PathEngine(self.codec, bytes(key), local_hard=self._hard(), peer_hard=p.nat_hard)
-                self._cands[key] = cands
-                self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok))
+                eng = self.engines[key] = PathEngine(self.codec, bytes(key), local_hard=self._hard(), peer_hard=p.nat_hard,
+                                                     spray_limit=self.spray_limit)
+                self._cands[key], self._observed[key] = cands, p.observed_ip
+                self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok, observed=p.observed_ip))
                 eng.start(now)
                 self._emit(key, eng.set_local_candidates(self._local_candidates(), now))
                 self._emit(key, eng.handle_timer(now))
             else:
                 eng.set_hardness(local_hard=self._hard(), peer_hard=p.nat_hard, now=now)
-                if cands != self._cands.get(key):
-                    self._cands[key] = cands
-                    self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok))
+                if (cands, p.observed_ip) != (self._cands.get(key), self._observed.get(key)):
+                    self._cands[key], self._observed[key] = cands, p.observed_ip
+                    self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok, observed=p.observed_ip))
         self._after(now)
 
     def set_mapped(self, addr: Address | None) -> None:

@@ -13,7 +13,10 @@ Inputs
   - `handle_message(msg, src, now, via_relay)`: a disco message from this peer, already
     opened by `DiscoCodec`. A Ping is answered with a Pong to its source; a Ping from an
     address we did not know is a learned (peer-reflexive) candidate and is probed at once
-    (this is how roaming is noticed); a CallMeMaybe adds candidates and starts a new burst.
+    (this is how roaming is noticed); a CallMeMaybe replaces the candidates the previous one
+    gave (it is the peer's whole current set) and starts a new burst, at most one per
+    PATH_CALL_ME_MAYBE_GAP. A candidate whose address is not usable
+    (`shoal.control.endpoint.usable`: loopback, multicast, overlay, ...) is never probed.
   - `set_local_candidates`: our own candidates changed (new port mapping, new address):
     a CallMeMaybe goes to the peer through the relay and a new burst starts.
 
@@ -46,6 +49,16 @@ Rules
     PATH_SPRAY_BACKOFF s while not direct. The chosen path then names its socket
     (`Path.sock`); the caller sends that peer's traffic from it. Both hard: no spray (two
     random ports would have to coincide), the relay is used.
+  - Whom we spray (issue 18 F10): candidates are the peer's claims, so a member could name a
+    victim's address with nat_hard and make every co-member spray it. Spray and birthday
+    pings therefore aim only at a public IP (`shoal.control.endpoint.sprayable`) the peer
+    has shown it owns: the IP the server saw its control connection come from
+    (`set_remote_candidates(observed=...)`, PeerInfo.observed_ip), or an IP from which an
+    expected pong came (sealed by the peer, answering a tx id we sent there). Any other
+    candidate only gets plain probes (one ping per round). Every spray or birthday ping also
+    takes a token per peer and per target IP from a `SprayLimit` the daemon shares between
+    its engines (PATH_SPRAY_PEER_BUDGET, PATH_SPRAY_TARGET_BUDGET per PATH_SPRAY_WINDOW); a
+    refused probe ends that attempt (counted "spray-limited").
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ from collections.abc import Iterable
 from shoal.constants import (
     PATH_BIRTHDAY_SOCKETS,
     PATH_BIRTHDAY_START,
+    PATH_CALL_ME_MAYBE_GAP,
     PATH_HEARTBEAT,
     PATH_LAN_MARGIN,
     PATH_MAX_LEARNED,
@@ -68,14 +82,20 @@ from shoal.constants import (
     PATH_REPROBE_INTERVAL,
     PATH_SPRAY_BACKOFF,
     PATH_SPRAY_BUDGET,
+    PATH_SPRAY_MAX_KEYS,
+    PATH_SPRAY_PEER_BUDGET,
     PATH_SPRAY_RATE,
     PATH_SPRAY_START,
+    PATH_SPRAY_TARGET_BUDGET,
+    PATH_SPRAY_WINDOW,
     PATH_SWITCH_MARGIN,
     PATH_TRUST,
 )
+from shoal.control import endpoint
+from shoal.lan.storm import StormLimiter
 from shoal.nat.disco import Address, CallMeMaybe, CandidateKind, DiscoCodec, DiscoMessage, Ping, Pong
 
-__all__ = ["PathKind", "Path", "PathEvent", "Transmit", "PathEngine", "LEARNED"]
+__all__ = ["PathKind", "Path", "PathEvent", "Transmit", "PathEngine", "SprayLimit", "LEARNED"]
 
 LEARNED = "learned"  # source of a candidate learnt from a ping's source address
 
@@ -127,6 +147,24 @@ class _Cand:
         self.last_ping = -1e18
 
 
+class SprayLimit:
+    """Spray budgets, shared by all of a daemon's engines: per peer and per target IP.
+
+    Every probe (a sprayed ping or a birthday ping) takes one token from its peer's bucket,
+    then one from its target IP's bucket (`shoal.lan.storm.StormLimiter`: a new key starts
+    full, `budget` tokens, refilled at budget / window per second, at most `max_keys` buckets
+    per level). A probe either refuses is not sent and ends that attempt (a refusal by the
+    target may have spent the peer's token: stricter, never looser)."""
+
+    def __init__(self, *, peer_budget: int = PATH_SPRAY_PEER_BUDGET, target_budget: int = PATH_SPRAY_TARGET_BUDGET,
+                 window: float = PATH_SPRAY_WINDOW, max_keys: int = PATH_SPRAY_MAX_KEYS) -> None:
+        self.peer = StormLimiter(peer_budget / window, peer_budget, max_keys)
+        self.target = StormLimiter(target_budget / window, target_budget, max_keys)
+
+    def allow(self, peer: bytes, ip: str, now: float) -> bool:
+        return self.peer.allow(peer, None, now) and self.target.allow(ip, None, now)
+
+
 class PathEngine:
     """How we reach one peer; see the module docstring for the rules."""
 
@@ -138,6 +176,7 @@ class PathEngine:
         local_hard: bool = False,
         peer_hard: bool = False,
         rng: random.Random | None = None,
+        spray_limit: SprayLimit | None = None,
     ) -> None:
         if not codec.knows(peer):
             raise ValueError("the codec does not know this peer's key")
@@ -161,6 +200,10 @@ class PathEngine:
         self._spray_at: float | None = None
         self._spray_queue: list[Address] = []
         self._spray_next: float | None = None
+        self._limit = spray_limit if spray_limit is not None else SprayLimit()
+        self._observed = ""  # the IP the server saw the peer at (PeerInfo.observed_ip)
+        self._confirmed: set[str] = set()  # IPs an expected, sealed pong came from
+        self._cmm_burst = -1e18  # when a CallMeMaybe last started a burst
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -171,6 +214,9 @@ class PathEngine:
         addr = (str(addr[0]), int(addr[1]))
         c = self._cands.get((addr, sock))
         if c is None:
+            if not endpoint.usable(addr[0]):  # loopback, multicast, overlay, ...: never probed
+                self._count("candidate-unusable")
+                return None
             if source == LEARNED and sum(1 for x in self._cands.values() if x.source == LEARNED) >= PATH_MAX_LEARNED:
                 self._count("learned-limit")
                 return None
@@ -180,9 +226,16 @@ class PathEngine:
         return c
 
     def set_remote_candidates(
-        self, candidates: Iterable[tuple[CandidateKind, Address]], now: float, *, relay: bool = False
+        self, candidates: Iterable[tuple[CandidateKind, Address]], now: float, *, relay: bool = False,
+        observed: str | None = None,
     ) -> list[Transmit]:
-        """The peer's candidates from the control plane (replacing the previous ones)."""
+        """The peer's candidates from the control plane (replacing the previous ones) and the
+        IP the server saw it at (`observed`, PeerInfo.observed_ip; None keeps the last one)."""
+        if observed is not None:
+            try:
+                self._observed = str(endpoint.parse_ip(observed)) if observed else ""
+            except endpoint.EndpointError:
+                self._observed = ""
         keep = {}
         for kind, addr in candidates:
             c = self._add(addr, CandidateKind(kind), "control")
@@ -259,6 +312,7 @@ class PathEngine:
                 self._count("pong-wrong-source")
                 return out
             del self._pending[msg.tx_id]
+            self._confirmed.add(src[0])  # the peer got our ping there: it owns that address
             c = self._cands.get(key) or self._add(src, CandidateKind.PREDICTED, "spray", sock)
             if c is None:
                 return out
@@ -269,9 +323,17 @@ class PathEngine:
             out += self._select(now)
         elif isinstance(msg, CallMeMaybe):
             self._count("call-me-maybe-in")
+            keep = set()
             for kind, addr in msg.candidates:
-                self._add(addr, kind, "call-me-maybe")
-            if self._started_at is not None:
+                c = self._add(addr, kind, "call-me-maybe")
+                if c is not None:
+                    keep.add((c.addr, c.sock))
+            cur = (self.path.addr, self.path.sock) if self.path is not None else None
+            for k, c in list(self._cands.items()):  # the peer's whole current set: replaces the last one
+                if c.source == "call-me-maybe" and k not in keep and k != cur:
+                    del self._cands[k]
+            if self._started_at is not None and now - self._cmm_burst >= PATH_CALL_ME_MAYBE_GAP:
+                self._cmm_burst = now
                 self._burst(now)
                 out += self.handle_timer(now)
         return out
@@ -341,7 +403,7 @@ class PathEngine:
             if not self._direct_alive(now):
                 self._spray_queue = self._spray_targets()
                 self._spray_next = now
-                self._count("spray-started")
+                self._count("spray-started" if self._spray_queue else "spray-no-owned-target")
             if self.peer_hard and not self.local_hard:
                 self._spray_at = now + PATH_SPRAY_BACKOFF
         if self._spray_next is not None and now >= self._spray_next:
@@ -353,6 +415,10 @@ class PathEngine:
                 if not self._spray_queue:
                     break
                 addr = self._spray_queue.pop(0)
+                if not self._limit.allow(self.peer, addr[0], now):
+                    self._count("spray-limited")
+                    self._spray_queue = []
+                    break
                 tx, data = self.codec.ping(self.peer)
                 self._pending[tx] = ((addr, 0), now)
                 self._count("spray-out")
@@ -377,14 +443,27 @@ class PathEngine:
         self._count("birthday-started")
         out: list[Transmit] = []
         for k in range(1, PATH_BIRTHDAY_SOCKETS + 1):
+            if not self._limit.allow(self.peer, targets[0][0], now):
+                self._count("spray-limited")
+                break
             tx, data = self.codec.ping(self.peer)
             self._pending[tx] = ((targets[0], k), now)
             out.append(Transmit(data, targets[0], sock=k))
         return out
 
+    @property
+    def observed(self) -> str:
+        """The IP the server saw the peer at, as last given ("" none)."""
+        return self._observed
+
+    def _owned(self, ip: str) -> bool:
+        """The peer showed it owns this public IP: the server saw it there, or a pong came."""
+        return (ip == self._observed or ip in self._confirmed) and endpoint.sprayable(ip)
+
     def _spray_targets_base(self) -> list[Address]:
         return [c.addr for c in self._cands.values()
-                if c.kind in (CandidateKind.REFLEXIVE, CandidateKind.MAPPED) and c.source != LEARNED and c.sock == 0]
+                if c.kind in (CandidateKind.REFLEXIVE, CandidateKind.MAPPED) and c.source != LEARNED and c.sock == 0
+                and self._owned(c.addr[0])]
 
     def _spray_targets(self) -> list[Address]:
         refl = self._spray_targets_base()

@@ -133,6 +133,14 @@ gets a FullView at the current version. Login.have_version is informational only
 message over VIEW_PART_BYTES goes out as consecutive parts (`messages.split_view`, "Large
 views" in messages.py): one version step however many parts, each a Send of its own.
 
+Endpoints and candidates (Login.endpoints, Candidates) are kept only in the strict form of
+`shoal.control.endpoint` and only for usable addresses (public or private; never loopback,
+unspecified, multicast, link-local, reserved or overlay); any other entry is dropped, the
+rest of the message still applies (never an exception, never a closed session). Login adds
+the address the connection came from with the Login's listen_port. That address, when it is
+public, is also the node's PeerInfo.observed_ip (issue 18 F10: the only IP its peers spray
+before a pong proves another): set at each Login, kept through the grace like candidates.
+
 Protocol errors the core detects (anything before Login, a second Login): Error
 (code "protocol_error") then Close(4002) for that session only; the node gets the grace as
 for a dropped connection. Attribute owners: all state here is mutated only by the Core
@@ -156,6 +164,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from shoal import constants as C
+from shoal.control import endpoint
 from shoal.control import messages as m
 from shoal.control.limits import BucketTable, TokenBucket, source_prefix
 from shoal.control.transport import CLOSE_REFUSED
@@ -349,6 +358,7 @@ class _Runtime:
     pw_work: TokenBucket | None = None  # scrypt jobs (PASSWORD_WORK)
     candidates: tuple[m.Candidate, ...] = ()  # NAT-traversal candidates (runtime only, kept through grace)
     nat_hard: bool = False
+    observed_ip: str = ""  # PeerInfo.observed_ip: the last Login's public source IP (runtime only)
     lan: bool = False  # the logged-in session listed FEATURE_LAN
 
 
@@ -402,21 +412,14 @@ def _clean_label(text: str, what: str) -> str:
     return t
 
 
-def _valid_endpoint(ep: str) -> bool:
-    host, sep, port = ep.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return False
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+def _clean_endpoint(text: str) -> str | None:
+    """A node's endpoint or candidate text in canonical form, or None when it is not a strict
+    "ip:port" of a usable address (shoal.control.endpoint; never raises)."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _fmt_endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        ip, port = endpoint.parse(text)
+    except endpoint.EndpointError:
+        return None
+    return endpoint.format(ip, port) if endpoint.usable(ip) else None
 
 
 class Core:
@@ -608,6 +611,7 @@ class Core:
             ipv4=n.ipv4, ipv6=n.ipv6, endpoints=list(n.endpoints),
             candidates=list(rt.candidates) if rt is not None else [],
             nat_hard=rt.nat_hard if rt is not None else False,
+            observed_ip=rt.observed_ip if rt is not None else "",
         )
 
     def may_relay(self, src_key: bytes, dst_key: bytes) -> bool:
@@ -1034,10 +1038,15 @@ class Core:
         return [m.FEATURE_CHECK_PEER, m.FEATURE_DISCO, m.FEATURE_LAN] + ([m.FEATURE_RELAY] if self.relay else [])
 
     def _candidates(self, node_id: str, msg: m.Candidates) -> None:
-        """A node's NAT-traversal candidates: kept while it is known, sent to its peers."""
+        """A node's NAT-traversal candidates: kept while it is known, sent to its peers (bad
+        or unusable addresses dropped)."""
         cands: list[m.Candidate] = []
         for c in msg.candidates:
-            if _valid_endpoint(c.addr) and c not in cands:
+            addr = _clean_endpoint(c.addr)
+            if addr is None:
+                continue
+            c = m.Candidate(c.kind, addr)
+            if c not in cands:
                 cands.append(c)
         rt = self._rt_of(node_id)
         new = tuple(cands)
@@ -1046,6 +1055,22 @@ class Core:
         rt.candidates, rt.nat_hard = new, msg.nat_hard
         for p in self.peers_of(node_id):
             self._d(p).peers.add(node_id)
+
+    def _observe(self, node_id: str, remote_ip: str | None) -> None:
+        """The node logged in from `remote_ip`: its observed_ip (public only) for its peers."""
+        ip = ""
+        if remote_ip is not None:
+            try:
+                addr = endpoint.parse_ip(remote_ip)
+            except endpoint.EndpointError:
+                addr = None
+            if addr is not None and endpoint.sprayable(addr):
+                ip = str(addr)
+        rt = self._rt_of(node_id)
+        if ip != rt.observed_ip:
+            rt.observed_ip = ip
+            for p in self.peers_of(node_id):
+                self._d(p).peers.add(node_id)
 
     def _protocol_error(self, s: _Session, reason: str, now: float, fx: Effects) -> None:
         log.warning("session %s (%s): protocol error: %s", s.session, s.key.fingerprint(), reason)
@@ -1151,10 +1176,15 @@ class Core:
         return str(ipaddress.IPv6Address(int(self.ula_prefix.network_address) | int(ipaddress.IPv4Address(ipv4))))
 
     def _login(self, s: _Session, msg: m.Login, now: float, fx: Effects) -> None:
-        endpoints = [e for e in msg.endpoints if _valid_endpoint(e)]
+        endpoints: list[str] = []
+        for e in msg.endpoints:
+            clean = _clean_endpoint(e)
+            if clean is not None and clean not in endpoints:
+                endpoints.append(clean)
         if s.remote_ip is not None and msg.listen_port:
-            obs = _fmt_endpoint(s.remote_ip, msg.listen_port)
-            if obs not in endpoints:
+            obs = _clean_endpoint(f"[{s.remote_ip}]:{msg.listen_port}" if ":" in s.remote_ip
+                                  else f"{s.remote_ip}:{msg.listen_port}")
+            if obs is not None and obs not in endpoints:
                 endpoints.append(obs)
         endpoints = endpoints[: m.MAX_ENDPOINTS]
         nickname = None
@@ -1191,6 +1221,7 @@ class Core:
         was_away = rt.session is None and rt.grace_until is not None and node_id in self._present
         rt.session = s.session
         rt.grace_until = None
+        self._observe(node_id, s.remote_ip)
         self._set_present(node_id, True, now, fx)
         fx.out.append(Send(s.session, s.key, m.LoginOk(node=self.self_info(node_id), server_time=now + self._wall_offset,
                                                       features=self._features(), relay_port=self.relay_port)))

@@ -355,6 +355,8 @@ RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticat
 #                           same transport (the relay does not answer a KEEPALIVE from an address
 #                           it does not know: our NAT mapping changed, we roamed)
 RELAY_PONG_TIMEOUT = 3.0  # a keepalive unanswered this long: the relay connection is redone
+RELAY_AUTH_RETRY = 2.0  # a relay that answered but has not accepted us this long gets a new HELLO...
+RELAY_AUTH_RETRY_MAX = 32.0  # ...the wait doubling up to this (refused: not a member yet, full, lost frames)
 BIRTHDAY_HOLD = 10.0  # birthday sockets no chosen path uses close this long after their last send
 VIRTUAL_ENDPOINT_PREFIX = "100::"  # RFC 6666 discard-only: relayed peers' endpoints inside the engine
 

@@ -141,3 +141,40 @@ async def test_two_nodes_find_the_direct_path_and_fall_back_to_the_relay() -> No
     finally:
         await ta.close()
         await tb.close()
+
+
+@pytest.mark.sim
+async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: a relay WebSocket that refuses our AUTH (here: not a member yet, as when the
+    standalone relay has not read the login) used to leave the node unbound for good; it now
+    sends HELLO again, the waits doubling, and is accepted once the relay agrees."""
+    from shoal.daemon import traversal as tr
+    from shoal.relay.service import RelayService
+
+    monkeypatch.setattr(tr, "RELAY_AUTH_RETRY", 0.2, raising=False)
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+
+    def may_bind(_key: bytes) -> bool:
+        asked.append(loop.time())
+        return len(asked) > 3  # refuse three times
+
+    ks, ka = PrivateKey.generate(), PrivateKey.generate()
+    service = RelayService(RelayEngine(ks, lambda s, d: True, may_bind=may_bind), "127.0.0.1", 0, udp=False)
+    await service.start()
+    pa = FakePlane(("203.0.113.1", 1000), Net())
+    ta = Traversal(ka, pa, on_candidates=lambda c, h: None, portmap=False)
+    try:
+        ta.start(["203.0.113.1:1000"])
+        ta.set_server("127.0.0.1", ks.public_key(), stun_port=0, relay_port=0,
+                      relay_ws_url=f"ws://127.0.0.1:{service.ws_port}/relay")
+        await wait_for(lambda: ta.relay is not None and ta.relay.ready, timeout=8.0)
+        assert ta.relay_mode == "ws" and service.engine.stats["drop_auth_not_member"] == 3
+        assert ta.stats["relay_auth_retry"] == 3
+        gaps = [b - a for a, b in zip(asked, asked[1:])]
+        assert gaps[0] >= 0.18 and gaps[1] >= 1.8 * gaps[0] * 0.9 and gaps[2] >= 1.8 * gaps[1] * 0.9, gaps
+        # accepted: the wait is back to the first one
+        assert ta._auth_wait == 0.2
+    finally:
+        await ta.close()
+        await service.close()

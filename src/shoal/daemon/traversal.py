@@ -7,7 +7,9 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
     address as the server's STUN sees it, and whether our NAT maps per destination;
   - the relay connection (`shoal.relay.client`): UDP from the data socket to the server's
     relay port, or, when no answer comes within RELAY_UDP_WAIT (UDP blocked), a WebSocket to
-    the server's HTTP port at RELAY_WS_PATH;
+    the server's HTTP port at RELAY_WS_PATH; a relay that answers (a WebSocket, or a proven
+    refusal over UDP) but does not accept us gets a new HELLO after RELAY_AUTH_RETRY seconds,
+    the wait doubling to RELAY_AUTH_RETRY_MAX (issue 18: it used to wait forever);
   - the port mapping on our gateway (`shoal.nat.portmap.client.PortMapper`: PCP, NAT-PMP,
     UPnP IGD), for the data socket's port, started after the first login (the gateway is the
     next hop toward the server), renewed by the mapper, deleted on close;
@@ -55,6 +57,8 @@ from shoal.constants import (
     REFLEXIVE_REFRESH,
     REFLEXIVE_REFRESH_RELAYED,
     RELAY_ACTIVE_KEEPALIVE,
+    RELAY_AUTH_RETRY,
+    RELAY_AUTH_RETRY_MAX,
     RELAY_KEEPALIVE_INTERVAL,
     RELAY_MAGIC,
     RELAY_PONG_TIMEOUT,
@@ -185,6 +189,7 @@ class Traversal:
         self._relay_ping_at: float | None = None  # when the unanswered keepalive went out
         self._udp_failed = False  # the UDP relay never answered here: go straight to WebSocket
         self._reauth_sent = False  # re-authentication after an unanswered keepalive is under way
+        self._auth_wait = RELAY_AUTH_RETRY  # not accepted this long by a relay that answers: HELLO again
         self._ws_quick = 0  # quick WebSocket retries left after a working one dropped
         self._udp_retest_at: float | None = None  # while on the WebSocket: next HELLO over UDP
         self._udp_retest_sent: float | None = None
@@ -712,6 +717,7 @@ class Traversal:
             self.relay_rtt, self._relay_ping_at = now - self._relay_ping_at, None
             self._reauth_sent = False
         if client.ready and not was_ready:
+            self._auth_wait = RELAY_AUTH_RETRY
             self.relay_rtt = (now - self._relay_started) / 2
             self._relay_last_ka = now
             self._relay_ping_at, self._reauth_sent = None, False
@@ -754,7 +760,16 @@ class Traversal:
                 self._relay_connect(now)
             return
         if not client.ready:
-            if self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
+            if self._relay_answers(client):
+                # the relay is reachable this way but has not accepted us (it refused: not a
+                # member yet, full; or frames were lost): ask again, less and less often
+                if now - self._relay_started >= self._auth_wait:
+                    log.info("relay: not accepted via %s after %.0f s, authenticating again", self.relay_mode, self._auth_wait)
+                    self.stats["relay_auth_retry"] += 1
+                    self._relay_tx(client.start(now), now)
+                    self._relay_started = now
+                    self._auth_wait = min(self._auth_wait * 2, RELAY_AUTH_RETRY_MAX)
+            elif self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
                 if not self._server_up():
                     # the server itself is away (restarting?): that says nothing about UDP
                     self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
@@ -787,6 +802,11 @@ class Traversal:
             if self._relay_ping_at is None:
                 self._relay_ping_at = now
 
+    def _relay_answers(self, client: RelayClient) -> bool:
+        """While not accepted: is this way to the relay known to work (a WebSocket is a
+        connection; over UDP only a proven refusal says so, else UDP may be blocked)?"""
+        return self.relay_mode == "ws" or client.stats["refused"] > 0
+
     def _keepalive_interval(self) -> float:
         relayed = any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
         return RELAY_ACTIVE_KEEPALIVE if relayed else RELAY_KEEPALIVE_INTERVAL
@@ -796,6 +816,8 @@ class Traversal:
         if client is None:
             return self._relay_retry_at
         if not client.ready:
+            if self._relay_answers(client):
+                return self._relay_started + self._auth_wait
             return self._relay_started + RELAY_UDP_WAIT if self.relay_mode == "udp" else None
         ds = [self._relay_last_rx + RELAY_SILENCE, self._relay_last_ka + self._keepalive_interval()]
         if self._relay_ping_at is not None:

@@ -305,7 +305,8 @@ class Traversal:
             "mapped_via": self._mapper.protocol if self._mapper is not None and self.mapped else None,
             "relay": {"mode": self.relay_mode, "ready": bool(self.relay and self.relay.ready),
                       "rtt_ms": round(self.relay_rtt * 1000, 3) if self.relay_rtt is not None else None,
-                      "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url},
+                      "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url,
+                      "client": dict(self.relay.stats) if self.relay is not None else {}},
             "stats": dict(self.stats) | {f"disco_{k}": v for k, v in self.codec.stats.items()},
             "peers": {key.fingerprint(): dict(eng.stats) for key, eng in self.engines.items()},
         }

@@ -178,3 +178,42 @@ async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pyte
     finally:
         await ta.close()
         await service.close()
+
+
+@pytest.mark.sim
+async def test_back_to_udp_only_after_a_proven_udp_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18 F12: on the WebSocket, a frame from the UDP relay's address used to switch the
+    node back to UDP whatever it was (anyone can spoof that address: a flapping node); now only
+    the re-test's own proven AUTH_OK over UDP does."""
+    from shoal.daemon import traversal as tr
+    from shoal.relay import frames as f
+    from shoal.relay.service import RelayService
+
+    monkeypatch.setattr(tr, "RELAY_UDP_WAIT", 0.2)
+    monkeypatch.setattr(tr, "RELAY_UDP_RETEST", 0.3)
+    ks, ka = PrivateKey.generate(), PrivateKey.generate()
+    net = Net()
+    net.relay = RelayEngine(ks, lambda s, d: True)  # the relay's UDP side
+    service = RelayService(RelayEngine(ks, lambda s, d: True), "127.0.0.1", 0, udp=False)  # its WebSocket
+    await service.start()
+    a_addr = ("203.0.113.1", 1000)
+    pa = FakePlane(a_addr, net)
+    net.cut.add(frozenset((a_addr, net.relay_addr)))  # UDP to the relay is blocked
+    ta = Traversal(ka, pa, on_candidates=lambda c, h: None, portmap=False)
+    try:
+        ta.start(["203.0.113.1:1000"])
+        ta.set_server(net.relay_addr[0], ks.public_key(), stun_port=0, relay_port=net.relay_addr[1],
+                      relay_ws_url=f"ws://127.0.0.1:{service.ws_port}/relay")
+        await wait_for(lambda: ta.relay_mode == "ws" and ta.relay is not None and ta.relay.ready)
+        await asyncio.sleep(0.4)  # a re-test HELLO went out over UDP (and was lost)
+        spoofed = [f.Challenge(bytes(24)).encode(), f.Pong(1, bytes(16)).encode(),
+                   f.AuthOk(bytes(8), 60, bytes(16)).encode(), f.Error(f.ERR_UNAUTHENTICATED, bytes(32)).encode()]
+        pa.side_channel([(d, net.relay_addr) for d in spoofed], asyncio.get_running_loop().time())
+        await asyncio.sleep(0.1)
+        assert ta.relay_mode == "ws" and ta.relay.ready
+        net.cut.clear()  # UDP works again: the next re-test's handshake completes
+        await wait_for(lambda: ta.relay_mode == "udp" and ta.relay is not None and ta.relay.ready)
+        assert net.relay.binding_of(ka.public_key()) == UdpBinding(*a_addr)
+    finally:
+        await ta.close()
+        await service.close()

@@ -9,7 +9,9 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
     relay port, or, when no answer comes within RELAY_UDP_WAIT (UDP blocked), a WebSocket to
     the server's HTTP port at RELAY_WS_PATH; a relay that answers (a WebSocket, or a proven
     refusal over UDP) but does not accept us gets a new HELLO after RELAY_AUTH_RETRY seconds,
-    the wait doubling to RELAY_AUTH_RETRY_MAX (issue 18: it used to wait forever);
+    the wait doubling to RELAY_AUTH_RETRY_MAX (issue 18: it used to wait forever); while on
+    the WebSocket, a whole handshake over UDP every RELAY_UDP_RETEST seconds, and back to UDP
+    only on its proven AUTH_OK (issue 18 F12: the relay's UDP address can be spoofed);
   - the port mapping on our gateway (`shoal.nat.portmap.client.PortMapper`: PCP, NAT-PMP,
     UPnP IGD), for the data socket's port, started after the first login (the gateway is the
     next hop toward the server), renewed by the mapper, deleted on close;
@@ -192,7 +194,7 @@ class Traversal:
         self._auth_wait = RELAY_AUTH_RETRY  # not accepted this long by a relay that answers: HELLO again
         self._ws_quick = 0  # quick WebSocket retries left after a working one dropped
         self._udp_retest_at: float | None = None  # while on the WebSocket: next HELLO over UDP
-        self._udp_retest_sent: float | None = None
+        self._udp_retest: RelayClient | None = None  # its handshake over UDP, while on the WebSocket
         self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
@@ -417,12 +419,10 @@ class Traversal:
             elif data[:2] == RELAY_MAGIC and src == self.relay_udp:
                 if self.relay_mode == "udp":
                     self._relay_rx(data, now)
-                elif self.relay_mode == "ws" and self._udp_retest_sent is not None:
-                    # the UDP relay answered our re-test HELLO: UDP works (again), use it
-                    log.info("relay: UDP answers again, leaving the WebSocket")
-                    self._udp_failed = False
-                    self._relay_connect(now)
-                    self._relay_state_changed(now)
+                elif self.relay_mode == "ws" and self._udp_retest is not None:
+                    self._udp_retest_rx(data, now)
+                else:
+                    self.stats["relay_unexpected"] += 1
             elif stun.is_stun(data):
                 if self.probe is None or not self.probe.receive(data, src, now):
                     self.stats["stun_unexpected"] += 1
@@ -604,7 +604,7 @@ class Traversal:
             self._relay_retry_at = now + RELAY_RETRY
             return
         self._udp_retest_at = now + RELAY_UDP_RETEST if self.relay_udp is not None else None
-        self._udp_retest_sent = None
+        self._udp_retest = None
         self.relay = RelayClient(self.key, self.relay_key)
         self.relay_mode = "ws"
         self._relay_started = self._relay_last_rx = now
@@ -657,6 +657,26 @@ class Traversal:
             self._relay_retry_at = self._clock() + delay
             self._relay_state_changed(self._clock())
             self._after(self._clock())
+
+    def _udp_retest_rx(self, frame: bytes, now: float) -> None:
+        """A frame from the UDP relay while on the WebSocket: the re-test handshake."""
+        retest = self._udp_retest
+        assert retest is not None and self.relay_udp is not None
+        out = retest.receive(frame, now)
+        if out:
+            self.plane.send_raw([(o, self.relay_udp) for o in out])
+        if not retest.ready:
+            return
+        log.info("relay: UDP works again (the relay accepted us over it), leaving the WebSocket")
+        self._stop_ws()
+        self._udp_failed = False
+        self._udp_retest = self._udp_retest_at = None
+        self.relay, self.relay_mode = retest, "udp"
+        self._relay_started = self._relay_last_rx = self._relay_last_ka = now
+        self._relay_retry_at = self._relay_ping_at = None
+        self._reauth_sent = False
+        self._auth_wait = RELAY_AUTH_RETRY
+        self._relay_state_changed(now)
 
     def _relay_tx(self, frame: bytes, now: float) -> None:  # noqa: ARG002 - now: symmetry with the other senders
         if self.relay_mode == "udp" and self.relay_udp is not None:
@@ -750,10 +770,11 @@ class Traversal:
     def _relay_timer(self, now: float) -> None:
         if self.relay_mode == "ws" and self._udp_retest_at is not None and now >= self._udp_retest_at:
             # UDP may work now (the server was only down when we gave up on it, or we moved):
-            # a HELLO over UDP; any answer from the relay's UDP address switches back
+            # a whole handshake over UDP; only its proven AUTH_OK switches back (issue 18 F12:
+            # anything else from the relay's address could be spoofed)
             assert self.relay_key is not None and self.relay_udp is not None
-            self.plane.send_raw([(RelayClient(self.key, self.relay_key).start(now), self.relay_udp)])
-            self._udp_retest_sent = now
+            self._udp_retest = RelayClient(self.key, self.relay_key)
+            self.plane.send_raw([(self._udp_retest.start(now), self.relay_udp)])
             self._udp_retest_at = now + RELAY_UDP_RETEST
         client = self.relay
         if client is None:

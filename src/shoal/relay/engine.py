@@ -74,8 +74,9 @@ oldest dropped first), else one X25519 under the global bucket RELAY_AUTH_RATE/s
 (drop_auth_rate_limited); then the proof. Without `may_bind` (tests, in-memory meshes) every
 proven key may bind.
 
-Bindings. A successful AUTH binds the key to that binding with a fresh random 8-byte token;
-SEND and KEEPALIVE must carry it and come from that binding (an off-path spoofer of the
+Bindings. A successful AUTH binds the key to that binding with a fresh random 8-byte token
+(kept when the same key authenticates again from the same binding);
+SEND and KEEPALIVE (also tagged with kb) must carry it and come from that binding (an off-path spoofer of the
 node's address cannot send as it). A new AUTH from elsewhere moves the binding (the old one
 is forgotten: a node whose NAT mapping changed, or that switched UDP <-> WebSocket, simply
 authenticates again when told ERROR unauthenticated). A binding with no frame from its node
@@ -86,10 +87,11 @@ dropped and counted under `stats[reason]`):
 
     drop_malformed            not a valid frame, or a relay->node kind
     drop_unauthenticated      b is not bound, or the token is wrong -> ERROR unauthenticated
+                              (untagged); a KEEPALIVE like that, or with a bad tag: no answer
     drop_rate_limited         the sender's bucket (packets/s and payload bytes/s) is empty
-    drop_not_member           may_relay(src, dst) is False -> ERROR not_member (the relay never
-                              says whether a non-member is connected)
-    drop_unknown_destination  dst has no binding -> ERROR unknown_destination
+    drop_not_member           may_relay(src, dst) is False -> ERROR not_member, tagged (the relay
+                              never says whether a non-member is connected)
+    drop_unknown_destination  dst has no binding -> ERROR unknown_destination, tagged
     forwarded                 RECV(src, payload) to dst's binding (forwarded_bytes += len)
 
 Auth refusals: drop_auth_forged (bad nonce MAC or bad proof or weak key),

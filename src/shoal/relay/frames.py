@@ -5,7 +5,7 @@ datagram or as one binary WebSocket message (the carrier keeps frame boundaries,
 are no length fields). Payloads are opaque: the relay forwards WireGuard ciphertext (or
 disco messages) by destination node key and never looks inside.
 
-Header (4 bytes), then a body fixed by the kind:
+Header (4 bytes), then a body fixed by the kind (ERROR: with or without its tag):
 
     offset size  field
     0      2     magic RELAY_MAGIC = b"SR" (0x53 0x52: neither STUN, whose first two bits
@@ -34,11 +34,11 @@ ERROR is the relay's; an ERROR without a tag (37 bytes) is one the relay could n
 payload is authenticated end to end (WireGuard, sealed disco), see the engine's docstring.
 
 A relay->node answer to a frame a stranger can send (a spoofed UDP source) is never larger
-than that frame (CHALLENGE 28 < HELLO 36, AUTH_OK 30 and ERROR 53 < AUTH 76, untagged ERROR
-37 < SEND 44; a KEEPALIVE or SEND from an unknown binding gets at most an untagged ERROR),
-so a relay cannot be used to amplify spoofed UDP traffic. Answers that are larger (tagged
-ERROR 53 to a SEND of 44) go only to a bound node at its own binding, after its token
-matched. The authentication handshake is `shoal.relay.engine`'s docstring.
+than that frame (CHALLENGE 28 < HELLO 36, AUTH_OK 30 and ERROR 53 < AUTH 76, PONG 28 <
+KEEPALIVE 36; a SEND from an unknown binding or with a wrong token gets an untagged ERROR,
+37 < SEND 44; a KEEPALIVE with a wrong token or tag gets nothing), so a relay cannot be used
+to amplify spoofed UDP traffic. The one larger answer (a tagged ERROR, 53, to a SEND of 44)
+goes only to a bound node at its own binding, after its token matched. The authentication handshake is `shoal.relay.engine`'s docstring.
 
 ERROR codes: 1 unknown destination (key = dst), 2 not a member (dst: the two nodes share no
 network), 3 unauthenticated (key = zeros: authenticate again, e.g. after the relay restarted

@@ -279,12 +279,14 @@ IGMP_QUERY = 0x11
 # Frames start with RELAY_MAGIC: 0x53 has the top bits 01 (never STUN, whose first two bits
 # are 00) and is no WireGuard message type (1..4), so a data socket can tell them apart.
 RELAY_MAGIC = b"SR"
-RELAY_VERSION = 1
+RELAY_VERSION = 2  # 2: tagged KEEPALIVE/PONG/ERROR (issue 18 F12)
 RELAY_HEADER_SIZE = 4  # magic (2) + version (1) + kind (1)
 RELAY_MAX_FRAME = 65535  # any relay frame, UDP datagram or WebSocket message
 RELAY_TOKEN_SIZE = 8  # binding token handed out by AUTH_OK, echoed in SEND/KEEPALIVE
 RELAY_NONCE_SIZE = 24  # challenge: 8-byte issue time (ms) + 16-byte MAC
 RELAY_PROOF_SIZE = 16  # BLAKE2s-128 MAC proving the node (or the relay) holds its key
+RELAY_TAG_SIZE = 16  # BLAKE2s-128 MAC on KEEPALIVE, PONG and ERROR under the binding's key
+RELAY_HINT_INTERVAL = 1.0  # client: an untagged ERROR unauthenticated starts at most one re-auth this often
 RELAY_CHALLENGE_TTL = 10.0  # seconds a challenge may be answered
 RELAY_BINDING_TIMEOUT = 60.0  # a binding without any frame from its client for this long expires
 RELAY_KEEPALIVE_INTERVAL = 25.0  # clients send KEEPALIVE at least this often (well inside the timeout)
@@ -364,6 +366,8 @@ RELAY_REAUTH_AFTER = 1.0  # ...and a keepalive unanswered this long: authenticat
 #                           same transport (the relay does not answer a KEEPALIVE from an address
 #                           it does not know: our NAT mapping changed, we roamed)
 RELAY_PONG_TIMEOUT = 3.0  # a keepalive unanswered this long: the relay connection is redone
+RELAY_AUTH_RETRY = 2.0  # a relay that answered but has not accepted us this long gets a new HELLO...
+RELAY_AUTH_RETRY_MAX = 32.0  # ...the wait doubling up to this (refused: not a member yet, full, lost frames)
 BIRTHDAY_HOLD = 10.0  # birthday sockets no chosen path uses close this long after their last send
 VIRTUAL_ENDPOINT_PREFIX = "100::"  # RFC 6666 discard-only: relayed peers' endpoints inside the engine
 

@@ -168,3 +168,79 @@ async def test_engines_get_the_observed_ip_and_share_one_spray_limit() -> None:
         assert eb.observed == "203.0.113.9"  # a new observation alone reaches the engine
     finally:
         await ta.close()
+
+
+@pytest.mark.sim
+async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: a relay WebSocket that refuses our AUTH (here: not a member yet, as when the
+    standalone relay has not read the login) used to leave the node unbound for good; it now
+    sends HELLO again, the waits doubling, and is accepted once the relay agrees."""
+    from shoal.daemon import traversal as tr
+    from shoal.relay.service import RelayService
+
+    monkeypatch.setattr(tr, "RELAY_AUTH_RETRY", 0.2, raising=False)
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+
+    def may_bind(_key: bytes) -> bool:
+        asked.append(loop.time())
+        return len(asked) > 3  # refuse three times
+
+    ks, ka = PrivateKey.generate(), PrivateKey.generate()
+    service = RelayService(RelayEngine(ks, lambda s, d: True, may_bind=may_bind), "127.0.0.1", 0, udp=False)
+    await service.start()
+    pa = FakePlane(("203.0.113.1", 1000), Net())
+    ta = Traversal(ka, pa, on_candidates=lambda c, h: None, portmap=False)
+    try:
+        ta.start(["203.0.113.1:1000"])
+        ta.set_server("127.0.0.1", ks.public_key(), stun_port=0, relay_port=0,
+                      relay_ws_url=f"ws://127.0.0.1:{service.ws_port}/relay")
+        await wait_for(lambda: ta.relay is not None and ta.relay.ready, timeout=8.0)
+        assert ta.relay_mode == "ws" and service.engine.stats["drop_auth_not_member"] == 3
+        assert ta.stats["relay_auth_retry"] == 3
+        gaps = [b - a for a, b in zip(asked, asked[1:])]
+        assert gaps[0] >= 0.18 and gaps[1] >= 1.8 * gaps[0] * 0.9 and gaps[2] >= 1.8 * gaps[1] * 0.9, gaps
+        # accepted: the wait is back to the first one
+        assert ta._auth_wait == 0.2
+    finally:
+        await ta.close()
+        await service.close()
+
+
+@pytest.mark.sim
+async def test_back_to_udp_only_after_a_proven_udp_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18 F12: on the WebSocket, a frame from the UDP relay's address used to switch the
+    node back to UDP whatever it was (anyone can spoof that address: a flapping node); now only
+    the re-test's own proven AUTH_OK over UDP does."""
+    from shoal.daemon import traversal as tr
+    from shoal.relay import frames as f
+    from shoal.relay.service import RelayService
+
+    monkeypatch.setattr(tr, "RELAY_UDP_WAIT", 0.2)
+    monkeypatch.setattr(tr, "RELAY_UDP_RETEST", 0.3)
+    ks, ka = PrivateKey.generate(), PrivateKey.generate()
+    net = Net()
+    net.relay = RelayEngine(ks, lambda s, d: True)  # the relay's UDP side
+    service = RelayService(RelayEngine(ks, lambda s, d: True), "127.0.0.1", 0, udp=False)  # its WebSocket
+    await service.start()
+    a_addr = ("203.0.113.1", 1000)
+    pa = FakePlane(a_addr, net)
+    net.cut.add(frozenset((a_addr, net.relay_addr)))  # UDP to the relay is blocked
+    ta = Traversal(ka, pa, on_candidates=lambda c, h: None, portmap=False)
+    try:
+        ta.start(["203.0.113.1:1000"])
+        ta.set_server(net.relay_addr[0], ks.public_key(), stun_port=0, relay_port=net.relay_addr[1],
+                      relay_ws_url=f"ws://127.0.0.1:{service.ws_port}/relay")
+        await wait_for(lambda: ta.relay_mode == "ws" and ta.relay is not None and ta.relay.ready)
+        await asyncio.sleep(0.4)  # a re-test HELLO went out over UDP (and was lost)
+        spoofed = [f.Challenge(bytes(24)).encode(), f.Pong(1, bytes(16)).encode(),
+                   f.AuthOk(bytes(8), 60, bytes(16)).encode(), f.Error(f.ERR_UNAUTHENTICATED, bytes(32)).encode()]
+        pa.side_channel([(d, net.relay_addr) for d in spoofed], asyncio.get_running_loop().time())
+        await asyncio.sleep(0.1)
+        assert ta.relay_mode == "ws" and ta.relay.ready
+        net.cut.clear()  # UDP works again: the next re-test's handshake completes
+        await wait_for(lambda: ta.relay_mode == "udp" and ta.relay is not None and ta.relay.ready)
+        assert net.relay.binding_of(ka.public_key()) == UdpBinding(*a_addr)
+    finally:
+        await ta.close()
+        await service.close()

@@ -95,8 +95,8 @@ def test_udp_client_reaches_stream_client() -> None:
 
 def test_drop_malformed() -> None:
     eng = RelayEngine(RELAY_KEY, everyone)
-    for junk in (b"", b"hello", b"SR\x01\x63", f.Recv(bytes(32), b"x").encode(), f.Pong().encode(),
-                 f.Challenge(bytes(24)).encode(), b"SR\x01\x05" + bytes(10)):
+    for junk in (b"", b"hello", b"SR\x02\x63", f.Recv(bytes(32), b"x").encode(), f.Pong(1, bytes(16)).encode(),
+                 f.Challenge(bytes(24)).encode(), b"SR\x02\x05" + bytes(10)):
         eng.receive(junk, A_EP, 0.0)
     assert eng.stats["drop_malformed"] == 7
     assert eng.take_outbox() == []
@@ -111,10 +111,12 @@ def test_drop_unauthenticated_unknown_binding_and_wrong_token() -> None:
     eng.receive(frame, UdpBinding("203.0.113.9", 1000), 1.0)  # spoofed elsewhere
     forged = frame[:4] + b"\x00" * 8 + frame[12:]  # right binding, wrong token
     eng.receive(forged, A_EP, 1.0)
-    eng.receive(f.Keepalive(b"\x00" * 8).encode(), A_EP, 1.0)
+    eng.receive(f.Keepalive(b"\x00" * 8, 1, bytes(16)).encode(), A_EP, 1.0)
+    ka = f.parse(a.keepalive())
+    eng.receive(f.Keepalive(ka.token, ka.seq, bytes(16)).encode(), A_EP, 1.0)  # type: ignore[union-attr]  # right token, no tag
     out = eng.take_outbox()
-    assert eng.stats["drop_unauthenticated"] == 3 and eng.stats["forwarded"] == 0
-    # SENDs get ERROR unauthenticated, the bad KEEPALIVE nothing (no amplification)
+    assert eng.stats["drop_unauthenticated"] == 4 and eng.stats["forwarded"] == 0
+    # SENDs get (untagged) ERROR unauthenticated, the bad KEEPALIVEs nothing (no amplification)
     assert [f.parse(d) for d, _ in out] == [f.Error(f.ERR_UNAUTHENTICATED, bytes(32))] * 2
     assert all(len(d) <= len(frame) for d, _ in out)
 
@@ -274,7 +276,8 @@ def test_forged_auth_refused() -> None:
     auth = mallory.receive(chal, 0.0)[0]
     eng.receive(auth, A_EP, 0.0)
     assert eng.stats["drop_auth_forged"] == 1 and eng.binding_of(victim) is None
-    assert f.parse(eng.take_outbox()[0][0]) == f.Error(f.ERR_AUTH_REFUSED, victim)
+    refusal = f.parse(eng.take_outbox()[0][0])
+    assert isinstance(refusal, f.Error) and (refusal.code, refusal.key) == (f.ERR_AUTH_REFUSED, victim)
     # a made-up nonce is refused before any X25519
     eng.receive(f.Auth(victim, bytes(24), bytes(16)).encode(), A_EP, 0.0)
     assert eng.stats["drop_auth_forged"] == 2

@@ -7,7 +7,11 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
     address as the server's STUN sees it, and whether our NAT maps per destination;
   - the relay connection (`shoal.relay.client`): UDP from the data socket to the server's
     relay port, or, when no answer comes within RELAY_UDP_WAIT (UDP blocked), a WebSocket to
-    the server's HTTP port at RELAY_WS_PATH;
+    the server's HTTP port at RELAY_WS_PATH; a relay that answers (a WebSocket, or a proven
+    refusal over UDP) but does not accept us gets a new HELLO after RELAY_AUTH_RETRY seconds,
+    the wait doubling to RELAY_AUTH_RETRY_MAX (issue 18: it used to wait forever); while on
+    the WebSocket, a whole handshake over UDP every RELAY_UDP_RETEST seconds, and back to UDP
+    only on its proven AUTH_OK (issue 18 F12: the relay's UDP address can be spoofed);
   - the port mapping on our gateway (`shoal.nat.portmap.client.PortMapper`: PCP, NAT-PMP,
     UPnP IGD), for the data socket's port, started after the first login (the gateway is the
     next hop toward the server), renewed by the mapper, deleted on close;
@@ -54,6 +58,8 @@ from shoal.constants import (
     REFLEXIVE_REFRESH,
     REFLEXIVE_REFRESH_RELAYED,
     RELAY_ACTIVE_KEEPALIVE,
+    RELAY_AUTH_RETRY,
+    RELAY_AUTH_RETRY_MAX,
     RELAY_KEEPALIVE_INTERVAL,
     RELAY_MAGIC,
     RELAY_PONG_TIMEOUT,
@@ -185,9 +191,10 @@ class Traversal:
         self._relay_ping_at: float | None = None  # when the unanswered keepalive went out
         self._udp_failed = False  # the UDP relay never answered here: go straight to WebSocket
         self._reauth_sent = False  # re-authentication after an unanswered keepalive is under way
+        self._auth_wait = RELAY_AUTH_RETRY  # not accepted this long by a relay that answers: HELLO again
         self._ws_quick = 0  # quick WebSocket retries left after a working one dropped
         self._udp_retest_at: float | None = None  # while on the WebSocket: next HELLO over UDP
-        self._udp_retest_sent: float | None = None
+        self._udp_retest: RelayClient | None = None  # its handshake over UDP, while on the WebSocket
         self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
@@ -302,7 +309,8 @@ class Traversal:
             "mapped_via": self._mapper.protocol if self._mapper is not None and self.mapped else None,
             "relay": {"mode": self.relay_mode, "ready": bool(self.relay and self.relay.ready),
                       "rtt_ms": round(self.relay_rtt * 1000, 3) if self.relay_rtt is not None else None,
-                      "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url},
+                      "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url,
+                      "client": dict(self.relay.stats) if self.relay is not None else {}},
             "stats": dict(self.stats) | {f"disco_{k}": v for k, v in self.codec.stats.items()},
             "peers": {key.fingerprint(): dict(eng.stats) for key, eng in self.engines.items()},
         }
@@ -413,12 +421,10 @@ class Traversal:
             elif data[:2] == RELAY_MAGIC and src == self.relay_udp:
                 if self.relay_mode == "udp":
                     self._relay_rx(data, now)
-                elif self.relay_mode == "ws" and self._udp_retest_sent is not None:
-                    # the UDP relay answered our re-test HELLO: UDP works (again), use it
-                    log.info("relay: UDP answers again, leaving the WebSocket")
-                    self._udp_failed = False
-                    self._relay_connect(now)
-                    self._relay_state_changed(now)
+                elif self.relay_mode == "ws" and self._udp_retest is not None:
+                    self._udp_retest_rx(data, now)
+                else:
+                    self.stats["relay_unexpected"] += 1
             elif stun.is_stun(data):
                 if self.probe is None or not self.probe.receive(data, src, now):
                     self.stats["stun_unexpected"] += 1
@@ -600,7 +606,7 @@ class Traversal:
             self._relay_retry_at = now + RELAY_RETRY
             return
         self._udp_retest_at = now + RELAY_UDP_RETEST if self.relay_udp is not None else None
-        self._udp_retest_sent = None
+        self._udp_retest = None
         self.relay = RelayClient(self.key, self.relay_key)
         self.relay_mode = "ws"
         self._relay_started = self._relay_last_rx = now
@@ -654,6 +660,26 @@ class Traversal:
             self._relay_retry_at = self._clock() + delay
             self._relay_state_changed(self._clock())
             self._after(self._clock())
+
+    def _udp_retest_rx(self, frame: bytes, now: float) -> None:
+        """A frame from the UDP relay while on the WebSocket: the re-test handshake."""
+        retest = self._udp_retest
+        assert retest is not None and self.relay_udp is not None
+        out = retest.receive(frame, now)
+        if out:
+            self.plane.send_raw([(o, self.relay_udp) for o in out])
+        if not retest.ready:
+            return
+        log.info("relay: UDP works again (the relay accepted us over it), leaving the WebSocket")
+        self._stop_ws()
+        self._udp_failed = False
+        self._udp_retest = self._udp_retest_at = None
+        self.relay, self.relay_mode = retest, "udp"
+        self._relay_started = self._relay_last_rx = self._relay_last_ka = now
+        self._relay_retry_at = self._relay_ping_at = None
+        self._reauth_sent = False
+        self._auth_wait = RELAY_AUTH_RETRY
+        self._relay_state_changed(now)
 
     def _relay_tx(self, frame: bytes, now: float) -> None:  # noqa: ARG002 - now: symmetry with the other senders
         if self.relay_mode == "udp" and self.relay_udp is not None:
@@ -715,6 +741,7 @@ class Traversal:
             self.relay_rtt, self._relay_ping_at = now - self._relay_ping_at, None
             self._reauth_sent = False
         if client.ready and not was_ready:
+            self._auth_wait = RELAY_AUTH_RETRY
             self.relay_rtt = (now - self._relay_started) / 2
             self._relay_last_ka = now
             self._relay_ping_at, self._reauth_sent = None, False
@@ -748,10 +775,11 @@ class Traversal:
     def _relay_timer(self, now: float) -> None:
         if self.relay_mode == "ws" and self._udp_retest_at is not None and now >= self._udp_retest_at:
             # UDP may work now (the server was only down when we gave up on it, or we moved):
-            # a HELLO over UDP; any answer from the relay's UDP address switches back
+            # a whole handshake over UDP; only its proven AUTH_OK switches back (issue 18 F12:
+            # anything else from the relay's address could be spoofed)
             assert self.relay_key is not None and self.relay_udp is not None
-            self.plane.send_raw([(RelayClient(self.key, self.relay_key).start(now), self.relay_udp)])
-            self._udp_retest_sent = now
+            self._udp_retest = RelayClient(self.key, self.relay_key)
+            self.plane.send_raw([(self._udp_retest.start(now), self.relay_udp)])
             self._udp_retest_at = now + RELAY_UDP_RETEST
         client = self.relay
         if client is None:
@@ -759,7 +787,16 @@ class Traversal:
                 self._relay_connect(now)
             return
         if not client.ready:
-            if self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
+            if self._relay_answers(client):
+                # the relay is reachable this way but has not accepted us (it refused: not a
+                # member yet, full; or frames were lost): ask again, less and less often
+                if now - self._relay_started >= self._auth_wait:
+                    log.info("relay: not accepted via %s after %.0f s, authenticating again", self.relay_mode, self._auth_wait)
+                    self.stats["relay_auth_retry"] += 1
+                    self._relay_tx(client.start(now), now)
+                    self._relay_started = now
+                    self._auth_wait = min(self._auth_wait * 2, RELAY_AUTH_RETRY_MAX)
+            elif self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
                 if not self._server_up():
                     # the server itself is away (restarting?): that says nothing about UDP
                     self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
@@ -792,6 +829,11 @@ class Traversal:
             if self._relay_ping_at is None:
                 self._relay_ping_at = now
 
+    def _relay_answers(self, client: RelayClient) -> bool:
+        """While not accepted: is this way to the relay known to work (a WebSocket is a
+        connection; over UDP only a proven refusal says so, else UDP may be blocked)?"""
+        return self.relay_mode == "ws" or client.stats["refused"] > 0
+
     def _keepalive_interval(self) -> float:
         relayed = any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
         return RELAY_ACTIVE_KEEPALIVE if relayed else RELAY_KEEPALIVE_INTERVAL
@@ -801,6 +843,8 @@ class Traversal:
         if client is None:
             return self._relay_retry_at
         if not client.ready:
+            if self._relay_answers(client):
+                return self._relay_started + self._auth_wait
             return self._relay_started + RELAY_UDP_WAIT if self.relay_mode == "udp" else None
         ds = [self._relay_last_rx + RELAY_SILENCE, self._relay_last_ka + self._keepalive_interval()]
         if self._relay_ping_at is not None:

@@ -27,7 +27,37 @@ which every node already pins):
     relay -> node   AUTH_OK(token, timeout, MAC(k, "relay" || nonce || token || node_key))
 
 Only the holder of the node's private key (or the relay's) can compute k, so a valid proof
-proves the key; the relay's answer proves the relay to the node. A nonce is accepted once
+proves the key; the relay's answer proves the relay to the node. Both sides then hold the
+binding key kb = KDF1(k, "bind" || nonce || token) (`binding_key`: from k, which each side
+already has, so no X25519 more; fresh for every AUTH).
+
+Tagged frames (issue 18 F12: anyone who can spoof the relay's UDP address could otherwise
+reset a node's binding with one ERROR):
+
+    KEEPALIVE  node's tag   MAC(kb, frame without tag)   checked by the relay (else no PONG)
+    PONG       relay's tag  MAC(kb, frame without tag)   seq echoes the KEEPALIVE's: the
+                                                         client takes only a seq it sent and
+                                                         newer than the last PONG (no replays)
+    ERROR not member / unknown destination (answers to a bound node's SEND)
+               relay's tag  MAC(kb, frame without tag)
+    ERROR auth refused / full (answers to an AUTH whose nonce this relay issued to this
+               binding, when the relay holds k for that key)
+               relay's tag  MAC(k, "refuse" || nonce || frame without tag): only the client
+                            that was given that nonce accepts it
+    ERROR unauthenticated   never tagged: the relay does not know who asks (it restarted,
+                            the binding expired, the node's address changed)
+
+A client acts only on tags that verify; untagged or badly tagged ERRORs are counted and
+dropped, except that an ERROR unauthenticated is a hint: the client, still bound, sends one
+HELLO (at most every RELAY_HINT_INTERVAL s) and keeps its token until a proven AUTH_OK
+replaces it. A re-AUTH from the same binding keeps the token (only kb changes), so a spoofed
+hint costs the node nothing but one handshake. RECV is not tagged: its payload is
+WireGuard ciphertext or a sealed disco message, authenticated end to end, so a forged RECV
+can only inject what the receiver rejects, and its src_key only chooses which peer's
+virtual endpoint the packet seems to come from; moving that peer's endpoint takes a packet
+that authenticates as that peer (an on-path attacker's rewrite of a real one, who can drop
+traffic anyway). A tag on every RECV (BLAKE2s over the payload) would cost the relay about
+3 us per 1380-byte frame, nearly tripling its forwarding cost (issue 18 F12 measurement). A nonce is accepted once
 (replays are refused until it expires), only from the binding it was issued to (a captured
 AUTH replayed from elsewhere fails) and only fresh. A spoofed UDP source never sees the
 challenge.
@@ -44,8 +74,9 @@ oldest dropped first), else one X25519 under the global bucket RELAY_AUTH_RATE/s
 (drop_auth_rate_limited); then the proof. Without `may_bind` (tests, in-memory meshes) every
 proven key may bind.
 
-Bindings. A successful AUTH binds the key to that binding with a fresh random 8-byte token;
-SEND and KEEPALIVE must carry it and come from that binding (an off-path spoofer of the
+Bindings. A successful AUTH binds the key to that binding with a fresh random 8-byte token
+(kept when the same key authenticates again from the same binding);
+SEND and KEEPALIVE (also tagged with kb) must carry it and come from that binding (an off-path spoofer of the
 node's address cannot send as it). A new AUTH from elsewhere moves the binding (the old one
 is forgotten: a node whose NAT mapping changed, or that switched UDP <-> WebSocket, simply
 authenticates again when told ERROR unauthenticated). A binding with no frame from its node
@@ -56,10 +87,11 @@ dropped and counted under `stats[reason]`):
 
     drop_malformed            not a valid frame, or a relay->node kind
     drop_unauthenticated      b is not bound, or the token is wrong -> ERROR unauthenticated
+                              (untagged); a KEEPALIVE like that, or with a bad tag: no answer
     drop_rate_limited         the sender's bucket (packets/s and payload bytes/s) is empty
-    drop_not_member           may_relay(src, dst) is False -> ERROR not_member (the relay never
-                              says whether a non-member is connected)
-    drop_unknown_destination  dst has no binding -> ERROR unknown_destination
+    drop_not_member           may_relay(src, dst) is False -> ERROR not_member, tagged (the relay
+                              never says whether a non-member is connected)
+    drop_unknown_destination  dst has no binding -> ERROR unknown_destination, tagged
     forwarded                 RECV(src, payload) to dst's binding (forwarded_bytes += len)
 
 Auth refusals: drop_auth_forged (bad nonce MAC or bad proof or weak key),
@@ -103,7 +135,7 @@ from shoal.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = [
     "UdpBinding", "StreamBinding", "Binding", "RelayLimits", "RelayEngine", "MayRelay", "MayBind",
-    "auth_key", "node_proof", "relay_proof", "KDF_LABEL",
+    "auth_key", "node_proof", "relay_proof", "KDF_LABEL", "binding_key", "tag", "refusal_tag",
 ]
 
 log = logging.getLogger("shoal.relay")
@@ -158,6 +190,21 @@ def relay_proof(k: bytes, nonce: bytes, token: bytes, node_key: bytes) -> bytes:
     return MAC(k, b"relay" + nonce + token + node_key)
 
 
+def binding_key(k: bytes, nonce: bytes, token: bytes) -> bytes:
+    """The key of one binding (one AUTH): tags KEEPALIVE, PONG and a bound node's ERRORs."""
+    return KDF1(k, b"bind" + nonce + token)
+
+
+def tag(kb: bytes, signed: bytes) -> bytes:
+    """The tag of a KEEPALIVE, PONG or bound node's ERROR (`signed`: the frame without it)."""
+    return MAC(kb, signed)
+
+
+def refusal_tag(k: bytes, nonce: bytes, signed: bytes) -> bytes:
+    """The tag of an ERROR answering the AUTH that carried `nonce`."""
+    return MAC(k, b"refuse" + nonce + signed)
+
+
 def _binding_bytes(b: Binding) -> bytes:
     if isinstance(b, UdpBinding):
         return b"u" + b.ip.encode() + b"|" + b.port.to_bytes(2, "big")
@@ -169,12 +216,13 @@ def _short(key: bytes) -> str:
 
 
 class _Node:
-    __slots__ = ("key", "binding", "token", "last_seen", "tok_bytes", "tok_packets", "refill_at")
+    __slots__ = ("key", "binding", "token", "kb", "last_seen", "tok_bytes", "tok_packets", "refill_at")
 
     def __init__(self, key: bytes, binding: Binding, token: bytes, now: float, limits: RelayLimits) -> None:
         self.key = key
         self.binding = binding
         self.token = token
+        self.kb = b""
         self.last_seen = now
         self.tok_bytes = limits.burst_bytes
         self.tok_packets = limits.burst_packets
@@ -261,12 +309,14 @@ class RelayEngine:
             self._auth(frame, binding, now)
         elif isinstance(frame, f.Keepalive):
             node = self._by_binding.get(binding)
-            if node is None or not constant_time_eq(node.token, frame.token):
-                self.stats["drop_unauthenticated"] += 1  # no answer: ERROR is larger than KEEPALIVE
+            if (node is None or not constant_time_eq(node.token, frame.token)
+                    or not constant_time_eq(frame.tag, tag(node.kb, frame.signed()))):
+                self.stats["drop_unauthenticated"] += 1  # no answer: the node notices the missing PONG
                 return
             node.last_seen = now
             self.stats["keepalive"] += 1
-            self._outbox.append((f.Pong().encode(), binding))
+            pong = f.Pong(frame.seq, b"")
+            self._outbox.append((f.Pong(frame.seq, tag(node.kb, pong.signed())).encode(), binding))
         else:  # relay -> node kinds
             self.stats["drop_malformed"] += 1
 
@@ -327,9 +377,20 @@ class RelayEngine:
             self.stats["oracle_error"] += 1
             return False
 
-    def _refuse(self, reason: str, frame: f.Auth, binding: Binding) -> None:
+    def _refuse(self, reason: str, frame: f.Auth, binding: Binding, k: bytes | None = None,
+                code: int = f.ERR_AUTH_REFUSED) -> None:
+        """Count and answer; tagged with k (see the module docstring) when the nonce is ours
+        and k is known."""
         self.stats[reason] += 1
-        self._outbox.append((f.Error(f.ERR_AUTH_REFUSED, frame.node_key).encode(), binding))
+        err = f.Error(code, frame.node_key)
+        if k is not None:
+            err = f.Error(code, frame.node_key, refusal_tag(k, frame.nonce, err.signed()))
+        self._outbox.append((err.encode(), binding))
+
+    def _error(self, node: _Node, code: int, key: bytes) -> None:
+        """A tagged ERROR to a bound node about `key`."""
+        err = f.Error(code, key)
+        self._outbox.append((f.Error(code, key, tag(node.kb, err.signed())).encode(), node.binding))
 
     def _auth(self, frame: f.Auth, binding: Binding, now: float) -> None:
         key, nonce = frame.node_key, frame.nonce
@@ -338,14 +399,15 @@ class RelayEngine:
             self._refuse("drop_auth_forged", frame, binding)
             return
         issued = int.from_bytes(t, "big") / 1000.0
+        cached = self._keys.get(key)
         if issued > now + 0.001 or now - issued > self.limits.challenge_ttl:
-            self._refuse("drop_auth_stale", frame, binding)
+            self._refuse("drop_auth_stale", frame, binding, cached)
             return
         if nonce in self._used:
-            self._refuse("drop_auth_replayed", frame, binding)
+            self._refuse("drop_auth_replayed", frame, binding, cached)
             return
         if not self._bindable(key):
-            self._refuse("drop_auth_not_member", frame, binding)
+            self._refuse("drop_auth_not_member", frame, binding, cached)
             return
         if isinstance(binding, UdpBinding):
             refused = self._sources.allow(binding.ip, now)
@@ -366,17 +428,17 @@ class RelayEngine:
                 del self._keys[next(iter(self._keys))]
             self._keys[key] = k  # k depends on the key only: a forged proof cannot make us redo the X25519
         if not constant_time_eq(frame.proof, node_proof(k, nonce, key, self.public_key)):
-            self._refuse("drop_auth_forged", frame, binding)
+            self._refuse("drop_auth_forged", frame, binding, k)  # tagged for this nonce's binding only
             return
         if key not in self._nodes and len(self._nodes) >= self.limits.max_nodes:
-            self.stats["drop_full"] += 1
-            self._outbox.append((f.Error(f.ERR_FULL, key).encode(), binding))
+            self._refuse("drop_full", frame, binding, k, f.ERR_FULL)
             return
         expires = issued + self.limits.challenge_ttl
         self._used[nonce] = expires
         heapq.heappush(self._used_heap, (expires, nonce))
         self._bind(key, binding, now)
         node = self._nodes[key]
+        node.kb = binding_key(k, nonce, node.token)
         self.stats["auth_ok"] += 1
         timeout = int(self.limits.binding_timeout)
         self._outbox.append((f.AuthOk(node.token, timeout, relay_proof(k, nonce, node.token, key)).encode(), binding))
@@ -391,7 +453,9 @@ class RelayEngine:
             self._by_binding.pop(old.binding, None)
             self.stats["binding_moved"] += 1
             log.info("relay: %s moved to a new binding", _short(key))
-        token = self._rng(RELAY_TOKEN_SIZE)
+        # the same binding keeps its token (a re-AUTH there, e.g. after a spoofed hint, loses
+        # no SEND in flight); a new binding gets a fresh one
+        token = old.token if old is not None and old.binding == binding else self._rng(RELAY_TOKEN_SIZE)
         if old is None:
             node = _Node(key, binding, token, now, self.limits)
             self._nodes[key] = node
@@ -432,12 +496,12 @@ class RelayEngine:
             allowed = False
         if not allowed:
             self.stats["drop_not_member"] += 1
-            self._outbox.append((f.Error(f.ERR_NOT_MEMBER, dst).encode(), binding))
+            self._error(node, f.ERR_NOT_MEMBER, dst)
             return
         peer = self._nodes.get(dst)
         if peer is None:
             self.stats["drop_unknown_destination"] += 1
-            self._outbox.append((f.Error(f.ERR_UNKNOWN_DESTINATION, dst).encode(), binding))
+            self._error(node, f.ERR_UNKNOWN_DESTINATION, dst)
             return
         self.stats["forwarded"] += 1
         self.stats["forwarded_bytes"] += size

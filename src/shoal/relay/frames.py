@@ -5,12 +5,13 @@ datagram or as one binary WebSocket message (the carrier keeps frame boundaries,
 are no length fields). Payloads are opaque: the relay forwards WireGuard ciphertext (or
 disco messages) by destination node key and never looks inside.
 
-Header (4 bytes), then a body fixed by the kind:
+Header (4 bytes), then a body fixed by the kind (ERROR: with or without its tag):
 
     offset size  field
     0      2     magic RELAY_MAGIC = b"SR" (0x53 0x52: neither STUN, whose first two bits
                  are 00, nor a WireGuard message, whose first byte is 1..4)
-    2      1     version RELAY_VERSION = 1
+    2      1     version RELAY_VERSION = 2 (version 1 had no tags on KEEPALIVE, PONG and
+                 ERROR; a version-1 frame is a FrameError, so both ends move together)
     3      1     kind
 
     kind  name       direction       body
@@ -20,15 +21,24 @@ Header (4 bytes), then a body fixed by the kind:
     4     AUTH_OK    relay -> node   token (8) | timeout_s (u16 BE) | proof (16)     30 bytes
     5     SEND       node -> relay   token (8) | dst_key (32) | payload (0..MAX)     >= 44 bytes
     6     RECV       relay -> node   src_key (32) | payload (0..MAX)                 >= 36 bytes
-    7     KEEPALIVE  node -> relay   token (8)                                       12 bytes
-    8     PONG       relay -> node   (empty)                                         4 bytes
+    7     KEEPALIVE  node -> relay   token (8) | seq (u64 BE) | tag (16)             36 bytes
+    8     PONG       relay -> node   seq (u64 BE) | tag (16)                         28 bytes
     9     ERROR      relay -> node   code (1) | key (32)                             37 bytes
+                                     code (1) | key (32) | tag (16)                  53 bytes
 
-A relay->node answer is never larger than the node->relay frame that caused it (CHALLENGE 28
-< HELLO 36, AUTH_OK 30 and ERROR 37 < AUTH 76, PONG 4 < KEEPALIVE 12, ERROR 37 < SEND 44; a
-KEEPALIVE from an unknown binding gets no answer), so a relay cannot be used to amplify
-spoofed UDP traffic. The authentication handshake is
-`shoal.relay.engine`'s docstring.
+Tags (issue 18 F12: a relay->node control frame from the relay's address proves the relay)
+are 16-byte keyed BLAKE2s MACs, computed by `shoal.relay.engine` (keys, labels, what each
+covers). KEEPALIVE's tag is the node's, PONG echoes its seq under the relay's tag, a tagged
+ERROR is the relay's; an ERROR without a tag (37 bytes) is one the relay could not tag
+(it does not know who asks) and a client treats it only as a hint. RECV carries no tag: its
+payload is authenticated end to end (WireGuard, sealed disco), see the engine's docstring.
+
+A relay->node answer to a frame a stranger can send (a spoofed UDP source) is never larger
+than that frame (CHALLENGE 28 < HELLO 36, AUTH_OK 30 and ERROR 53 < AUTH 76, PONG 28 <
+KEEPALIVE 36; a SEND from an unknown binding or with a wrong token gets an untagged ERROR,
+37 < SEND 44; a KEEPALIVE with a wrong token or tag gets nothing), so a relay cannot be used
+to amplify spoofed UDP traffic. The one larger answer (a tagged ERROR, 53, to a SEND of 44)
+goes only to a bound node at its own binding, after its token matched. The authentication handshake is `shoal.relay.engine`'s docstring.
 
 ERROR codes: 1 unknown destination (key = dst), 2 not a member (dst: the two nodes share no
 network), 3 unauthenticated (key = zeros: authenticate again, e.g. after the relay restarted
@@ -53,6 +63,7 @@ from shoal.constants import (
     RELAY_MAX_FRAME,
     RELAY_NONCE_SIZE,
     RELAY_PROOF_SIZE,
+    RELAY_TAG_SIZE,
     RELAY_TOKEN_SIZE,
     RELAY_VERSION,
 )
@@ -62,10 +73,11 @@ __all__ = [
     "Error", "Frame", "parse", "looks_like_relay", "KIND_HELLO", "KIND_CHALLENGE", "KIND_AUTH",
     "KIND_AUTH_OK", "KIND_SEND", "KIND_RECV", "KIND_KEEPALIVE", "KIND_PONG", "KIND_ERROR",
     "ERR_UNKNOWN_DESTINATION", "ERR_NOT_MEMBER", "ERR_UNAUTHENTICATED", "ERR_AUTH_REFUSED",
-    "ERR_FULL", "SEND_OVERHEAD", "RECV_HEADER", "SEND_HEADER", "RELAY_MAX_FRAME", "encode_send", "encode_recv", "RECV_OVERHEAD", "MAX_PAYLOAD", "KEY_SIZE",
+    "ERR_FULL", "TAG_SIZE", "SEND_OVERHEAD", "RECV_HEADER", "SEND_HEADER", "RELAY_MAX_FRAME", "encode_send", "encode_recv", "RECV_OVERHEAD", "MAX_PAYLOAD", "KEY_SIZE",
 ]
 
 KEY_SIZE = 32
+TAG_SIZE = RELAY_TAG_SIZE
 KIND_HELLO = 1
 KIND_CHALLENGE = 2
 KIND_AUTH = 3
@@ -89,6 +101,7 @@ MAX_PAYLOAD = RELAY_MAX_FRAME - SEND_OVERHEAD  # 65491
 
 _HDR = {kind: RELAY_MAGIC + bytes((RELAY_VERSION, kind)) for kind in range(1, 10)}
 _U16 = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
 RECV_HEADER = _HDR[KIND_RECV]
 SEND_HEADER = _HDR[KIND_SEND]
 
@@ -164,31 +177,58 @@ class Recv:
 @dataclass(frozen=True, slots=True)
 class Keepalive:
     token: bytes
+    seq: int
+    tag: bytes
+
+    def signed(self) -> bytes:
+        """The bytes the tag covers (the frame without its tag)."""
+        _check(self.token, RELAY_TOKEN_SIZE, "token")
+        return _HDR[KIND_KEEPALIVE] + self.token + _u64(self.seq)
 
     def encode(self) -> bytes:
-        _check(self.token, RELAY_TOKEN_SIZE, "token")
-        return _HDR[KIND_KEEPALIVE] + self.token
+        _check(self.tag, TAG_SIZE, "tag")
+        return self.signed() + self.tag
 
 
 @dataclass(frozen=True, slots=True)
 class Pong:
+    seq: int
+    tag: bytes
+
+    def signed(self) -> bytes:
+        return _HDR[KIND_PONG] + _u64(self.seq)
+
     def encode(self) -> bytes:
-        return _HDR[KIND_PONG]
+        _check(self.tag, TAG_SIZE, "tag")
+        return self.signed() + self.tag
 
 
 @dataclass(frozen=True, slots=True)
 class Error:
     code: int
     key: bytes
+    tag: bytes | None = None  # None: the relay could not tag it (a hint only)
 
-    def encode(self) -> bytes:
+    def signed(self) -> bytes:
         if self.code not in _ERROR_CODES:
             raise ValueError(f"unknown relay error code {self.code}")
         _check(self.key, KEY_SIZE, "key")
         return _HDR[KIND_ERROR] + bytes((self.code,)) + self.key
 
+    def encode(self) -> bytes:
+        if self.tag is None:
+            return self.signed()
+        _check(self.tag, TAG_SIZE, "tag")
+        return self.signed() + self.tag
+
 
 Frame = Union[Hello, Challenge, Auth, AuthOk, Send, Recv, Keepalive, Pong, Error]
+
+
+def _u64(value: int) -> bytes:
+    if not isinstance(value, int) or not 0 <= value < 1 << 64:
+        raise ValueError("seq must fit in 64 bits")
+    return _U64.pack(value)
 
 
 def _check(value: bytes, size: int, what: str) -> None:
@@ -223,10 +263,11 @@ _FIXED = {
     KIND_CHALLENGE: RELAY_HEADER_SIZE + RELAY_NONCE_SIZE,
     KIND_AUTH: RELAY_HEADER_SIZE + KEY_SIZE + RELAY_NONCE_SIZE + RELAY_PROOF_SIZE,
     KIND_AUTH_OK: RELAY_HEADER_SIZE + RELAY_TOKEN_SIZE + 2 + RELAY_PROOF_SIZE,
-    KIND_KEEPALIVE: RELAY_HEADER_SIZE + RELAY_TOKEN_SIZE,
-    KIND_PONG: RELAY_HEADER_SIZE,
-    KIND_ERROR: RELAY_HEADER_SIZE + 1 + KEY_SIZE,
+    KIND_KEEPALIVE: RELAY_HEADER_SIZE + RELAY_TOKEN_SIZE + 8 + TAG_SIZE,
+    KIND_PONG: RELAY_HEADER_SIZE + 8 + TAG_SIZE,
 }
+_ERROR_BARE = RELAY_HEADER_SIZE + 1 + KEY_SIZE  # 37
+_ERROR_TAGGED = _ERROR_BARE + TAG_SIZE  # 53
 _MIN = {KIND_SEND: SEND_OVERHEAD, KIND_RECV: RECV_OVERHEAD}
 
 
@@ -252,6 +293,9 @@ def parse(data: bytes) -> Frame:
     elif kind in _MIN:
         if n < _MIN[kind]:
             raise FrameError(f"kind {kind} frame of {n} bytes is too short")
+    elif kind == KIND_ERROR:
+        if n not in (_ERROR_BARE, _ERROR_TAGGED):
+            raise FrameError(f"error frame must be {_ERROR_BARE} or {_ERROR_TAGGED} bytes, got {n}")
     else:
         raise FrameError(f"unknown kind {kind}")
     b = data[RELAY_HEADER_SIZE:]
@@ -271,10 +315,11 @@ def parse(data: bytes) -> Frame:
         t = RELAY_TOKEN_SIZE
         return AuthOk(b[:t], _U16.unpack_from(b, t)[0], b[t + 2:])
     if kind == KIND_KEEPALIVE:
-        return Keepalive(b)
+        t = RELAY_TOKEN_SIZE
+        return Keepalive(b[:t], _U64.unpack_from(b, t)[0], b[t + 8:])
     if kind == KIND_PONG:
-        return Pong()
+        return Pong(_U64.unpack_from(b, 0)[0], b[8:])
     code = b[0]
     if code not in _ERROR_CODES:
         raise FrameError(f"unknown error code {code}")
-    return Error(code, b[1:])
+    return Error(code, b[1:1 + KEY_SIZE], b[1 + KEY_SIZE:] or None)

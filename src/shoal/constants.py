@@ -346,6 +346,9 @@ PATH_SPRAY_TARGET_BUDGET = 1024  # probes at one target IP per window, all peers
 PATH_SPRAY_MAX_KEYS = 4096  # buckets kept per level (full ones forgotten first)
 PATH_CALL_ME_MAYBE_GAP = 1.0  # a CallMeMaybe starts a new probing burst at most this often (s)
 
+# --- The coordination server's files
+SERVER_DATA_DIR = "/var/lib/shoal/server"  # default `shoal server --data-dir` (server.key, shoal.db)
+
 # --- The daemon's NAT traversal glue (shoal.daemon.traversal, shoal.nat.reflexive)
 REFLEXIVE_REFRESH = 20.0  # seconds between STUN rounds on the data socket (keeps the mapping, notices changes)
 REFLEXIVE_REFRESH_RELAYED = 4.0  # ...while some peer is relayed (a NAT that became easier is noticed soon)

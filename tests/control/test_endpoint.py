@@ -94,3 +94,18 @@ def test_same_ip() -> None:
     assert E.same_ip("::ffff:203.0.113.5", "203.0.113.5")
     assert not E.same_ip("203.0.113.5", "203.0.113.6")
     assert not E.same_ip(None, "203.0.113.5") and not E.same_ip("x", "x")
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)), (":443", ("0.0.0.0", 443)), ("[::1]:0", ("::1", 0)),
+    ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+])
+def test_parse_listen_accepts(text: str, want: tuple[str, int]) -> None:
+    assert E.parse_listen(text) == want
+
+
+@pytest.mark.parametrize("text", ["8080", "host:80", "1.2.3.4:", "1.2.3.4:٣", "1.2.3.4:65536", "1.2.3.4:-1",
+                                  "1.2.3.4:0000080", "[::1]:x"])
+def test_parse_listen_refuses_with_a_clear_error(text: str) -> None:
+    with pytest.raises(E.EndpointError, match="--listen wants"):
+        E.parse_listen(text)

@@ -60,7 +60,7 @@ from shoal.wireguard.keys import PrivateKey, PublicKey
 async def main(url, server_key, victim, hold):
     c = await ControlClient.login(url, PrivateKey.generate(), PublicKey.from_base64(server_key),
                                   features=[m.FEATURE_DISCO])
-    r = await c.request(m.JoinNetwork, name="net", password="pw")
+    r = await c.request(m.JoinNetwork, name="net", password="pw-spray-lab")
     assert r.ok, r
     await c.conn.send(m.Candidates(candidates=[m.Candidate("reflexive", victim)], nat_hard=True))
     print("sent", flush=True)
@@ -81,7 +81,7 @@ def test_a_member_cannot_aim_spraying_at_a_victim() -> None:
             key = mesh.server.key()
             a = mesh.add_node("a", "a")
             a.cli("login", mesh.server.url, "--server-key", key)
-            a.cli("create", "net", "--password", "pw")
+            a.cli("create", "net", "--password", "pw-spray-lab")
             victim = lab.host("victim")
             src = lab.host("a").addr
             counter = victim.popen([sys.executable, "-c", COUNTER, src, str(WATCH)], stdout=subprocess.PIPE,

@@ -76,8 +76,8 @@ def test_spoofed_relay_errors_do_not_reset_the_binding() -> None:
             mesh.server.start()
             start_nodes(mesh, ["pub", "blk"])
             pub, blk = mesh.nodes["pub"], mesh.nodes["blk"]
-            pub.call("POST", "/v1/networks/create", {"name": "n", "password": "pw"})
-            blk.call("POST", "/v1/networks/join", {"name": "n", "password": "pw"})
+            pub.call("POST", "/v1/networks/create", {"name": "n", "password": "pw-spoof-lab"})
+            blk.call("POST", "/v1/networks/join", {"name": "n", "password": "pw-spoof-lab"})
             both_ping(mesh, "pub", "blk", timeout=30)
             assert wait_paths(mesh, "pub", "blk", "relay", 15) is not None
             before = _relay(pub)

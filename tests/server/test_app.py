@@ -465,3 +465,23 @@ async def test_a_full_password_pool_answers_busy_at_once(tmp_path: Path) -> None
         assert time.monotonic() - t0 < 1.8
         assert await alice.ping(1) < 0.3 and alice.closed is None
         await alice.close()
+
+
+async def test_forwarded_headers_do_not_choose_the_source_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admission and the per-prefix limits key on the source address: a client on the server
+    host cannot pick another one with X-Forwarded-For (uvicorn would trust it from 127.0.0.1)."""
+    seen: list[str | None] = []
+    handle = server_app.ControlServer.handle
+
+    async def spy(self, ws, remote_ip):  # noqa: ANN001, ANN202
+        seen.append(remote_ip)
+        return await handle(self, ws, remote_ip)
+
+    monkeypatch.setattr(server_app.ControlServer, "handle", spy)
+    async with running(tmp_path) as r:
+        async with websockets.connect(url(r), additional_headers={"X-Forwarded-For": "203.0.113.9",
+                                                                  "X-Real-IP": "203.0.113.9"}) as ws:
+            await ws.close()
+        alice = await login(r, "alice")
+        await alice.close()
+    assert seen and all(ip == "127.0.0.1" for ip in seen), seen

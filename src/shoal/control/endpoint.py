@@ -34,6 +34,10 @@ simulated internet (shoal.lab.topology). 198.18.0.0/15 (benchmarking, RFC 2544) 
 in the lab it is the home LANs behind the NAT routers, the same role RFC 1918 plays outside,
 so LAN peers still ping each other there directly (it is never anyone's reflexive address).
 
+Listen addresses (`parse_listen`, local input: `--listen` of `shoal server` and `shoal relay`):
+"HOST:PORT", "[v6]:PORT" or ":PORT" (every IPv4 address), HOST an IP address (no names),
+PORT 0..65535 in ASCII digits (0: any free port).
+
 Uses: `usable(ip)` (PUBLIC or PRIVATE) is what may be a candidate or endpoint at all (plain
 disco pings, a WireGuard endpoint); `sprayable(ip)` (PUBLIC only) is what birthday probing
 may ever aim at (the path engine further requires that the peer showed it owns the address).
@@ -164,3 +168,16 @@ def same_ip(a: IPAddress | str | None, b: IPAddress | str | None) -> bool:
     if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped is not None:
         y = y.ipv4_mapped
     return x == y
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """A listen address (module docstring) -> (host, port); EndpointError saying what is wanted."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5 or int(port) > 65535:
+        raise EndpointError(f"--listen wants HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise EndpointError(f"--listen wants an IP address, got {host!r} (in {text!r})") from None
+    return host, int(port)

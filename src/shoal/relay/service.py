@@ -46,9 +46,8 @@ import typer
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_PORT, RELAY_WS_PATH
+from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_PORT, RELAY_WS_PATH, SERVER_DATA_DIR
 from shoal.relay.engine import Binding, MayRelay, RelayEngine, RelayLimits, StreamBinding, UdpBinding
-from shoal.server.cli import DEFAULT_DATA_DIR
 from shoal.udp.socket import UdpSocket
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
@@ -320,14 +319,14 @@ async def run(private_key: PrivateKey, may_relay: MayRelay, host: str, port: int
 
 def relay(
     listen: str = typer.Option(f"0.0.0.0:{RELAY_PORT}", "--listen", help="HOST:PORT for UDP and WebSocket (TCP)"),
-    server_key: Path = typer.Option(DEFAULT_DATA_DIR / "server.key", "--server-key",
+    server_key: Path = typer.Option(Path(SERVER_DATA_DIR) / "server.key", "--server-key",
                                     help="the coordination server's private key file (nodes pin its public key)"),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                          help="the server's data directory (shoal.db: memberships); default: the key's directory"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every binding"),
 ) -> None:
     """Run a relay alone: forwards ciphertext between nodes that share a network."""
-    from shoal.server.cli import parse_listen
+    from shoal.control.endpoint import parse_listen
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:

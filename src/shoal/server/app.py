@@ -504,6 +504,8 @@ async def serve(
             build_app(control, relay), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
             ws_per_message_deflate=False, ws_ping_interval=20.0, ws_ping_timeout=20.0,
             lifespan="on", log_level="warning", timeout_graceful_shutdown=3, access_log=False,
+            proxy_headers=False,  # the source address feeds admission and the per-prefix limits: never
+            #                       take it from X-Forwarded-For (uvicorn trusts it from 127.0.0.1 by default)
             ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
         )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -33,19 +33,10 @@ from pathlib import Path
 
 import typer
 
-from shoal.constants import RELAY_PORT
+from shoal.constants import RELAY_PORT, SERVER_DATA_DIR
+from shoal.control.endpoint import parse_listen
 
-DEFAULT_DATA_DIR = Path("/var/lib/shoal/server")
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """"HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses) -> (host, port)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen wants HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    ipaddress.ip_address(host)  # ValueError for names: listen on an address
-    return host, int(port)
+DEFAULT_DATA_DIR = Path(SERVER_DATA_DIR)
 
 
 def _local_addresses(family: int) -> list[str]:

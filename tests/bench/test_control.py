@@ -49,3 +49,15 @@ def test_small_real_run() -> None:
     assert res["login"]["nodes"] == 40
     assert res["presence"]["events"] == 8 and res["presence"]["deliveries"] == 8 * 9
     assert res["presence"]["p99_ms"] < 1000 and res["server_cpu_total_s"] > 0
+
+
+def test_node_addresses_are_distinct_loopback_addresses_sixteen_to_a_prefix() -> None:
+    import ipaddress
+
+    from shoal.bench.control import NODES_PER_PREFIX, node_address
+
+    addrs = [ipaddress.ip_address(node_address(i)) for i in range(10_000)]
+    assert len(set(addrs)) == len(addrs) and all(a.is_loopback for a in addrs)
+    prefixes = {ipaddress.ip_network(f"{a}/24", strict=False) for a in addrs}
+    assert len(prefixes) == 10_000 // NODES_PER_PREFIX
+    assert all(not str(a).endswith((".0", ".255")) for a in addrs)

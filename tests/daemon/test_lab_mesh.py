@@ -18,9 +18,7 @@ import time
 
 import pytest
 
-from shoal.lab.mesh import Mesh
 from shoal.daemon.localapi import ApiError
-from shoal.lab import HostSpec, Lab, Topology
 from shoal.wireguard.keys import PublicKey
 
 pytestmark = [
@@ -33,28 +31,17 @@ CUT_LIMIT = 2.0
 
 
 @pytest.fixture(scope="module")
-def mesh():
-    with Lab(Topology(clients=[HostSpec("a"), HostSpec("b"), HostSpec("c"), HostSpec("d")])) as lab:
-        m = Mesh(lab)
-        try:
-            m.server.start()
-            key = m.server.key()
-            alice, bob, carol = m.add_node("a", "alice"), m.add_node("b", "bob"), m.add_node("c", "carol")
-            m.add_node("d", "dave")
-            for n in (alice, bob):
-                n.cli("login", m.server.url, "--server-key", key)
-            tofu = carol.cli("login", m.server.url)  # trust on first use
-            assert PublicKey.from_base64(key).fingerprint() in tofu.stdout and "first use" in tofu.stdout
-            alice.cli("create", "red", "--password", "redpw-lab")
-            alice.cli("create", "blue", "--password", "bluepw-lab")
-            bob.cli("join", "red", "--password", "redpw-lab")
-            carol.cli("join", "blue", "--password", "bluepw-lab")
-            yield m
-        except BaseException:
-            print(m.logs())
-            raise
-        finally:
-            m.close()
+def mesh(lab_mesh):  # noqa: ANN001
+    with lab_mesh({"a": "alice", "b": "bob", "c": "carol", "d": "dave"}, login=("a", "b")) as m:
+        alice, bob, carol = m.nodes["a"], m.nodes["b"], m.nodes["c"]
+        key = m.server.key()
+        tofu = carol.cli("login", m.server.url)  # trust on first use
+        assert PublicKey.from_base64(key).fingerprint() in tofu.stdout and "first use" in tofu.stdout
+        alice.cli("create", "red", "--password", "redpw-lab")
+        alice.cli("create", "blue", "--password", "bluepw-lab")
+        bob.cli("join", "red", "--password", "redpw-lab")
+        carol.cli("join", "blue", "--password", "bluepw-lab")
+        yield m
 
 
 def nodes(mesh):  # noqa: ANN001, ANN201

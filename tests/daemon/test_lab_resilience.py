@@ -20,13 +20,13 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from shoal.lab.mesh import Mesh, NodeProc
-from shoal.lab import HostSpec, Lab, Topology
 from shoal.dataplane import uapi
 
 pytestmark = [
@@ -40,26 +40,15 @@ THROUGHPUT_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
-def mesh():
-    with Lab(Topology(clients=[HostSpec("a"), HostSpec("b"), HostSpec("c")])) as lab:
-        m = Mesh(lab)
-        try:
-            m.server.start()
-            key = m.server.key()
-            alice, bob, carol = m.add_node("a", "alice"), m.add_node("b", "bob"), m.add_node("c", "carol")
-            for n in (alice, bob, carol):
-                n.cli("login", m.server.url, "--server-key", key)
-            alice.cli("create", "lan", "--password", "pw-lab-123")
-            bob.cli("join", "lan", "--password", "pw-lab-123")
-            carol.cli("join", "lan", "--password", "pw-lab-123")
-            for n in (bob, carol):
-                assert alice.ping_until(n.ipv4, True, timeout=10) is not None
-            yield m
-        except BaseException:
-            print(m.logs())
-            raise
-        finally:
-            m.close()
+def mesh(lab_mesh) -> Iterator[Mesh]:  # noqa: ANN001
+    with lab_mesh({"a": "alice", "b": "bob", "c": "carol"}) as m:
+        alice, bob, carol = nodes(m)
+        alice.cli("create", "lan", "--password", "pw-lab-123")
+        bob.cli("join", "lan", "--password", "pw-lab-123")
+        carol.cli("join", "lan", "--password", "pw-lab-123")
+        for n in (bob, carol):
+            assert alice.ping_until(n.ipv4, True, timeout=10) is not None
+        yield m
 
 
 def nodes(mesh: Mesh) -> tuple[NodeProc, NodeProc, NodeProc]:

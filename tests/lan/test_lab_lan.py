@@ -22,11 +22,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from shoal.lab.mesh import Mesh
-from shoal.lab import HostSpec, Lab, Topology
 
 pytestmark = [
     pytest.mark.lab,
@@ -135,33 +135,21 @@ else:
 
 
 @pytest.fixture(scope="module")
-def mesh():
-    hosts = [HostSpec(h) for h in "abcd"]  # no NAT: hole punching is not in the daemon yet
-    with Lab(Topology(clients=hosts)) as lab:
-        m = Mesh(lab)
-        try:
-            m.server.start()
-            key = m.server.key()
-            a, b, c, d = (m.add_node(h, nick) for h, nick in zip("abcd", ("alice", "bob", "carol", "dave")))
-            for n in (a, b, c, d):
-                n.cli("login", m.server.url, "--server-key", key)
-            a.cli("create", "x", "--password", "pw-lab-123")
-            a.cli("create", "y", "--password", "pw-lab-123")
-            a.cli("create", "l", "--password", "pw-lab-123", "--kind", "l2")
-            b.cli("create", "z", "--password", "pw-lab-123")
-            b.cli("join", "x", "--password", "pw-lab-123")
-            b.cli("join", "l", "--password", "pw-lab-123")
-            c.cli("join", "y", "--password", "pw-lab-123")
-            d.cli("join", "z", "--password", "pw-lab-123")
-            a.cli("set-access", "y", "--broadcast", "off")
-            for n, peer in ((a, b), (a, c), (b, d)):
-                assert n.ping_until(peer.ipv4, True, timeout=10) is not None, m.logs()
-            yield m
-        except BaseException:
-            print(m.logs())
-            raise
-        finally:
-            m.close()
+def mesh(lab_mesh) -> Iterator[Mesh]:  # noqa: ANN001
+    with lab_mesh({"a": "alice", "b": "bob", "c": "carol", "d": "dave"}) as m:
+        a, b, c, d = (m.nodes[h] for h in "abcd")
+        a.cli("create", "x", "--password", "pw-lab-123")
+        a.cli("create", "y", "--password", "pw-lab-123")
+        a.cli("create", "l", "--password", "pw-lab-123", "--kind", "l2")
+        b.cli("create", "z", "--password", "pw-lab-123")
+        b.cli("join", "x", "--password", "pw-lab-123")
+        b.cli("join", "l", "--password", "pw-lab-123")
+        c.cli("join", "y", "--password", "pw-lab-123")
+        d.cli("join", "z", "--password", "pw-lab-123")
+        a.cli("set-access", "y", "--broadcast", "off")
+        for n, peer in ((a, b), (a, c), (b, d)):
+            assert n.ping_until(peer.ipv4, True, timeout=10) is not None, m.logs()
+        yield m
 
 
 def receivers(mesh: Mesh, port: int, secs: float, group: str = "-") -> dict[str, subprocess.Popen[str]]:

@@ -17,8 +17,8 @@ processes (asyncio, one connection per node). Phases, each timed:
 Server CPU seconds (utime+stime from /proc/PID/stat) are taken per phase; RSS (VmRSS) after
 each phase and the peak (VmHWM). Results go to stdout, to a JSON file, and to the section of
 BENCHMARKS.md between CONTROL_BEGIN/CONTROL_END (after the data-plane bench's notes marker,
-which `python -m shoal.bench` keeps). Everything runs on 127.0.0.1, bounded in time by
---timeout; every process started here is stopped by its PID, the data dir is temporary.
+which `python -m shoal.bench` keeps). Everything runs on loopback (the server on 127.0.0.1,
+each node from its own 127.x.y.z, `node_address`), bounded in time by --timeout; every process started here is stopped by its PID, the data dir is temporary.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ REPO = Path(__file__).resolve().parents[3]
 CONTROL_BEGIN = "<!-- control-plane bench: begin (written by python -m shoal.bench.control) -->"
 CONTROL_END = "<!-- control-plane bench: end -->"
 NOTES_MARKER = "<!-- notes below are kept when the bench refreshes this file -->"
+
+
+NODES_PER_PREFIX = 16  # bench nodes sharing one /24 (a busy home or a small office)
+
+
+def node_address(i: int) -> str:
+    """Node i's own loopback source address, NODES_PER_PREFIX to a /24 (127.1.0.1, 127.1.0.2,
+    ..., 127.1.1.1, ...): the server's admission limits per address and per prefix (issue 18 F7)
+    then see many homes, as in production, not one host opening thousands of sessions."""
+    prefix, host = divmod(i, NODES_PER_PREFIX)
+    return f"127.{1 + prefix // 256}.{prefix % 256}.{host + 1}"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -81,6 +92,7 @@ async def _worker(args: argparse.Namespace) -> None:
             async with sem:
                 t0 = time.monotonic()
                 clients[i] = await ControlClient.login(args.url, keys[i], server_pub, timeout=60,
+                                                       local_addr=(node_address(first + i), 0),
                                                        nickname=f"b{first + i}", listen_port=40000 + i % 20000)
                 times.append(time.monotonic() - t0)
 

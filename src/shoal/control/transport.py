@@ -248,8 +248,9 @@ class ClientConnection:
 
 
 async def connect(url: str, node_key: PrivateKey, server_public: PublicKey, *,
-                  timeout: float = 10.0) -> ClientConnection:
-    """Open a control session to `url` (e.g. "ws://192.0.2.1:8080/control").
+                  timeout: float = 10.0, local_addr: tuple[str, int] | None = None) -> ClientConnection:
+    """Open a control session to `url` (e.g. "ws://192.0.2.1:8080/control"), from `local_addr`
+    if given (the control benchmark gives each node its own loopback address).
 
     Raises ServerKeyMismatch (the server is not the one pinned), ConnectError (unreachable,
     refused, timeout, closed during the handshake) or ProtocolFailure."""
@@ -258,7 +259,8 @@ async def connect(url: str, node_key: PrivateKey, server_public: PublicKey, *,
     try:
         ws = await asyncio.wait_for(
             websockets.connect(url, max_size=MAX_SERVER_WS_MESSAGE, compression=None,
-                               open_timeout=None, close_timeout=2),
+                               open_timeout=None, close_timeout=2,
+                               **({"local_addr": local_addr} if local_addr is not None else {})),
             timeout,
         )
     except (OSError, TimeoutError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:

@@ -42,9 +42,9 @@ class ControlClient:
 
     @classmethod
     async def login(cls, url: str, key: PrivateKey, server_public: PublicKey, *, timeout: float = 10.0,
-                    **login: Any) -> ControlClient:
-        """Connect, send Login, wait for LoginOk and the first FullView."""
-        c = cls(await connect(url, key, server_public, timeout=timeout))
+                    local_addr: tuple[str, int] | None = None, **login: Any) -> ControlClient:
+        """Connect (from `local_addr` if given), send Login, wait for LoginOk and the first FullView."""
+        c = cls(await connect(url, key, server_public, timeout=timeout, local_addr=local_addr))
         c._reader = asyncio.create_task(c._read())
         await c.conn.send(m.Login(**login))
         await asyncio.wait_for(c._full_view.wait(), timeout)

@@ -54,7 +54,7 @@ print(n, " ".join(map(str, sorted(ports))), flush=True)
 MALLORY = r'''
 import asyncio, sys
 from shoal.control import messages as m
-from shoal.server.testclient import ControlClient
+from shoal.testing.controlclient import ControlClient
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 async def main(url, server_key, victim, hold):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from shoal.control import messages as m
 from shoal.server.core import Close, Core, Effects, MemberRec, NetworkRec, NodeRec, PasswordJob, Send
 from shoal.server.passwords import PasswordHasher
-from shoal.server.viewmirror import ViewMirror
+from shoal.testing.viewmirror import ViewMirror
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 ULA = ipaddress.IPv6Network("fd12:3456:789a::/48")

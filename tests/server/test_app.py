@@ -20,7 +20,7 @@ from shoal.server.app import Running, serve
 from shoal.server.core import Close, PutMember, PutNetwork, PutNode
 from shoal.server.passwords import PasswordHasher
 from shoal.server.store import Store
-from shoal.server.testclient import ControlClient
+from shoal.testing.controlclient import ControlClient
 from shoal.testing.tls import self_signed
 from shoal.wireguard.keys import PrivateKey
 

@@ -562,7 +562,7 @@ def test_versions_are_consecutive_and_only_for_changes(h: Harness) -> None:
 
 
 def test_mirror_resync_after_gap() -> None:
-    from shoal.server.viewmirror import ViewMirror
+    from shoal.testing.viewmirror import ViewMirror
 
     h = Harness()
     net, a, b = three(h)
@@ -571,7 +571,7 @@ def test_mirror_resync_after_gap() -> None:
     fresh.apply(h.core.full_view(a))
     assert fresh.apply(ups[-1])  # a duplicate of an already-applied update is a no-op
     stale = ViewMirror()
-    stale.version = ups[-1].prev_version - 1
+    stale.view.version = ups[-1].prev_version - 1
     assert not stale.apply(ups[-1]) and stale.resyncs_needed == 1
 
 

@@ -4,7 +4,7 @@ round trips stay under 1 s and none of them is disconnected.
 
 A real `shoal server` (default scrypt parameters: about 50 ms of CPU per hash) and three real
 `shoal daemon`s (a, b, c) share network "net". The flooder ("m", a fourth host) is a member
-too, with a node key of its own, speaking the real protocol (`shoal.server.testclient`): it
+too, with a node key of its own, speaking the real protocol (`shoal.testing.controlclient`): it
 joins "net" (so its Candidates fan out to a, b and c), creates a network of its own (so its
 SetPasswords are an owner's, each one a scrypt hash), then floods, and logs in again whenever
 the server closes it for flooding (4029), for as long as the flood lasts.
@@ -52,7 +52,7 @@ _FLOOD = r"""
 import asyncio, itertools, json, sys, time
 from shoal.control import messages as m
 from shoal.control.transport import ConnectionClosed, ProtocolFailure
-from shoal.server.testclient import ControlClient
+from shoal.testing.controlclient import ControlClient
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 url, server_key, me, password = sys.argv[1], PublicKey.from_base64(sys.argv[2]), sys.argv[3], sys.argv[4]

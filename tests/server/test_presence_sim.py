@@ -21,7 +21,7 @@ import pytest
 
 from shoal.control import messages as m
 from shoal.server.core import PRESENCE_GRACE, Close, Core, Effects, Send
-from shoal.server.viewmirror import ViewMirror
+from shoal.testing.viewmirror import ViewMirror
 from shoal.testing.clock import FakeClock, Scheduler
 from shoal.wireguard.keys import PrivateKey, PublicKey
 

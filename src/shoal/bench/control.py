@@ -1,7 +1,7 @@
 """`python -m shoal.bench.control`: the control-plane benchmark (issue #4 acceptance).
 
 One real `shoal server` process on loopback; N control-plane-only nodes (real WebSockets +
-Noise IK, `shoal.server.testclient.ControlClient`, no WireGuard) spread over a few client
+Noise IK, `shoal.testing.controlclient.ControlClient`, no WireGuard) spread over a few client
 processes (asyncio, one connection per node). Phases, each timed:
 
 1. login: every node connects, handshakes, sends Login and waits for its FullView
@@ -68,7 +68,7 @@ def pct(xs: list[float], q: float) -> float:
 
 async def _worker(args: argparse.Namespace) -> None:
     from shoal.control import messages as m
-    from shoal.server.testclient import ControlClient
+    from shoal.testing.controlclient import ControlClient
     from shoal.wireguard.keys import PrivateKey, PublicKey
 
     server_pub = PublicKey.from_base64(args.server_key)

@@ -61,6 +61,7 @@ class View:
     networks: dict[str, NetworkInfo] = field(default_factory=dict)
     peers: dict[str, PeerInfo] = field(default_factory=dict)
     parts: ViewParts = field(default_factory=ViewParts, repr=False, compare=False)
+    full_views: int = field(default=0, repr=False, compare=False)  # whole FullViews applied
 
     def apply(self, msg: FullView | ViewUpdate) -> Outcome:
         try:
@@ -71,6 +72,7 @@ class View:
             return Outcome.STAGED
         msg = whole
         if isinstance(msg, FullView):
+            self.full_views += 1
             self.version = msg.version
             self.node = msg.node
             self.networks = {n.network_id: n for n in msg.networks}

@@ -17,7 +17,7 @@ from typing import Any
 
 from shoal.control import messages as m
 from shoal.control.transport import ClientConnection, ConnectionClosed, ProtocolFailure, connect
-from shoal.server.viewmirror import ViewMirror
+from shoal.testing.viewmirror import ViewMirror
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = ["ControlClient"]

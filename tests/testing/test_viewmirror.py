@@ -1,9 +1,9 @@
-"""The server-side test mirror of a node's view: views in parts are applied whole (issue 18 F9)."""
+"""The test mirror of a node's view (the daemon's applier underneath): views in parts are applied whole (issue 18 F9)."""
 
 from __future__ import annotations
 
 from shoal.control import messages as m
-from shoal.server.viewmirror import ViewMirror
+from shoal.testing.viewmirror import ViewMirror
 
 SELF = m.SelfInfo(node_id="self01", nickname="me", ipv4="100.64.1.1", ipv6="fd12:3456:789a::1")
 

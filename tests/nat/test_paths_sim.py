@@ -44,7 +44,8 @@ from collections.abc import Callable
 
 import pytest
 
-from shoal.nat.disco import Address, CandidateKind, DiscoCodec, is_disco
+from shoal.endpoint import Endpoint
+from shoal.nat.disco import CandidateKind, DiscoCodec, is_disco
 from shoal.nat.paths import PathEngine, PathKind, Transmit
 from shoal.testing.fakenet import FakeNetwork, Host, LinkProfile, NatBehavior, NatRouter
 from shoal.wireguard.keys import PrivateKey
@@ -83,7 +84,7 @@ class Node:
         self.sock = host.socket(PORT)
         self.sock.on_datagram = self.recv
         self.bsocks: dict[int, object] = {}  # birthday sockets, opened on demand
-        self.reflexive: Address | None = None
+        self.reflexive: Endpoint | None = None
         self.engine: PathEngine | None = None
         self.peer: Node | None = None
 
@@ -100,7 +101,7 @@ class Node:
             s.on_datagram = lambda data, src: self.recv(data, src, k)
         return s
 
-    def recv(self, data: bytes, src: Address, sock: int = 0) -> None:
+    def recv(self, data: bytes, src: Endpoint, sock: int = 0) -> None:
         if src == SERVER and data.startswith(b"STUN!"):
             ip, port = data[5:].decode().rsplit(":", 1)
             self.reflexive = (ip, int(port))
@@ -131,7 +132,7 @@ class Node:
         leaves through the same NAT as the data socket, so it comes from the reflexive IP."""
         return self.reflexive[0] if self.reflexive is not None else ""
 
-    def candidates(self) -> list[tuple[CandidateKind, Address]]:
+    def candidates(self) -> list[tuple[CandidateKind, Endpoint]]:
         local = (self.host.address, PORT)
         out = [(CandidateKind.LOCAL, local)]
         if self.reflexive is not None and self.reflexive != local:

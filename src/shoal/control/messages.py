@@ -52,7 +52,7 @@ socket (STUN to the server), maps a port on its gateway if it can (UPnP IGD, NAT
 and sends Candidates whenever that set changes; the server keeps them while the node is
 connected (not stored) and hands them to the node's peers in PeerInfo.candidates, next to the
 host endpoints of the Login. Endpoints and candidates are strict "ip:port" / "[v6]:port" text
-(`shoal.control.endpoint`); the server drops any other entry, and any whose address is not
+(`shoal.endpoint`); the server drops any other entry, and any whose address is not
 usable (loopback, unspecified, multicast, link-local, reserved, overlay).
 PeerInfo.observed_ip is the public IP the server saw the peer's control connection come
 from (issue 18 F10; "" when none or private, and from an older server). `nat_hard` says the
@@ -181,7 +181,7 @@ CandidateKind = Literal["local", "reflexive", "mapped"]  # host address / as STU
 
 class Candidate(msgspec.Struct, frozen=True):
     kind: CandidateKind
-    addr: Address  # "ip:port" / "[ip6]:port" (strict form: shoal.control.endpoint)
+    addr: Address  # "ip:port" / "[ip6]:port" (strict form: shoal.endpoint)
 
 
 CandidateList = Annotated[list[Candidate], msgspec.Meta(max_length=MAX_CANDIDATES)]

@@ -65,6 +65,8 @@ from typing import Any, Protocol
 import msgspec
 
 from shoal import __version__
+from shoal import endpoint
+from shoal.endpoint import Endpoint
 from shoal.control import messages as M
 from shoal.daemon import identity
 from shoal.daemon.backoff import Backoff
@@ -188,7 +190,7 @@ async def host_endpoints(port: int, exclude_iface: str) -> list[str]:
                 continue
             if addr.is_loopback or addr.is_link_local or (addr.version == 4 and addr in OVERLAY_V4):
                 continue
-            found.append(f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}")
+            found.append(endpoint.format(addr, port))
     found.sort(key=lambda e: e.startswith("["))  # IPv4 first: the lab internet is IPv4
     return found[: M.MAX_ENDPOINTS]
 
@@ -985,8 +987,8 @@ class Daemon:
         if path is not None:
             return path
         ep = self.plane.device.peers.get(key) if self.plane is not None else None
-        endpoint = _fmt_endpoint(ep.endpoint if ep is not None else None)
-        return {"path": "direct" if endpoint else None, "endpoint": endpoint, "rtt_ms": None, "lan": False}
+        shown = _fmt_endpoint(ep.endpoint if ep is not None else None)
+        return {"path": "direct" if shown else None, "endpoint": shown, "rtt_ms": None, "lan": False}
 
     def _peer_row(self, p: M.PeerInfo) -> dict[str, Any]:
         key = PublicKey(p.public_key)
@@ -1016,8 +1018,5 @@ class Daemon:
         }
 
 
-def _fmt_endpoint(endpoint: tuple[str, int] | None) -> str | None:
-    if endpoint is None:
-        return None
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _fmt_endpoint(ep: Endpoint | None) -> str | None:
+    return None if ep is None else endpoint.text(ep)

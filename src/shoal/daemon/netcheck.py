@@ -28,9 +28,9 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from shoal.endpoint import Endpoint
 from shoal.nat.discovery import Discovery, Result
 from shoal.nat.portmap.client import ProbeResult, find_gateway, probe
-from shoal.nat.stun import Address
 from shoal.constants import STUN_PORT
 
 __all__ = ["run_discovery", "parse_server", "netcheck_payload", "probe_port_mapping", "api_netcheck", "RUN_TIMEOUT"]
@@ -71,7 +71,7 @@ def parse_server(text: str, default_port: int = STUN_PORT) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-async def _resolve(host: str, port: int) -> Address:
+async def _resolve(host: str, port: int) -> Endpoint:
     try:
         return str(ipaddress.ip_address(host)), port
     except ValueError:
@@ -83,7 +83,7 @@ async def _resolve(host: str, port: int) -> Address:
     return infos[0][4][0], port
 
 
-async def run_discovery(server: Address, *, local_ips: list[str] | None = None,
+async def run_discovery(server: Endpoint, *, local_ips: list[str] | None = None,
                         timeout: float = RUN_TIMEOUT, **engine: Any) -> Result:
     """One discovery run from a fresh socket; `local_ips` are the host's own addresses (to
     tell "no NAT"; None: found by asking the kernel which source address reaches `server`)."""
@@ -94,7 +94,7 @@ async def run_discovery(server: Address, *, local_ips: list[str] | None = None,
     d: Discovery | None = None
     transport: asyncio.DatagramTransport | None = None
 
-    def flush(extra: list[tuple[bytes, Address]] = []) -> None:  # noqa: B006 - never mutated
+    def flush(extra: list[tuple[bytes, Endpoint]] = []) -> None:  # noqa: B006 - never mutated
         assert d is not None and transport is not None
         for data, dst in [*extra, *d.take_outbox()]:
             with contextlib.suppress(OSError):
@@ -119,7 +119,7 @@ async def run_discovery(server: Address, *, local_ips: list[str] | None = None,
         assert d is not None
         flush(d.handle_timer(loop.time()))  # handle_timer hands back the outbox
 
-    def on_datagram(data: bytes, src: Address) -> None:
+    def on_datagram(data: bytes, src: Endpoint) -> None:
         if d is not None and d.receive(data, src, loop.time()):
             flush()
 
@@ -139,7 +139,7 @@ async def run_discovery(server: Address, *, local_ips: list[str] | None = None,
         transport.close()
 
 
-def _source_ips(server: Address, family: int) -> list[str]:
+def _source_ips(server: Endpoint, family: int) -> list[str]:
     """The address the kernel would send from towards `server` (no packet is sent)."""
     s = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -168,7 +168,7 @@ def netcheck_payload(result: Result, port_mapping: ProbeResult | None = None,
             "checked_at": time.time()}
 
 
-async def probe_port_mapping(server: Address) -> ProbeResult:
+async def probe_port_mapping(server: Endpoint) -> ProbeResult:
     """Which port mapping protocols the gateway towards `server` offers (never raises)."""
     try:
         gateway = find_gateway(server[0])

@@ -77,7 +77,8 @@ from shoal.constants import (
     STUN_PORT,
     VIRTUAL_ENDPOINT_PREFIX,
 )
-from shoal.control import endpoint
+from shoal import endpoint
+from shoal.endpoint import Endpoint
 from shoal.control import messages as M
 from shoal.nat import stun
 from shoal.nat.disco import CandidateKind, DiscoCodec
@@ -89,17 +90,12 @@ from shoal.wireguard.keys import PrivateKey, PublicKey
 
 log = logging.getLogger("shoal.traversal")
 
-Address = tuple[str, int]
 
 __all__ = ["Traversal", "candidates_of"]
 
 
-def _addr_text(a: Address) -> str:
-    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
-
-
-def _parse(text: str) -> Address | None:
-    """A strict "ip:port" of a usable address (shoal.control.endpoint), else None: never a
+def _parse(text: str) -> Endpoint | None:
+    """A strict "ip:port" of a usable address (shoal.endpoint), else None: never a
     host name to resolve, never loopback, multicast, link-local, reserved or overlay."""
     try:
         ip, port = endpoint.parse(text)
@@ -109,20 +105,20 @@ def _parse(text: str) -> Address | None:
 
 
 def _is_lan(host: str) -> bool:
-    """A private (LAN) address (shoal.control.endpoint: RFC 1918, ULA, the lab's 198.18/15).
+    """A private (LAN) address (shoal.endpoint: RFC 1918, ULA, the lab's 198.18/15).
     Documentation ranges (RFC 5737/3849) count as public: they stand for the internet in
     examples and in the lab."""
     return endpoint.classify(host) is endpoint.Scope.PRIVATE
 
 
-def candidates_of(peer: M.PeerInfo) -> list[tuple[CandidateKind, Address]]:
+def candidates_of(peer: M.PeerInfo) -> list[tuple[CandidateKind, Endpoint]]:
     """A peer's candidates as the path engine takes them: what it reported (port-mapped,
     reflexive, its host addresses) and its endpoints from the login. A private address is a
     LAN candidate (LOCAL), any other one is reachable across the internet (REFLEXIVE).
     Entries that are not a strict endpoint of a usable address are dropped. Which of these
     the path engine may spray comes separately: PeerInfo.observed_ip (issue 18 F10)."""
-    out: list[tuple[CandidateKind, Address]] = []
-    seen: set[Address] = set()
+    out: list[tuple[CandidateKind, Endpoint]] = []
+    seen: set[Endpoint] = set()
     entries = [c.addr for c in peer.candidates if c.kind == "mapped"]
     mapped = set(entries)
     entries += [c.addr for c in peer.candidates if c.kind != "mapped"] + list(peer.endpoints)
@@ -159,28 +155,28 @@ class Traversal:
         self._clock = clock or self._loop.time
         self.codec = DiscoCodec(key)
         self.engines: dict[PublicKey, PathEngine] = {}
-        self._cands: dict[PublicKey, list[tuple[CandidateKind, Address]]] = {}
-        self._vep: dict[PublicKey, Address] = {}
-        self._vep_key: dict[Address, PublicKey] = {}
+        self._cands: dict[PublicKey, list[tuple[CandidateKind, Endpoint]]] = {}
+        self._vep: dict[PublicKey, Endpoint] = {}
+        self._vep_key: dict[Endpoint, PublicKey] = {}
         self._vep_next = 1
         self._peer_hard: dict[PublicKey, bool] = {}
         self._observed: dict[PublicKey, str] = {}  # PeerInfo.observed_ip per peer
         self.spray_limit = SprayLimit()  # spray budgets per peer and per target IP, all engines together
-        self._last_direct: dict[PublicKey, Address] = {}  # the endpoint of the last direct path
+        self._last_direct: dict[PublicKey, Endpoint] = {}  # the endpoint of the last direct path
         # birthday sockets: k -> socket; paths over them: virtual endpoint <-> (k, peer address)
         self._bsocks: dict[int, socket.socket] = {}
         self._bsock_until = 0.0  # unused birthday sockets close then
-        self._route: dict[Address, tuple[int, Address]] = {}
-        self._route_vep: dict[tuple[int, Address], Address] = {}
-        self._route_owner: dict[Address, PublicKey] = {}
+        self._route: dict[Endpoint, tuple[int, Endpoint]] = {}
+        self._route_vep: dict[tuple[int, Endpoint], Endpoint] = {}
+        self._route_owner: dict[Endpoint, PublicKey] = {}
         self.stats: Counter[str] = Counter()
         self.host: list[str] = []  # our host endpoints ("ip:port")
-        self.mapped: Address | None = None  # a port mapping on our gateway, if any
+        self.mapped: Endpoint | None = None  # a port mapping on our gateway, if any
         self.probe: ReflexiveProbe | None = None
         self._reported: tuple[tuple[M.Candidate, ...], bool] | None = None
         # relay
         self.relay_key: PublicKey | None = None
-        self.relay_udp: Address | None = None
+        self.relay_udp: Endpoint | None = None
         self.relay_ws_url: str | None = None
         self.relay: RelayClient | None = None
         self.relay_mode: str | None = None  # "udp" | "ws" | None
@@ -278,7 +274,7 @@ class Traversal:
                     self._emit(key, eng.set_remote_candidates(cands, now, relay=relay_ok, observed=p.observed_ip))
         self._after(now)
 
-    def set_mapped(self, addr: Address | None) -> None:
+    def set_mapped(self, addr: Endpoint | None) -> None:
         """A port mapping on our gateway appeared, changed or went away."""
         if addr != self.mapped:
             self.mapped = addr
@@ -293,8 +289,8 @@ class Traversal:
             return {"path": None, "endpoint": None, "rtt_ms": None, "lan": False}
         return {
             "path": p.kind.value,
-            "endpoint": _addr_text(p.addr) if p.addr is not None else (
-                f"relay {self.relay_mode} {_addr_text(self.relay_udp) if self.relay_mode == 'udp' and self.relay_udp else self.relay_ws_url}"),
+            "endpoint": endpoint.text(p.addr) if p.addr is not None else (
+                f"relay {self.relay_mode} {endpoint.text(self.relay_udp) if self.relay_mode == 'udp' and self.relay_udp else self.relay_ws_url}"),
             "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
             "lan": p.lan,
         }
@@ -303,13 +299,13 @@ class Traversal:
         refl, hard = self.probe.result if self.probe is not None else (None, False)
         return {
             "host": self.host,
-            "reflexive": _addr_text(refl) if refl else None,
+            "reflexive": endpoint.text(refl) if refl else None,
             "nat_hard": hard,
-            "mapped": _addr_text(self.mapped) if self.mapped else None,
+            "mapped": endpoint.text(self.mapped) if self.mapped else None,
             "mapped_via": self._mapper.protocol if self._mapper is not None and self.mapped else None,
             "relay": {"mode": self.relay_mode, "ready": bool(self.relay and self.relay.ready),
                       "rtt_ms": round(self.relay_rtt * 1000, 3) if self.relay_rtt is not None else None,
-                      "udp": _addr_text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url,
+                      "udp": endpoint.text(self.relay_udp) if self.relay_udp else None, "ws": self.relay_ws_url,
                       "client": dict(self.relay.stats) if self.relay is not None else {}},
             "stats": dict(self.stats) | {f"disco_{k}": v for k, v in self.codec.stats.items()},
             "peers": {key.fingerprint(): dict(eng.stats) for key, eng in self.engines.items()},
@@ -322,7 +318,7 @@ class Traversal:
         self._mapper = PortMapper(port, gateway=find_gateway(server_ip), on_change=self.set_mapped)
         ext = await self._mapper.start()
         if ext is not None:
-            log.info("port mapping: %s via %s", _addr_text(ext), self._mapper.protocol)
+            log.info("port mapping: %s via %s", endpoint.text(ext), self._mapper.protocol)
             self.set_mapped(ext)
         else:
             log.info("port mapping: none on this gateway (PCP, NAT-PMP, UPnP IGD did not answer)")
@@ -353,8 +349,8 @@ class Traversal:
     def _hard(self) -> bool:
         return self.probe.result[1] if self.probe is not None else False
 
-    def _local_candidates(self) -> list[tuple[CandidateKind, Address]]:
-        out: list[tuple[CandidateKind, Address]] = []
+    def _local_candidates(self) -> list[tuple[CandidateKind, Endpoint]]:
+        out: list[tuple[CandidateKind, Endpoint]] = []
         for e in self.host:
             a = _parse(e)
             if a is not None:
@@ -372,7 +368,7 @@ class Traversal:
         cands = []
         for k, a in self._local_candidates():
             name = "mapped" if k is CandidateKind.MAPPED else "reflexive" if a == refl else "local"
-            cands.append(M.Candidate(name, _addr_text(a)))  # type: ignore[arg-type]
+            cands.append(M.Candidate(name, endpoint.text(a)))  # type: ignore[arg-type]
         return cands, self._hard()
 
     def _candidates_changed(self, now: float) -> None:
@@ -414,7 +410,7 @@ class Traversal:
 
     # ------------------------------------------------------------------ data socket
 
-    def _on_side(self, datagrams: list[tuple[bytes, Address]], now: float) -> None:
+    def _on_side(self, datagrams: list[tuple[bytes, Endpoint]], now: float) -> None:
         for data, src in datagrams:
             if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
                 self._on_disco(data, src, now, via_relay=False)
@@ -432,7 +428,7 @@ class Traversal:
                 self.stats["unknown"] += 1
         self._after(now)
 
-    def _on_disco(self, data: bytes, src: Address, now: float, *, via_relay: bool, sock: int = 0) -> None:
+    def _on_disco(self, data: bytes, src: Endpoint, now: float, *, via_relay: bool, sock: int = 0) -> None:
         opened = self.codec.open(data, now)
         if opened is None:
             return  # counted by the codec (forged, replayed, unknown peer, malformed ...)
@@ -481,7 +477,7 @@ class Traversal:
                 self._loop.remove_reader(s.fileno())
             s.close()
 
-    def _bsend(self, k: int, data: bytes, dst: Address) -> None:
+    def _bsend(self, k: int, data: bytes, dst: Endpoint) -> None:
         if ":" in dst[0]:
             return  # hard NATs are an IPv4 affair; birthday sockets are IPv4
         s = self._bsock(k)
@@ -498,7 +494,7 @@ class Traversal:
         if s is None:
             return
         now = self._clock()
-        wg: list[tuple[bytes, Address]] = []
+        wg: list[tuple[bytes, Endpoint]] = []
         for _ in range(64):
             try:
                 data, src = s.recvfrom(65535)
@@ -527,7 +523,7 @@ class Traversal:
         for k in [k for k in self._bsocks if k not in used]:
             self._close_bsock(k)
 
-    def _vep_of(self, key: PublicKey) -> Address:
+    def _vep_of(self, key: PublicKey) -> Endpoint:
         vep = self._vep.get(key)
         if vep is None:
             vep = (f"{VIRTUAL_ENDPOINT_PREFIX}{self._vep_next:x}", 1)
@@ -545,7 +541,7 @@ class Traversal:
             path = eng.path
             for e in events:
                 what = "none" if e.path is None else (
-                    f"direct {_addr_text(e.path.addr)}" if e.path.kind is PathKind.DIRECT and e.path.addr else "relay")
+                    f"direct {endpoint.text(e.path.addr)}" if e.path.kind is PathKind.DIRECT and e.path.addr else "relay")
                 rtt = f" (rtt {e.path.rtt * 1000:.2f} ms)" if e.path is not None and e.path.rtt is not None else ""
                 log.info("path to %s: %s %s%s", key.short(), e.kind, what + (" (LAN)" if e.path and e.path.lan else ""), rtt)
             if path is None:
@@ -562,7 +558,7 @@ class Traversal:
                 ep = self._vep_of(key)
             self.plane.set_endpoint(key, ep, now)
 
-    def _routed_vep(self, key: PublicKey, k: int, addr: Address) -> Address:
+    def _routed_vep(self, key: PublicKey, k: int, addr: Endpoint) -> Endpoint:
         """The virtual endpoint of a path over birthday socket k (one per peer at a time)."""
         vep = self._route_vep.get((k, addr))
         if vep is None:
@@ -697,7 +693,7 @@ class Traversal:
             return
         self._relay_tx(client.wrap(dst, payload), self._clock())
 
-    def _relay_out(self, datagrams: list[tuple[bytes, Address]]) -> None:
+    def _relay_out(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
         """WireGuard packets the engine sent to a virtual endpoint."""
         for data, ep in datagrams:
             route = self._route.get(ep)
@@ -718,7 +714,7 @@ class Traversal:
         for reply in client.receive(frame, now):
             self._relay_tx(reply, now)
         inbox, client.inbox = client.inbox, []
-        wg: list[tuple[bytes, Address]] = []
+        wg: list[tuple[bytes, Endpoint]] = []
         for src, payload in inbox:
             try:
                 key = PublicKey(src)
@@ -803,7 +799,7 @@ class Traversal:
                     return
                 self._udp_failed = True
                 if self.relay_ws_url is not None:
-                    log.info("relay: no answer over UDP from %s in %.0f s, trying WebSocket", _addr_text(self.relay_udp), RELAY_UDP_WAIT)  # type: ignore[arg-type]
+                    log.info("relay: no answer over UDP from %s in %.0f s, trying WebSocket", endpoint.text(self.relay_udp), RELAY_UDP_WAIT)  # type: ignore[arg-type]
                     self._start_ws(now)
                 else:
                     self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
@@ -867,7 +863,7 @@ class Traversal:
             if probe.changed:
                 probe.changed = False
                 refl, hard = probe.result
-                log.info("reflexive address %s, NAT mapping %s", _addr_text(refl) if refl else "unknown",
+                log.info("reflexive address %s, NAT mapping %s", endpoint.text(refl) if refl else "unknown",
                          "varies by destination (hard)" if hard else "endpoint-independent")
                 self._candidates_changed(now)
         self._apply_paths(now)

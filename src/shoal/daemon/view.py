@@ -28,7 +28,7 @@ that lead from it to a later FullView gives exactly that later view (property-te
 
 `PeerPlanner.configs(view)` gives one PeerConfig per peer: AllowedIPs = its ipv4/32,
 ipv6/128 and the link-local /128 its LAN interface derives from its IPv4 (docs/lan.md), flagged
-`shoal` (a Shoal node: LAN extension messages may be exchanged with it), endpoint = the first of its endpoints that is a strict endpoint of a usable address (`shoal.control.endpoint`). The endpoint is included only
+`shoal` (a Shoal node: LAN extension messages may be exchanged with it), endpoint = the first of its endpoints that is a strict endpoint of a usable address (`shoal.endpoint`). The endpoint is included only
 when the peer is new or the server's endpoint list for it changed, so re-applying a view never
 undoes an endpoint the engine learned by roaming. Peers with unusable data (bad key or address,
 our own key) are skipped and counted in `skipped`, never raised (server data is network input).
@@ -40,7 +40,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
-from shoal.control import endpoint
+from shoal import endpoint
 from shoal.control.messages import FullView, NetworkInfo, PartsError, PeerInfo, SelfInfo, ViewParts, ViewUpdate
 from shoal.lan.arp import link_local_for, mac_for_ipv4
 from shoal.wireguard.keys import PublicKey
@@ -142,7 +142,7 @@ def peer_allowed_ips(peer: PeerInfo) -> list[ipaddress.IPv4Network | ipaddress.I
 
 
 def first_endpoint(endpoints: list[str]) -> Endpoint | None:
-    """The first strict endpoint of a usable address (shoal.control.endpoint): the server
+    """The first strict endpoint of a usable address (shoal.endpoint): the server
     gives addresses, never names to resolve; loopback, multicast and the like are skipped."""
     for text in endpoints:
         try:

@@ -33,6 +33,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from shoal.endpoint import text as endpoint_text
 from shoal.wireguard.device import Device
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from shoal.wireguard.peer import Endpoint, IPNetwork, PeerConfig
@@ -63,11 +64,6 @@ def query(socket_path: str | Path, request: str, timeout: float = 5.0) -> str:
     return data.decode()
 
 
-def format_endpoint(endpoint: Endpoint) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def get(device: Device, listen_port: int) -> str:
     lines = [f"private_key={device.private_key.hex()}", f"listen_port={listen_port}"]
     for peer in device.peers.values():
@@ -75,7 +71,7 @@ def get(device: Device, listen_port: int) -> str:
         lines.append(f"preshared_key={peer.preshared_key.hex()}")
         lines.append("protocol_version=1")
         if peer.endpoint is not None:
-            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
+            lines.append(f"endpoint={endpoint_text(peer.endpoint)}")
         wall = peer.stats.last_handshake_wall
         sec = int(wall)
         lines.append(f"last_handshake_time_sec={sec}")

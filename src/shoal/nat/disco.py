@@ -52,6 +52,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 
+from shoal.endpoint import Endpoint
 from shoal.constants import (
     DISCO_MAGIC,
     DISCO_MAX_CANDIDATES,
@@ -68,7 +69,7 @@ from shoal.wireguard.crypto import DH, KDF1, XAEAD_decrypt, XAEAD_encrypt, WeakK
 from shoal.wireguard.keys import PrivateKey
 
 __all__ = [
-    "Address",
+    "Endpoint",
     "CandidateKind",
     "Ping",
     "Pong",
@@ -81,7 +82,6 @@ __all__ = [
     "HEADER_LEN",
 ]
 
-Address = tuple[str, int]
 HEADER_LEN = len(DISCO_MAGIC) + KEY_LEN + DISCO_NONCE_LEN  # 62
 _KDF_LABEL = b"shoal disco v1"
 TYPE_PING, TYPE_PONG, TYPE_CALL_ME_MAYBE = 1, 2, 3
@@ -106,12 +106,12 @@ class Ping:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Pong:
     tx_id: bytes
-    src: Address  # the source address the ping arrived from, as the answering node saw it
+    src: Endpoint  # the source address the ping arrived from, as the answering node saw it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallMeMaybe:
-    candidates: tuple[tuple[CandidateKind, Address], ...]
+    candidates: tuple[tuple[CandidateKind, Endpoint], ...]
 
 
 DiscoMessage = Ping | Pong | CallMeMaybe
@@ -126,7 +126,7 @@ def is_disco(data: bytes | bytearray | memoryview) -> bool:
     return bytes(data[: len(DISCO_MAGIC)]) == DISCO_MAGIC
 
 
-def _encode_addr(addr: Address) -> bytes:
+def _encode_addr(addr: Endpoint) -> bytes:
     ip = ipaddress.ip_address(addr[0])
     port = int(addr[1])
     if not 0 < port < 65536:
@@ -134,7 +134,7 @@ def _encode_addr(addr: Address) -> bytes:
     return bytes([ip.version]) + ip.packed + struct.pack(">H", port)
 
 
-def _decode_addr(buf: bytes, off: int) -> tuple[Address, int]:
+def _decode_addr(buf: bytes, off: int) -> tuple[Endpoint, int]:
     if off >= len(buf):
         raise _Malformed("address missing")
     fam = buf[off]

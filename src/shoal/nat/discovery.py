@@ -42,8 +42,9 @@ import enum
 import os
 from collections.abc import Callable, Iterable
 
+from shoal.endpoint import Endpoint, text
 from shoal.nat import stun
-from shoal.nat.stun import Address, StunError
+from shoal.nat.stun import StunError
 from shoal.constants import (
     STUN_CLASS_ERROR,
     STUN_CLASS_SUCCESS,
@@ -86,13 +87,13 @@ def nat_type_name(udp: bool, mapping: Behavior, filtering: Behavior) -> str:
 class Result:
     """What one discovery run found. Times are seconds."""
 
-    server: Address
+    server: Endpoint
     udp: bool  # did the primary endpoint answer at all?
-    reflexive: Address | None = None  # M1: our address and port as the server sees it
-    other: Address | None = None  # the server's OTHER-ADDRESS (None: no RFC 5780)
+    reflexive: Endpoint | None = None  # M1: our address and port as the server sees it
+    other: Endpoint | None = None  # the server's OTHER-ADDRESS (None: no RFC 5780)
     mapping: Behavior = Behavior.UNKNOWN
     filtering: Behavior = Behavior.UNKNOWN
-    mapped: tuple[tuple[Address, Address], ...] = ()  # (server endpoint asked, reflexive seen)
+    mapped: tuple[tuple[Endpoint, Endpoint], ...] = ()  # (server endpoint asked, reflexive seen)
     rtt: float | None = None  # best RTT to the primary endpoint (None: no clean sample)
     rtt_other: float | None = None  # best RTT to the other address
     software: str | None = None  # the server's SOFTWARE attribute
@@ -112,8 +113,8 @@ class Result:
         return nat_type_name(self.udp, self.mapping, self.filtering)
 
     def to_json(self) -> dict[str, object]:
-        def ep(a: Address | None) -> str | None:
-            return None if a is None else (f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}")
+        def ep(a: Endpoint | None) -> str | None:
+            return None if a is None else text(a)
 
         return {
             "server": ep(self.server), "udp": self.udp, "reflexive": ep(self.reflexive),
@@ -130,15 +131,15 @@ class Result:
 @dataclasses.dataclass
 class _Tx:
     name: str
-    dst: Address
-    expect_from: Address | None
+    dst: Endpoint
+    expect_from: Endpoint | None
     data: bytes
     first_sent: float = 0.0
     last_sent: float = 0.0
     sends: int = 0
     next_at: float | None = None  # next retransmission, or the give-up time
     answer: stun.Message | None = None
-    answer_src: Address | None = None
+    answer_src: Endpoint | None = None
     rtt: float | None = None
     gave_up: bool = False
 
@@ -152,9 +153,9 @@ class Discovery:
 
     def __init__(
         self,
-        server: Address,
+        server: Endpoint,
         *,
-        local: Iterable[Address] = (),
+        local: Iterable[Endpoint] = (),
         rto: float = STUN_RTO,
         max_transmissions: int = STUN_MAX_TRANSMISSIONS,
         final_wait: float = STUN_FINAL_WAIT,
@@ -163,7 +164,7 @@ class Discovery:
     ) -> None:
         if rto <= 0 or final_wait <= 0 or max_transmissions < 1:
             raise ValueError("rto and final_wait must be > 0, max_transmissions >= 1")
-        self.server: Address = (str(server[0]), int(server[1]))
+        self.server: Endpoint = (str(server[0]), int(server[1]))
         self.local = {(str(a), int(p)) for a, p in local}
         self.rto = rto
         self.max_transmissions = max_transmissions
@@ -171,12 +172,12 @@ class Discovery:
         self._random = random_bytes
         self._software = software
         self._txs: dict[bytes, _Tx] = {}
-        self._outbox: list[tuple[bytes, Address]] = []
+        self._outbox: list[tuple[bytes, Endpoint]] = []
         self.phase = "new"  # new -> binding -> filtering -> mapping -> done
         self.result: Result | None = None
         self.stats: collections.Counter[str] = collections.Counter()
         self._started = 0.0
-        self._other: Address | None = None
+        self._other: Endpoint | None = None
         self._notes: list[str] = []
         self._filtering = Behavior.UNKNOWN
 
@@ -193,7 +194,7 @@ class Discovery:
         self.phase = "binding"
         self._send("T1", self.server, self.server, now)
 
-    def take_outbox(self) -> list[tuple[bytes, Address]]:
+    def take_outbox(self) -> list[tuple[bytes, Endpoint]]:
         out, self._outbox = self._outbox, []
         return out
 
@@ -201,7 +202,7 @@ class Discovery:
         times = [t.next_at for t in self._txs.values() if not t.finished and t.next_at is not None]
         return min(times) if times else None
 
-    def handle_timer(self, now: float) -> list[tuple[bytes, Address]]:
+    def handle_timer(self, now: float) -> list[tuple[bytes, Endpoint]]:
         for tx in list(self._txs.values()):
             if tx.finished or tx.next_at is None or tx.next_at > now:
                 continue
@@ -214,7 +215,7 @@ class Discovery:
         self._advance(now)
         return self.take_outbox()
 
-    def receive(self, data: bytes, src: Address, now: float) -> bool:
+    def receive(self, data: bytes, src: Endpoint, now: float) -> bool:
         """A datagram from `src`: True if it answered one of our requests (consumed)."""
         head = stun.peek_transaction(data)
         if head is None:
@@ -256,7 +257,7 @@ class Discovery:
         if text not in self._notes:
             self._notes.append(text)
 
-    def _send(self, name: str, dst: Address, expect_from: Address | None, now: float,
+    def _send(self, name: str, dst: Endpoint, expect_from: Endpoint | None, now: float,
               change_ip: bool = False, change_port: bool = False) -> _Tx:
         txid = self._random(STUN_TRANSACTION_ID_SIZE)
         if len(txid) != STUN_TRANSACTION_ID_SIZE or txid in self._txs:
@@ -347,7 +348,7 @@ class Discovery:
     def _answered_as_asked(self, tx: _Tx) -> bool:
         return self._ok(tx) is not None and tx.answer_src == tx.expect_from
 
-    def _reflexive(self, name: str) -> Address | None:
+    def _reflexive(self, name: str) -> Endpoint | None:
         ok = self._ok(self._tx(name))
         return None if ok is None else ok.reflexive_address()
 

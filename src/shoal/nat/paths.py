@@ -16,7 +16,7 @@ Inputs
     (this is how roaming is noticed); a CallMeMaybe replaces the candidates the previous one
     gave (it is the peer's whole current set) and starts a new burst, at most one per
     PATH_CALL_ME_MAYBE_GAP. A candidate whose address is not usable
-    (`shoal.control.endpoint.usable`: loopback, multicast, overlay, ...) is never probed.
+    (`shoal.endpoint.usable`: loopback, multicast, overlay, ...) is never probed.
   - `set_local_candidates`: our own candidates changed (new port mapping, new address):
     a CallMeMaybe goes to the peer through the relay and a new burst starts.
 
@@ -51,7 +51,7 @@ Rules
     random ports would have to coincide), the relay is used.
   - Whom we spray (issue 18 F10): candidates are the peer's claims, so a member could name a
     victim's address with nat_hard and make every co-member spray it. Spray and birthday
-    pings therefore aim only at a public IP (`shoal.control.endpoint.sprayable`) the peer
+    pings therefore aim only at a public IP (`shoal.endpoint.sprayable`) the peer
     has shown it owns: the IP the server saw its control connection come from
     (`set_remote_candidates(observed=...)`, PeerInfo.observed_ip), or an IP from which an
     expected pong came (sealed by the peer, answering a tx id we sent there). Any other
@@ -91,9 +91,10 @@ from shoal.constants import (
     PATH_SWITCH_MARGIN,
     PATH_TRUST,
 )
-from shoal.control import endpoint
+from shoal import endpoint
+from shoal.endpoint import Endpoint
 from shoal.lan.storm import StormLimiter
-from shoal.nat.disco import Address, CallMeMaybe, CandidateKind, DiscoCodec, DiscoMessage, Ping, Pong
+from shoal.nat.disco import CallMeMaybe, CandidateKind, DiscoCodec, DiscoMessage, Ping, Pong
 
 __all__ = ["PathKind", "Path", "PathEvent", "Transmit", "PathEngine", "SprayLimit", "LEARNED"]
 
@@ -108,7 +109,7 @@ class PathKind(enum.Enum):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Path:
     kind: PathKind
-    addr: Address | None  # the peer's endpoint (direct) or None (relay)
+    addr: Endpoint | None  # the peer's endpoint (direct) or None (relay)
     rtt: float | None = None
     lan: bool = False
     sock: int = 0  # 0: the data socket; k > 0: birthday socket k (hard NAT, see the rules)
@@ -125,18 +126,18 @@ class PathEvent:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Transmit:
     data: bytes
-    dst: Address | None  # None with via_relay: the relay knows the peer by its node key
+    dst: Endpoint | None  # None with via_relay: the relay knows the peer by its node key
     via_relay: bool = False
     sock: int = 0  # send from the data socket (0) or from birthday socket k (1..PATH_BIRTHDAY_SOCKETS)
 
 
-Key = tuple[Address, int]  # a candidate: the peer's address, and which of our sockets reaches it
+Key = tuple[Endpoint, int]  # a candidate: the peer's address, and which of our sockets reaches it
 
 
 class _Cand:
     __slots__ = ("addr", "sock", "kind", "source", "last_pong", "rtt", "missed", "last_ping")
 
-    def __init__(self, addr: Address, kind: CandidateKind, source: str, sock: int = 0) -> None:
+    def __init__(self, addr: Endpoint, kind: CandidateKind, source: str, sock: int = 0) -> None:
         self.addr = addr
         self.sock = sock
         self.kind = kind
@@ -192,13 +193,13 @@ class PathEngine:
         self.path: Path | None = None
         self.events: list[PathEvent] = []
         self.stats: dict[str, int] = {}
-        self._local: tuple[tuple[CandidateKind, Address], ...] = ()
+        self._local: tuple[tuple[CandidateKind, Endpoint], ...] = ()
         self._started_at: float | None = None
         self._burst_left = 0
         self._next_probe: float | None = None
         self._next_heartbeat: float | None = None
         self._spray_at: float | None = None
-        self._spray_queue: list[Address] = []
+        self._spray_queue: list[Endpoint] = []
         self._spray_next: float | None = None
         self._limit = spray_limit if spray_limit is not None else SprayLimit()
         self._observed = ""  # the IP the server saw the peer at (PeerInfo.observed_ip)
@@ -210,7 +211,7 @@ class PathEngine:
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
-    def _add(self, addr: Address, kind: CandidateKind, source: str, sock: int = 0) -> _Cand | None:
+    def _add(self, addr: Endpoint, kind: CandidateKind, source: str, sock: int = 0) -> _Cand | None:
         addr = (str(addr[0]), int(addr[1]))
         c = self._cands.get((addr, sock))
         if c is None:
@@ -226,7 +227,7 @@ class PathEngine:
         return c
 
     def set_remote_candidates(
-        self, candidates: Iterable[tuple[CandidateKind, Address]], now: float, *, relay: bool = False,
+        self, candidates: Iterable[tuple[CandidateKind, Endpoint]], now: float, *, relay: bool = False,
         observed: str | None = None,
     ) -> list[Transmit]:
         """The peer's candidates from the control plane (replacing the previous ones) and the
@@ -275,7 +276,7 @@ class PathEngine:
             at = now + PATH_BIRTHDAY_START
             self._birthday_at = at if self._birthday_at is None else min(self._birthday_at, at)
 
-    def set_local_candidates(self, candidates: Iterable[tuple[CandidateKind, Address]], now: float) -> list[Transmit]:
+    def set_local_candidates(self, candidates: Iterable[tuple[CandidateKind, Endpoint]], now: float) -> list[Transmit]:
         """Our own candidates changed: tell the peer (CallMeMaybe via the relay) and re-probe."""
         cands = tuple((CandidateKind(k), (str(a[0]), int(a[1]))) for k, a in candidates)
         if cands == self._local:
@@ -288,7 +289,7 @@ class PathEngine:
             self._burst(now)
         return out
 
-    def handle_message(self, msg: DiscoMessage, src: Address, now: float, *, via_relay: bool = False,
+    def handle_message(self, msg: DiscoMessage, src: Endpoint, now: float, *, via_relay: bool = False,
                        sock: int = 0) -> list[Transmit]:
         """A disco message from this peer (opened by the codec), received on our socket
         `sock` (0: the data socket); returns what to send."""
@@ -460,19 +461,19 @@ class PathEngine:
         """The peer showed it owns this public IP: the server saw it there, or a pong came."""
         return (ip == self._observed or ip in self._confirmed) and endpoint.sprayable(ip)
 
-    def _spray_targets_base(self) -> list[Address]:
+    def _spray_targets_base(self) -> list[Endpoint]:
         return [c.addr for c in self._cands.values()
                 if c.kind in (CandidateKind.REFLEXIVE, CandidateKind.MAPPED) and c.source != LEARNED and c.sock == 0
                 and self._owned(c.addr[0])]
 
-    def _spray_targets(self) -> list[Address]:
+    def _spray_targets(self) -> list[Endpoint]:
         refl = self._spray_targets_base()
         if not refl:
             return []
         ip = refl[0][0]
         ports = [p for a in refl if a[0] == ip for p in (a[1],)]
         seen = {(ip, p) for p in ports}
-        targets: list[Address] = []
+        targets: list[Endpoint] = []
         for p in ports:
             for d in range(1, PATH_PREDICT_WINDOW + 1):
                 q = p + d

@@ -30,6 +30,7 @@ import collections
 import os
 from collections.abc import Callable
 
+from shoal.endpoint import Endpoint
 from shoal.constants import (
     REFLEXIVE_REFRESH,
     STUN_CLASS_SUCCESS,
@@ -40,7 +41,7 @@ from shoal.constants import (
     STUN_TRANSACTION_ID_SIZE,
 )
 from shoal.nat import stun
-from shoal.nat.stun import Address, StunError
+from shoal.nat.stun import StunError
 
 __all__ = ["ReflexiveProbe"]
 
@@ -48,7 +49,7 @@ __all__ = ["ReflexiveProbe"]
 class _Tx:
     __slots__ = ("tid", "dst", "data", "sent", "next_at", "give_up_at")
 
-    def __init__(self, tid: bytes, dst: Address, data: bytes, now: float) -> None:
+    def __init__(self, tid: bytes, dst: Endpoint, data: bytes, now: float) -> None:
         self.tid, self.dst, self.data = tid, dst, data
         self.sent = 0
         self.next_at: float | None = now
@@ -56,19 +57,19 @@ class _Tx:
 
 
 class ReflexiveProbe:
-    def __init__(self, server: Address, *, random_bytes: Callable[[int], bytes] = os.urandom,
+    def __init__(self, server: Endpoint, *, random_bytes: Callable[[int], bytes] = os.urandom,
                  refresh: float = REFLEXIVE_REFRESH) -> None:
         self.server = (str(server[0]), int(server[1]))
         self._random = random_bytes
         self.refresh = refresh
-        self.result: tuple[Address | None, bool] = (None, False)
+        self.result: tuple[Endpoint | None, bool] = (None, False)
         self.changed = False
         self.rounds = 0
         self.stats: collections.Counter[str] = collections.Counter()
-        self._outbox: list[tuple[bytes, Address]] = []
+        self._outbox: list[tuple[bytes, Endpoint]] = []
         self._tx: _Tx | None = None
         self._phase = "idle"  # idle | primary | other
-        self._m1: Address | None = None
+        self._m1: Endpoint | None = None
         self._next_round: float | None = None
 
     # --- inputs -----------------------------------------------------------------------------
@@ -85,7 +86,7 @@ class ReflexiveProbe:
         if self._next_round is not None and self._next_round > now + refresh:
             self._next_round = now + refresh
 
-    def receive(self, data: bytes, src: Address, now: float) -> bool:
+    def receive(self, data: bytes, src: Endpoint, now: float) -> bool:
         tx = self._tx
         try:
             peek = stun.peek_transaction(data)
@@ -144,7 +145,7 @@ class ReflexiveProbe:
         if self._tx is None and self._next_round is not None and now >= self._next_round:
             self._begin(now)
 
-    def take_outbox(self) -> list[tuple[bytes, Address]]:
+    def take_outbox(self) -> list[tuple[bytes, Endpoint]]:
         out, self._outbox = self._outbox, []
         return out
 
@@ -156,7 +157,7 @@ class ReflexiveProbe:
         self._next_round = None
         self._send(self.server, now)
 
-    def _send(self, dst: Address, now: float) -> None:
+    def _send(self, dst: Endpoint, now: float) -> None:
         tid = self._random(STUN_TRANSACTION_ID_SIZE)
         self._tx = _Tx(tid, (str(dst[0]), int(dst[1])), stun.binding_request(tid), now)
         self._transmit(self._tx, now)
@@ -170,7 +171,7 @@ class ReflexiveProbe:
         else:
             tx.next_at, tx.give_up_at = None, now + STUN_FINAL_WAIT
 
-    def _finish(self, result: tuple[Address | None, bool], now: float) -> None:
+    def _finish(self, result: tuple[Endpoint | None, bool], now: float) -> None:
         self._phase = "idle"
         self.rounds += 1
         if result != self.result:

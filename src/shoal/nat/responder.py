@@ -59,9 +59,10 @@ import collections
 import dataclasses
 import ipaddress
 
+from shoal.endpoint import Endpoint
 from shoal.nat import stun
 from shoal.nat.sourcelimit import SourceLimiter
-from shoal.nat.stun import Address, Message, StunError
+from shoal.nat.stun import Message, StunError
 from shoal.constants import (
     STUN_ATTR_PADDING,
     STUN_BURST_PER_ADDRESS,
@@ -94,8 +95,8 @@ __all__ = ["Reply", "StunResponder"]
 class Reply:
     """Send `data` from the local endpoint `local` to `dst`."""
 
-    local: Address
-    dst: Address
+    local: Endpoint
+    dst: Endpoint
     data: bytes
 
 
@@ -121,7 +122,7 @@ class StunResponder:
                                      prefix_rate=STUN_RATE_PER_PREFIX, prefix_burst=STUN_BURST_PER_PREFIX,
                                      max_keys=STUN_RATE_MAX_SOURCES, prefix_v4=STUN_PREFIX_V4, prefix_v6=STUN_PREFIX_V6)
 
-    def local_endpoints(self) -> list[Address]:
+    def local_endpoints(self) -> list[Endpoint]:
         return [(a, p) for a in self.addresses for p in self.ports]
 
     @property
@@ -132,7 +133,7 @@ class StunResponder:
     def _other(self, items: list, value: object) -> object:
         return items[1] if value == items[0] else items[0]
 
-    def handle(self, data: bytes, src: Address, local: Address, now: float | None = None) -> Reply | None:
+    def handle(self, data: bytes, src: Endpoint, local: Endpoint, now: float | None = None) -> Reply | None:
         """One datagram `data` from `src` arrived on our endpoint `local` at `now`: the reply, if any."""
         reply = self._handle(data, src, local, now)
         if reply is not None:
@@ -140,7 +141,7 @@ class StunResponder:
             self.stats["bytes_out"] += len(reply.data)
         return reply
 
-    def _handle(self, data: bytes, src: Address, local: Address, now: float | None) -> Reply | None:
+    def _handle(self, data: bytes, src: Endpoint, local: Endpoint, now: float | None) -> Reply | None:
         local = (str(local[0]), int(local[1]))
         if local not in self.local_endpoints():
             raise ValueError(f"{local} is not one of this responder's endpoints")
@@ -182,7 +183,7 @@ class StunResponder:
                                "Unknown Attribute: no alternate address/port", [0x0003], budget=budget)
         ip = self._other(self.addresses, local[0]) if change_ip else local[0]
         port = self._other(self.ports, local[1]) if change_port else local[1]
-        origin: Address = (str(ip), int(port))  # type: ignore[arg-type]
+        origin: Endpoint = (str(ip), int(port))  # type: ignore[arg-type]
         attrs: list[tuple[int, bytes]] = [
             (STUN_ATTR_XOR_MAPPED_ADDRESS, stun.encode_xor_address(src, txid)),
             (STUN_ATTR_RESPONSE_ORIGIN, stun.encode_address(origin)),
@@ -199,7 +200,7 @@ class StunResponder:
         out = self._fit(STUN_METHOD_BINDING, STUN_CLASS_SUCCESS, txid, attrs, extras, msg.fingerprint, budget)
         return Reply(origin, src if response_port is None else (src[0], response_port), out)
 
-    def _error(self, method: int, txid: bytes, src: Address, local: Address, code: int, reason: str,
+    def _error(self, method: int, txid: bytes, src: Endpoint, local: Endpoint, code: int, reason: str,
                unknown: list[int] | None = None, *, budget: int) -> Reply:
         return Reply(local, src, self._error_bytes(method, txid, code, reason, unknown, False, budget))
 

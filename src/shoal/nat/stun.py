@@ -57,6 +57,7 @@ import dataclasses
 import ipaddress
 import struct
 
+from shoal.endpoint import Endpoint
 from shoal.constants import (
     STUN_ATTR_CHANGE_REQUEST,
     STUN_ATTR_ERROR_CODE,
@@ -88,7 +89,7 @@ from shoal.constants import (
 )
 
 __all__ = [
-    "Address",
+    "Endpoint",
     "StunError",
     "Message",
     "decode",
@@ -106,7 +107,6 @@ __all__ = [
     "binding_request",
 ]
 
-Address = tuple[str, int]
 MAX_ATTRIBUTES = 32
 MAX_TEXT_BYTES = 763
 _FAMILY_V4, _FAMILY_V6 = 0x01, 0x02
@@ -154,24 +154,24 @@ class Message:
         return None
 
     # typed views; each raises StunError if the attribute is present but malformed
-    def xor_mapped_address(self) -> Address | None:
+    def xor_mapped_address(self) -> Endpoint | None:
         v = self.get(STUN_ATTR_XOR_MAPPED_ADDRESS)
         return None if v is None else decode_xor_address(v, self.transaction_id)
 
-    def mapped_address(self) -> Address | None:
+    def mapped_address(self) -> Endpoint | None:
         v = self.get(STUN_ATTR_MAPPED_ADDRESS)
         return None if v is None else decode_address(v)
 
-    def reflexive_address(self) -> Address | None:
+    def reflexive_address(self) -> Endpoint | None:
         """XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS (old servers)."""
         a = self.xor_mapped_address()
         return a if a is not None else self.mapped_address()
 
-    def other_address(self) -> Address | None:
+    def other_address(self) -> Endpoint | None:
         v = self.get(STUN_ATTR_OTHER_ADDRESS)
         return None if v is None else decode_address(v)
 
-    def response_origin(self) -> Address | None:
+    def response_origin(self) -> Endpoint | None:
         v = self.get(STUN_ATTR_RESPONSE_ORIGIN)
         return None if v is None else decode_address(v)
 
@@ -228,7 +228,7 @@ class Message:
 # ------------------------------------------------------------------ attribute values
 
 
-def encode_address(addr: Address) -> bytes:
+def encode_address(addr: Endpoint) -> bytes:
     ip = ipaddress.ip_address(addr[0])
     port = addr[1]
     if not 0 <= port <= 0xFFFF:
@@ -237,7 +237,7 @@ def encode_address(addr: Address) -> bytes:
     return struct.pack("!BBH", 0, family, port) + ip.packed
 
 
-def decode_address(value: bytes) -> Address:
+def decode_address(value: bytes) -> Endpoint:
     if len(value) < 4:
         raise StunError(f"address attribute of {len(value)} bytes")
     family, port = value[1], struct.unpack_from("!H", value, 2)[0]
@@ -253,7 +253,7 @@ def _xor_mask(transaction_id: bytes, n: int) -> bytes:
     return (_COOKIE_BYTES + transaction_id)[:n]
 
 
-def encode_xor_address(addr: Address, transaction_id: bytes) -> bytes:
+def encode_xor_address(addr: Endpoint, transaction_id: bytes) -> bytes:
     plain = encode_address(addr)
     port = struct.unpack_from("!H", plain, 2)[0] ^ (STUN_MAGIC_COOKIE >> 16)
     raw = plain[4:]
@@ -261,7 +261,7 @@ def encode_xor_address(addr: Address, transaction_id: bytes) -> bytes:
     return plain[:2] + struct.pack("!H", port) + masked
 
 
-def decode_xor_address(value: bytes, transaction_id: bytes) -> Address:
+def decode_xor_address(value: bytes, transaction_id: bytes) -> Endpoint:
     if len(value) < 4:
         raise StunError(f"address attribute of {len(value)} bytes")
     port = struct.unpack_from("!H", value, 2)[0] ^ (STUN_MAGIC_COOKIE >> 16)

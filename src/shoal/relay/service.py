@@ -326,7 +326,7 @@ def relay(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every binding"),
 ) -> None:
     """Run a relay alone: forwards ciphertext between nodes that share a network."""
-    from shoal.control.endpoint import parse_listen
+    from shoal.endpoint import parse_listen
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:

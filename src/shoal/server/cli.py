@@ -34,7 +34,7 @@ from pathlib import Path
 import typer
 
 from shoal.constants import RELAY_PORT, SERVER_DATA_DIR
-from shoal.control.endpoint import parse_listen
+from shoal.endpoint import parse_listen
 
 DEFAULT_DATA_DIR = Path(SERVER_DATA_DIR)
 

@@ -134,7 +134,7 @@ message over VIEW_PART_BYTES goes out as consecutive parts (`messages.split_view
 views" in messages.py): one version step however many parts, each a Send of its own.
 
 Endpoints and candidates (Login.endpoints, Candidates) are kept only in the strict form of
-`shoal.control.endpoint` and only for usable addresses (public or private; never loopback,
+`shoal.endpoint` and only for usable addresses (public or private; never loopback,
 unspecified, multicast, link-local, reserved or overlay); any other entry is dropped, the
 rest of the message still applies (never an exception, never a closed session). Login adds
 the address the connection came from with the Login's listen_port. That address, when it is
@@ -164,7 +164,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from shoal import constants as C
-from shoal.control import endpoint
+from shoal import endpoint
 from shoal.control import messages as m
 from shoal.control.limits import BucketTable, TokenBucket, source_prefix
 from shoal.control.transport import CLOSE_REFUSED
@@ -414,7 +414,7 @@ def _clean_label(text: str, what: str) -> str:
 
 def _clean_endpoint(text: str) -> str | None:
     """A node's endpoint or candidate text in canonical form, or None when it is not a strict
-    "ip:port" of a usable address (shoal.control.endpoint; never raises)."""
+    "ip:port" of a usable address (shoal.endpoint; never raises)."""
     try:
         ip, port = endpoint.parse(text)
     except endpoint.EndpointError:
@@ -1182,8 +1182,7 @@ class Core:
             if clean is not None and clean not in endpoints:
                 endpoints.append(clean)
         if s.remote_ip is not None and msg.listen_port:
-            obs = _clean_endpoint(f"[{s.remote_ip}]:{msg.listen_port}" if ":" in s.remote_ip
-                                  else f"{s.remote_ip}:{msg.listen_port}")
+            obs = _clean_endpoint(endpoint.text((s.remote_ip, msg.listen_port)))
             if obs is not None and obs not in endpoints:
                 endpoints.append(obs)
         endpoints = endpoints[: m.MAX_ENDPOINTS]

@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from shoal.endpoint import Endpoint
+from shoal.endpoint import text as endpoint_text
 from shoal.nat.responder import StunResponder
-from shoal.nat.stun import Address
 
 __all__ = ["StunListener", "default_stun_addresses", "run_with_stun"]
 
@@ -26,7 +27,7 @@ log = logging.getLogger("shoal.server.stun")
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, listener: StunListener, local: Address) -> None:
+    def __init__(self, listener: StunListener, local: Endpoint) -> None:
         self.listener = listener
         self.local = local
 
@@ -43,7 +44,7 @@ class StunListener:
 
     def __init__(self, responder: StunResponder) -> None:
         self.responder = responder
-        self.transports: dict[Address, asyncio.DatagramTransport] = {}
+        self.transports: dict[Endpoint, asyncio.DatagramTransport] = {}
         self.stats: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> None:
@@ -58,7 +59,7 @@ class StunListener:
             raise OSError(e.errno, f"STUN listener cannot bind {ep[0]}:{ep[1]}: {e.strerror}") from None
         log.info("STUN on %s", ", ".join(f"{a}:{p}" for a, p in self.transports))
 
-    def _received(self, data: bytes, src: Address, local: Address) -> None:
+    def _received(self, data: bytes, src: Endpoint, local: Endpoint) -> None:
         self.stats["received"] += 1
         reply = self.responder.handle(data, src, local, time.monotonic())
         if reply is None:
@@ -113,7 +114,7 @@ async def run_with_stun(main: Awaitable[None], responder: StunResponder | None,
         listener = StunListener(responder)
         try:
             await listener.start()
-            text = "STUN on UDP " + ", ".join(f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in listener.transports)
+            text = "STUN on UDP " + ", ".join(endpoint_text(t) for t in listener.transports)
             if not responder.rfc5780:
                 text += " (one address or port: no RFC 5780 behaviour discovery)"
         except OSError as e:

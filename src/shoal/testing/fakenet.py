@@ -59,10 +59,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from shoal.endpoint import Endpoint
 from shoal.testing.clock import Scheduler
 
 __all__ = [
-    "Address",
+    "Endpoint",
     "Datagram",
     "LinkProfile",
     "Segment",
@@ -77,15 +78,14 @@ __all__ = [
     "IP_UDP_OVERHEAD",
 ]
 
-Address = tuple[str, int]
 IP_UDP_OVERHEAD = 28  # IPv4 + UDP headers, counted against a cable's MTU
 EPHEMERAL_PORTS = (32768, 60999)  # Linux default ip_local_port_range
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Datagram:
-    src: Address
-    dst: Address
+    src: Endpoint
+    dst: Endpoint
     payload: bytes
 
 
@@ -309,18 +309,18 @@ class FakeSocket:
         self.host = host
         self.port = port
         self.bound_address = address
-        self.inbox: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self.inbox: collections.deque[tuple[bytes, Endpoint]] = collections.deque()
         # Called at delivery time instead of queueing into `inbox`, if set.
-        self.on_datagram: Callable[[bytes, Address], None] | None = None
+        self.on_datagram: Callable[[bytes, Endpoint], None] | None = None
         self.closed = False
         self.sent = 0
         self.received = 0
 
     @property
-    def local_address(self) -> Address:
+    def local_address(self) -> Endpoint:
         return (self.bound_address or self.host.address, self.port)
 
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Endpoint) -> None:
         """Send one datagram; like UDP, failures downstream are silent (see `net.stats`)."""
         if self.closed:
             raise OSError("socket is closed")
@@ -344,11 +344,11 @@ class FakeSocket:
         host.net._event("sent", host.name, dgram)
         host._send(dgram, iface)
 
-    def recvfrom(self) -> tuple[bytes, Address] | None:
+    def recvfrom(self) -> tuple[bytes, Endpoint] | None:
         """The oldest queued datagram and its source, or None if the inbox is empty."""
         return self.inbox.popleft() if self.inbox else None
 
-    def drain(self) -> list[tuple[bytes, Address]]:
+    def drain(self) -> list[tuple[bytes, Endpoint]]:
         out = list(self.inbox)
         self.inbox.clear()
         return out
@@ -469,13 +469,13 @@ class NatBehavior:
 class _Binding:
     __slots__ = ("internal", "port", "key", "refreshed", "sent_to_ips", "sent_to_eps")
 
-    def __init__(self, internal: Address, port: int, key: tuple[Any, ...], now: float) -> None:
+    def __init__(self, internal: Endpoint, port: int, key: tuple[Any, ...], now: float) -> None:
         self.internal = internal
         self.port = port
         self.key = key
         self.refreshed = now
         self.sent_to_ips: set[str] = set()
-        self.sent_to_eps: set[Address] = set()
+        self.sent_to_eps: set[Endpoint] = set()
 
 
 class NatRouter(Node):
@@ -486,7 +486,7 @@ class NatRouter(Node):
         self.behavior = behavior
         self._out: dict[tuple[Any, ...], _Binding] = {}
         self._in: dict[int, _Binding] = {}
-        self._forwards: dict[int, Address] = {}
+        self._forwards: dict[int, Endpoint] = {}
         self._next_sweep = 0.0
         self.inside: Interface
         self.outside: Interface
@@ -496,7 +496,7 @@ class NatRouter(Node):
     def public_address(self) -> str:
         return self.outside.address
 
-    def forward_port(self, external_port: int, internal: Address) -> None:
+    def forward_port(self, external_port: int, internal: Endpoint) -> None:
         """Static DNAT: anything arriving at `external_port` goes to `internal`, unfiltered."""
         self._forwards[external_port] = (str(ipaddress.ip_address(internal[0])), internal[1])
 
@@ -510,7 +510,7 @@ class NatRouter(Node):
         self.set_address(address, self.outside)
         self.flush()
 
-    def mappings(self) -> list[tuple[Address, int]]:
+    def mappings(self) -> list[tuple[Endpoint, int]]:
         """Live (internal endpoint, external port) pairs, for assertions and debugging."""
         now = self.net.scheduler.clock.now()
         return sorted((b.internal, b.port) for b in self._in.values() if not self._expired(b, now))
@@ -543,7 +543,7 @@ class NatRouter(Node):
         if self._in.get(b.port) is b:
             del self._in[b.port]
 
-    def _key(self, src: Address, dst: Address) -> tuple[Any, ...]:
+    def _key(self, src: Endpoint, dst: Endpoint) -> tuple[Any, ...]:
         m = self.behavior.mapping
         if m is EI:
             return (src,)
@@ -574,7 +574,7 @@ class NatRouter(Node):
                 return p
         return None
 
-    def _binding_for(self, src: Address, dst: Address, now: float) -> _Binding | None:
+    def _binding_for(self, src: Endpoint, dst: Endpoint, now: float) -> _Binding | None:
         key = self._key(src, dst)
         b = self._out.get(key)
         if b is not None and self._expired(b, now):

@@ -21,7 +21,8 @@ import errno
 import socket
 import struct
 
-Endpoint = tuple[str, int]
+from shoal.endpoint import Endpoint
+
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

@@ -26,13 +26,13 @@ import dataclasses
 import ipaddress
 import math
 
+from shoal.endpoint import Endpoint
 from shoal.wireguard.cookie import CookieGenerator
 from shoal.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from shoal.wireguard.noise import Handshake
 from shoal.wireguard import tai64n
 from shoal.wireguard.session import Keypairs
 
-Endpoint = tuple[str, int]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_STAGED_PACKETS = 128  # wireguard-go QueueStagedSize

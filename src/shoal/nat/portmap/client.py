@@ -41,6 +41,7 @@ import struct
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from shoal.endpoint import Endpoint
 from shoal.constants import (
     NATPMP_PORT,
     PCP_OPCODE_ANNOUNCE,
@@ -70,7 +71,6 @@ __all__ = ["PortMapper", "ProbeResult", "probe", "default_gateway", "route_gatew
 
 log = logging.getLogger("shoal.nat.portmap")
 
-Address = tuple[str, int]
 ALL_PROTOCOLS = ("pcp", "natpmp", "upnp")
 _NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP IGD"}
 _RTF_UP, _RTF_GATEWAY = 0x1, 0x2
@@ -150,7 +150,7 @@ def source_ip(gateway: str) -> str | None:
 
 
 class _Proto(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+    def __init__(self, on_datagram: Callable[[bytes, Endpoint], None]) -> None:
         self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
@@ -160,13 +160,13 @@ class _Proto(asyncio.DatagramProtocol):
         pass
 
 
-async def _udp(local_ip: str, on_datagram: Callable[[bytes, Address], None]) -> asyncio.DatagramTransport:
+async def _udp(local_ip: str, on_datagram: Callable[[bytes, Endpoint], None]) -> asyncio.DatagramTransport:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(on_datagram), local_addr=(local_ip, 0))
     return transport  # type: ignore[return-value]
 
 
-def _send(transport: asyncio.DatagramTransport, data: bytes, dst: Address) -> None:
+def _send(transport: asyncio.DatagramTransport, data: bytes, dst: Endpoint) -> None:
     with contextlib.suppress(OSError):
         transport.sendto(data, dst)
 
@@ -186,7 +186,7 @@ class _EngineGlue:
         self.engine.start(self._loop.time())
         self._flush()
 
-    def _datagram(self, data: bytes, src: Address) -> None:
+    def _datagram(self, data: bytes, src: Endpoint) -> None:
         if self.engine.receive(data, src, self._loop.time()):
             self._flush()
 
@@ -194,7 +194,7 @@ class _EngineGlue:
         self._timer = None
         self._flush(self.engine.handle_timer(self._loop.time()))
 
-    def _flush(self, sent: list[tuple[bytes, Address]] | None = None) -> None:
+    def _flush(self, sent: list[tuple[bytes, Endpoint]] | None = None) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         for data, dst in [*(sent or []), *self.engine.take_outbox()]:
@@ -251,7 +251,7 @@ async def _probe_5351(gateway: str, local_ip: str, res: ProbeResult, want: set[s
     got: dict[str, bool] = {}
     done = asyncio.Event()
 
-    def on_datagram(data: bytes, src: Address) -> None:
+    def on_datagram(data: bytes, src: Endpoint) -> None:
         if src != (gateway, PCP_PORT) or not data:
             return
         if data[0] == PCP_VERSION and "pcp" in want and "pcp" not in got:
@@ -341,7 +341,7 @@ async def _probe_upnp(gateway: str, local_ip: str, res: ProbeResult) -> None:
     loop = asyncio.get_running_loop()
     found: asyncio.Future[upnp.SsdpAnswer] = loop.create_future()
 
-    def on_datagram(data: bytes, src: Address) -> None:
+    def on_datagram(data: bytes, src: Endpoint) -> None:
         if src[0] != gateway or found.done():
             return
         try:
@@ -425,7 +425,7 @@ class PortMapper:
     `await close()`. `on_change(external | None)` runs on the event loop on every change."""
 
     def __init__(self, local_port: int, *, gateway: str | None = None, local_ip: str | None = None,
-                 on_change: Callable[[Address | None], None] | None = None, lifetime: int = PORTMAP_LIFETIME,
+                 on_change: Callable[[Endpoint | None], None] | None = None, lifetime: int = PORTMAP_LIFETIME,
                  protocols: tuple[str, ...] = ALL_PROTOCOLS, description: str = "shoal") -> None:
         if not 0 < local_port < 65536 or lifetime < 1:
             raise ValueError("bad local port or lifetime")
@@ -439,7 +439,7 @@ class PortMapper:
         self.lifetime = lifetime
         self.protocols = tuple(protocols)
         self.description = description
-        self.external: Address | None = None
+        self.external: Endpoint | None = None
         self.protocol: str | None = None  # "pcp" | "natpmp" | "upnp" while mapped
         self.probe_result: ProbeResult | None = None
         self._upnp_renewals = 0
@@ -461,7 +461,7 @@ class PortMapper:
         """The PCP/NAT-PMP engine's counters (sent, answers, renewals, gateway-restarts, ...)."""
         return dict(self._glue.engine.stats) if self._glue is not None else {}
 
-    def _set(self, external: Address | None) -> None:
+    def _set(self, external: Endpoint | None) -> None:
         if external == self.external:
             return
         log.info("port mapping (%s via %s): %s", _NAMES.get(self.protocol or "", "-"), self.gateway,
@@ -473,7 +473,7 @@ class PortMapper:
             except Exception:
                 log.exception("port mapping on_change callback failed")
 
-    async def start(self) -> Address | None:
+    async def start(self) -> Endpoint | None:
         """Find the gateway, probe it and map; None when no protocol works. Never raises for
         network trouble."""
         try:
@@ -484,7 +484,7 @@ class PortMapper:
             log.exception("port mapping failed")
         return None
 
-    async def _start(self) -> Address | None:
+    async def _start(self) -> Endpoint | None:
         self.gateway = self.gateway or default_gateway()
         if self.gateway is None:
             log.info("port mapping: no default gateway")

@@ -41,6 +41,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
+from shoal.endpoint import Endpoint
 from shoal.constants import (
     IPPROTO_UDP,
     NATPMP_OP_EXTERNAL,
@@ -61,7 +62,6 @@ from shoal.nat.portmap import natpmp, pcp
 
 __all__ = ["Event", "UdpPortMapping", "PROTOCOLS"]
 
-Address = tuple[str, int]
 PROTOCOLS = ("pcp", "natpmp")
 
 
@@ -70,7 +70,7 @@ class Event:
     """kind: "mapped" | "changed" | "lost" | "failed" | "deleted"."""
 
     kind: str
-    external: Address | None = None
+    external: Endpoint | None = None
     lifetime: int | None = None
     note: str = ""
 
@@ -98,7 +98,7 @@ class UdpPortMapping:
         if not 0 < internal_port <= 0xFFFF or lifetime < 1 or rto <= 0 or final_wait <= 0 or max_transmissions < 1:
             raise ValueError("bad port, lifetime or timers")
         self.protocol = protocol
-        self.gateway: Address = (gateway, PCP_PORT if protocol == "pcp" else NATPMP_PORT)
+        self.gateway: Endpoint = (gateway, PCP_PORT if protocol == "pcp" else NATPMP_PORT)
         self.client_ip = client_ip
         self.internal_port = internal_port
         self.lifetime = lifetime
@@ -108,11 +108,11 @@ class UdpPortMapping:
         if protocol == "pcp" and len(self.nonce) != PCP_NONCE_LEN:
             raise ValueError("random_bytes gave a short nonce")
         self.phase = "new"  # new -> requesting -> mapped | failed | idle -> deleting -> closed
-        self.external: Address | None = None
+        self.external: Endpoint | None = None
         self.granted: int | None = None  # lifetime the gateway granted
         self.stats: collections.Counter[str] = collections.Counter()
         self._reqs: dict[str, _Req] = {}
-        self._outbox: list[tuple[bytes, Address]] = []
+        self._outbox: list[tuple[bytes, Endpoint]] = []
         self._events: list[Event] = []
         self._renew_at: float | None = None
         self._expires_at: float | None = None
@@ -139,7 +139,7 @@ class UdpPortMapping:
         self.phase = "deleting"
         self._request(now, 0)
 
-    def take_outbox(self) -> list[tuple[bytes, Address]]:
+    def take_outbox(self) -> list[tuple[bytes, Endpoint]]:
         out, self._outbox = self._outbox, []
         return out
 
@@ -152,7 +152,7 @@ class UdpPortMapping:
         times += [t for t in (self._renew_at, self._expires_at, self._retry_at) if t is not None]
         return min(times) if times else None
 
-    def handle_timer(self, now: float) -> list[tuple[bytes, Address]]:
+    def handle_timer(self, now: float) -> list[tuple[bytes, Endpoint]]:
         for r in self._reqs.values():
             if r.next_at is None or r.next_at > now:
                 continue
@@ -177,7 +177,7 @@ class UdpPortMapping:
             self._request(now, self.lifetime)
         return self.take_outbox()
 
-    def receive(self, data: bytes, src: Address, now: float) -> bool:
+    def receive(self, data: bytes, src: Endpoint, now: float) -> bool:
         """A datagram from `src`: True if it was the gateway's (consumed)."""
         if (str(src[0]), int(src[1])) != self.gateway:
             self.stats["dropped:not-gateway"] += 1

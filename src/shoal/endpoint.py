@@ -1,4 +1,8 @@
-"""Endpoint text from the network: one strict parser and one address classification.
+"""Endpoints: the one socket-address type, one strict parser of endpoint text from the network,
+one formatter and one address classification.
+
+`Endpoint` = (host text, port), as sockets give and take it; `text(ep)` its "ip:port" /
+"[v6]:port" form (the one formatter: logs, UAPI, status).
 
 Owns the rules for every "ip:port" a node or the server sends (Login.endpoints,
 Candidate.addr, PeerInfo.endpoints; issue 18 F15) and for which addresses may be probed at
@@ -119,6 +123,15 @@ def parse(text: str) -> tuple[IPAddress, int]:
     if port > 65535:
         raise EndpointError(f"bad endpoint port in {text!r} (1-65535)"[:120])
     return parse_ip(host), port
+
+
+Endpoint = tuple[str, int]  # (host text as the socket gives it, port)
+
+
+def text(ep: Endpoint) -> str:
+    """ "host:port", IPv6 in brackets; never raises (any host text is written as it is)."""
+    host, port = ep
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def format(ip: IPAddress | str, port: int) -> str:  # noqa: A001 - the module's name space

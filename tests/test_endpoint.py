@@ -1,4 +1,4 @@
-"""shoal.control.endpoint: the strict endpoint parser (fuzzed) and the scope table."""
+"""shoal.endpoint: the strict endpoint parser (fuzzed) and the scope table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.control import endpoint as E
+from shoal import endpoint as E
 
 
 @pytest.mark.parametrize("text,want", [

@@ -25,8 +25,8 @@ CHANGE-REQUEST asked for; a server that answers from the original one does not d
 and filtering stays `unknown`. Without OTHER-ADDRESS (a plain STUN server) only the
 binding phase runs: reflexive address and RTT, mapping and filtering `unknown`.
 
-Retransmission (per request, same bytes, same transaction id, RFC 5389 section 7.2.1 with
-shorter numbers from `shoal.constants`): sends at 0, RTO, 3 RTO, 7 RTO ... up to
+Retransmission (per request, same bytes, same transaction id; the one schedule of
+`shoal.nat.transaction`, RFC 5389 section 7.2.1 with shorter numbers from `shoal.constants`): sends at 0, RTO, 3 RTO, 7 RTO ... up to
 `max_transmissions`, then waits `final_wait` and gives up (no answer = "did not arrive").
 RTT samples are taken only from answers to requests sent once (Karn's rule).
 
@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from shoal.endpoint import Endpoint, text
 from shoal.nat import stun
 from shoal.nat.stun import StunError
+from shoal.nat.transaction import Transaction
 from shoal.constants import (
     STUN_CLASS_ERROR,
     STUN_CLASS_SUCCESS,
@@ -128,20 +129,14 @@ class Result:
         }
 
 
-@dataclasses.dataclass
-class _Tx:
+@dataclasses.dataclass(kw_only=True)
+class _Tx(Transaction):
+    """A test of the run: its retransmission schedule (`Transaction`) and what came back."""
+
     name: str
-    dst: Endpoint
     expect_from: Endpoint | None
-    data: bytes
-    first_sent: float = 0.0
-    last_sent: float = 0.0
-    sends: int = 0
-    next_at: float | None = None  # next retransmission, or the give-up time
     answer: stun.Message | None = None
     answer_src: Endpoint | None = None
-    rtt: float | None = None
-    gave_up: bool = False
 
     @property
     def finished(self) -> bool:
@@ -199,18 +194,17 @@ class Discovery:
         return out
 
     def next_deadline(self) -> float | None:
-        times = [t.next_at for t in self._txs.values() if not t.finished and t.next_at is not None]
+        times = [t.deadline for t in self._txs.values() if not t.finished and t.deadline is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[tuple[bytes, Endpoint]]:
         for tx in list(self._txs.values()):
-            if tx.finished or tx.next_at is None or tx.next_at > now:
+            if tx.finished:
                 continue
-            if tx.sends < self.max_transmissions:
-                self._transmit(tx, now)
-            else:
-                tx.gave_up = True
-                tx.next_at = None
+            again = tx.on_timer(now)
+            if again is not None:
+                self._sent(again, tx)
+            elif tx.gave_up:
                 self.stats["gave-up"] += 1
         self._advance(now)
         return self.take_outbox()
@@ -244,9 +238,8 @@ class Discovery:
             self.stats["dropped:malformed"] += 1
             self._note(f"malformed answer to {tx.name}: {e}")
             return True
-        tx.answer, tx.answer_src, tx.next_at = msg, (str(src[0]), int(src[1])), None
-        if tx.sends == 1:
-            tx.rtt = now - tx.first_sent
+        tx.answer, tx.answer_src = msg, (str(src[0]), int(src[1]))
+        tx.answered(now)
         self.stats["answers"] += 1
         self._advance(now)
         return True
@@ -263,19 +256,14 @@ class Discovery:
         if len(txid) != STUN_TRANSACTION_ID_SIZE or txid in self._txs:
             raise ValueError("random_bytes gave a short or repeated transaction id")
         data = stun.binding_request(txid, change_ip=change_ip, change_port=change_port, software=self._software)
-        tx = _Tx(name, dst, expect_from, data, first_sent=now)
+        tx = _Tx(txid=txid, dst=dst, data=data, name=name, expect_from=expect_from, rto=self.rto,
+                 max_transmissions=self.max_transmissions, final_wait=self.final_wait)
         self._txs[txid] = tx
-        self._transmit(tx, now)
+        self._sent(tx.transmit(now), tx)
         return tx
 
-    def _transmit(self, tx: _Tx, now: float) -> None:
-        tx.sends += 1
-        tx.last_sent = now
-        if tx.sends < self.max_transmissions:
-            tx.next_at = now + self.rto * (2 ** (tx.sends - 1))
-        else:
-            tx.next_at = now + self.final_wait
-        self._outbox.append((tx.data, tx.dst))
+    def _sent(self, datagram: tuple[bytes, Endpoint], tx: _Tx) -> None:
+        self._outbox.append(datagram)
         self.stats["sent"] += 1
         if tx.sends > 1:
             self.stats["retransmitted"] += 1
@@ -333,7 +321,7 @@ class Discovery:
                 self._filtering = Behavior.ADDRESS_AND_PORT_DEPENDENT
             for t in (f1, f2):  # no more retransmissions of the filtering tests
                 if not t.finished:
-                    t.gave_up, t.next_at = True, None
+                    t.stop()
             assert self._other is not None
             self.phase = "mapping"
             self._send("T2", (self._other[0], self.server[1]), None, now)
@@ -355,7 +343,7 @@ class Discovery:
     def _finish(self, now: float, *, udp: bool) -> None:
         for t in self._txs.values():
             if not t.finished:
-                t.gave_up, t.next_at = True, None
+                t.stop()
         m1, m2, m3 = self._reflexive("T1"), self._reflexive("T2"), self._reflexive("T3")
         mapping = Behavior.UNKNOWN
         filtering = self._filtering

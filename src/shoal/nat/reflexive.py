@@ -9,7 +9,7 @@ addresses would open the data socket's NAT filter toward them and disturb nothin
 are not needed).
 
 Rounds. A round sends a Binding request to the server's primary STUN endpoint (A1:P1),
-retransmitted per STUN_RTO / STUN_MAX_TRANSMISSIONS. Its answer gives M1 and OTHER-ADDRESS
+retransmitted on the one STUN schedule (`shoal.nat.transaction`). Its answer gives M1 and OTHER-ADDRESS
 (A2:P2); a second Binding then goes to A2:P2 and gives M2. M1 != M2: the mapping depends on
 the destination (hard). Without OTHER-ADDRESS (a plain RFC 5389 server) hardness is unknown
 (reported as not hard). A round runs at `start`, then every REFLEXIVE_REFRESH seconds (which
@@ -34,26 +34,14 @@ from shoal.endpoint import Endpoint
 from shoal.constants import (
     REFLEXIVE_REFRESH,
     STUN_CLASS_SUCCESS,
-    STUN_FINAL_WAIT,
-    STUN_MAX_TRANSMISSIONS,
     STUN_METHOD_BINDING,
-    STUN_RTO,
     STUN_TRANSACTION_ID_SIZE,
 )
 from shoal.nat import stun
 from shoal.nat.stun import StunError
+from shoal.nat.transaction import Transaction
 
 __all__ = ["ReflexiveProbe"]
-
-
-class _Tx:
-    __slots__ = ("tid", "dst", "data", "sent", "next_at", "give_up_at")
-
-    def __init__(self, tid: bytes, dst: Endpoint, data: bytes, now: float) -> None:
-        self.tid, self.dst, self.data = tid, dst, data
-        self.sent = 0
-        self.next_at: float | None = now
-        self.give_up_at: float | None = None
 
 
 class ReflexiveProbe:
@@ -67,7 +55,7 @@ class ReflexiveProbe:
         self.rounds = 0
         self.stats: collections.Counter[str] = collections.Counter()
         self._outbox: list[tuple[bytes, Endpoint]] = []
-        self._tx: _Tx | None = None
+        self._tx: Transaction | None = None
         self._phase = "idle"  # idle | primary | other
         self._m1: Endpoint | None = None
         self._next_round: float | None = None
@@ -92,7 +80,7 @@ class ReflexiveProbe:
             peek = stun.peek_transaction(data)
         except Exception:  # noqa: BLE001 - never raise for network input
             peek = None
-        if peek is None or tx is None or peek[2] != tx.tid:
+        if peek is None or tx is None or peek[2] != tx.txid:
             self.stats["not-ours"] += 1
             return False
         if (str(src[0]), int(src[1])) != tx.dst:
@@ -126,16 +114,18 @@ class ReflexiveProbe:
     def next_deadline(self) -> float | None:
         ds = [d for d in (self._next_round,) if d is not None]
         tx = self._tx
-        if tx is not None:
-            ds.append(tx.next_at if tx.next_at is not None else tx.give_up_at)  # type: ignore[arg-type]
+        if tx is not None and tx.deadline is not None:
+            ds.append(tx.deadline)
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
         tx = self._tx
         if tx is not None:
-            if tx.next_at is not None and now >= tx.next_at:
-                self._transmit(tx, now)
-            elif tx.give_up_at is not None and now >= tx.give_up_at:
+            again = tx.on_timer(now)
+            if again is not None:
+                self._outbox.append(again)
+                self.stats["sent"] += 1
+            elif tx.gave_up:
                 self._tx = None
                 self.stats["timeout"] += 1
                 if self._phase == "other" and self._m1 is not None:
@@ -159,17 +149,9 @@ class ReflexiveProbe:
 
     def _send(self, dst: Endpoint, now: float) -> None:
         tid = self._random(STUN_TRANSACTION_ID_SIZE)
-        self._tx = _Tx(tid, (str(dst[0]), int(dst[1])), stun.binding_request(tid), now)
-        self._transmit(self._tx, now)
-
-    def _transmit(self, tx: _Tx, now: float) -> None:
-        self._outbox.append((tx.data, tx.dst))
-        tx.sent += 1
+        self._tx = Transaction(txid=tid, dst=(str(dst[0]), int(dst[1])), data=stun.binding_request(tid))
+        self._outbox.append(self._tx.transmit(now))
         self.stats["sent"] += 1
-        if tx.sent < STUN_MAX_TRANSMISSIONS:
-            tx.next_at = now + STUN_RTO * (2 ** (tx.sent - 1))
-        else:
-            tx.next_at, tx.give_up_at = None, now + STUN_FINAL_WAIT
 
     def _finish(self, result: tuple[Endpoint | None, bool], now: float) -> None:
         self._phase = "idle"

@@ -51,7 +51,7 @@ class _Proto(asyncio.DatagramProtocol):
         pass
 
 
-def parse_server(text: str, default_port: int = STUN_PORT) -> tuple[str, int]:
+def parse_server(text: str, default_port: int = STUN_PORT) -> Endpoint:
     """"host", "host:port", "[v6]:port" or a URL (its host; the port is STUN's) -> (host, port)."""
     text = text.strip()
     if "://" in text:

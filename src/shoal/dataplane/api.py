@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from shoal.dataplane.config import IPInterface
+from shoal.endpoint import Endpoint
 from shoal.wireguard.device import Device
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import PeerConfig
 
 __all__ = ["Datagram", "DataPlane", "LanHooks", "PacketWriter"]
 
-Datagram = tuple[bytes, tuple[str, int]]
+Datagram = tuple[bytes, Endpoint]
 
 
 class PacketWriter(Protocol):
@@ -54,14 +55,14 @@ class DataPlane(Protocol):
     lan: LanHooks | None
     side_channel: Callable[[list[Datagram], float], None] | None
     relay_out: Callable[[list[Datagram]], None] | None
-    virtual_endpoints: set[tuple[str, int]]
+    virtual_endpoints: set[Endpoint]
 
     @property
     def listen_port(self) -> int | None: ...
     @property
     def running(self) -> bool: ...
     def set_peers(self, peers: list[PeerConfig]) -> None: ...
-    def set_endpoint(self, public_key: PublicKey, endpoint: tuple[str, int], now: float) -> None: ...
+    def set_endpoint(self, public_key: PublicKey, endpoint: Endpoint, now: float) -> None: ...
     async def set_addresses(self, addresses: list[IPInterface]) -> None: ...
     def send_raw(self, datagrams: list[Datagram]) -> None: ...
     def inject(self, datagrams: list[Datagram], now: float) -> None: ...

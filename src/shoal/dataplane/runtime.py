@@ -57,6 +57,7 @@ from shoal.dataplane import uapi
 from shoal.dataplane.api import Datagram, LanHooks
 from shoal.dataplane.config import IPInterface, WgConfig
 from shoal.dataplane.warm import Rehearsal, Tick, WarmSchedule
+from shoal.endpoint import Endpoint
 from shoal.tun.device import Tun
 from shoal.tun.link import AsyncLink
 from shoal.udp.socket import UdpSocket
@@ -152,7 +153,7 @@ class WgInterface:
         self.ready = asyncio.Event()
         self.side_channel: Callable[[list[Datagram], float], None] | None = None
         self.relay_out: Callable[[list[Datagram]], None] | None = None
-        self.virtual_endpoints: set[tuple[str, int]] = set()
+        self.virtual_endpoints: set[Endpoint] = set()
         self.warm = warm  # may be changed until run()
         self._warm: WarmSchedule | None = None
         self._rehearsal: Rehearsal | None = None
@@ -336,7 +337,7 @@ class WgInterface:
             self.device.add_peer(p, now)
         self.flush()
 
-    def set_endpoint(self, public_key: PublicKey, endpoint: tuple[str, int], now: float) -> None:
+    def set_endpoint(self, public_key: PublicKey, endpoint: Endpoint, now: float) -> None:
         """Point a peer at an endpoint chosen by NAT traversal (see `Device.set_endpoint`)."""
         if self.running:
             self.device.set_endpoint(public_key, endpoint, now)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shoal.dataplane.api import Datagram, LanHooks, PacketWriter
 from shoal.dataplane.config import IPInterface, WgConfig
+from shoal.endpoint import Endpoint
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import PeerConfig
@@ -34,7 +35,7 @@ class MemoryPlane:
         self.lan: LanHooks | None = None
         self.side_channel: Callable[[list[Datagram], float], None] | None = None
         self.relay_out: Callable[[list[Datagram]], None] | None = None
-        self.virtual_endpoints: set[tuple[str, int]] = set()
+        self.virtual_endpoints: set[Endpoint] = set()
         self.addresses: list[IPInterface] = list(config.interface.addresses)
         self.set_peers_calls = 0
         self.sent: list[Datagram] = []
@@ -63,7 +64,7 @@ class MemoryPlane:
             self.device.add_peer(p)
         self.flush()
 
-    def set_endpoint(self, public_key: PublicKey, endpoint: tuple[str, int], now: float) -> None:
+    def set_endpoint(self, public_key: PublicKey, endpoint: Endpoint, now: float) -> None:
         self._last_now = now
         self.device.set_endpoint(public_key, endpoint, now)
         self.flush()

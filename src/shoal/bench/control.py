@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -104,12 +105,18 @@ async def _worker(args: argparse.Namespace) -> None:
     net_ids: list[str] = []
 
     async def create(c: ControlClient, name: str) -> m.Result:
-        """CreateNetwork, again after a pause while the server answers "busy" (its scrypt pool is full)."""
-        while True:
+        """CreateNetwork, again after a pause while the server answers "busy" (its scrypt pool is
+        full: the wait doubles, 0.1 s to 2 s, with jitter) or "rate_limited" (this session's
+        password requests, 0.5/s: 2 s and jitter), as a well-behaved client retries."""
+        for attempt in itertools.count():
             r = await c.request(m.CreateNetwork, name=name, password="bench-password", timeout=60)
-            if r.code != "busy":
+            if r.code == "busy":
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt) * (0.5 + rnd.random()))
+            elif r.code == "rate_limited":
+                await asyncio.sleep(2.0 + rnd.random())
+            else:
                 return r
-            await asyncio.sleep(0.05 + rnd.random() * 0.2)
+        raise AssertionError("unreachable")
 
     async def networks() -> dict[str, Any]:
         t0 = time.monotonic()
@@ -319,7 +326,8 @@ def render(res: dict[str, Any], opts: argparse.Namespace, command: str) -> str:
         "## Control plane: one server, many nodes",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, reproduced by `{command}`: one `shoal server` process on "
-        f"127.0.0.1, {opts.nodes} control-plane-only nodes (real WebSocket + Noise IK sessions, no WireGuard) "
+        f"127.0.0.1, {opts.nodes} control-plane-only nodes (real WebSocket + Noise IK sessions, no WireGuard; "
+        f"each from its own loopback address, {NODES_PER_PREFIX} per /24, under the server's admission limits) "
         f"in {opts.workers} client processes on the same machine, {nw['networks']} networks of {nw['size']}, "
         f"{opts.rounds} rounds of offline+online per network (all networks at once).",
         "",

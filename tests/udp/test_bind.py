@@ -8,7 +8,7 @@ from shoal.udp.bind import open_udp
 
 
 async def _exchange() -> tuple[list, list]:
-    a, b = open_udp(0, host="127.0.0.1"), open_udp(0, host="127.0.0.1")
+    a, b = open_udp(0), open_udp(0)
     got: list = []
     woke = asyncio.Event()
 

@@ -40,8 +40,8 @@ class Bind(Protocol):
 
 
 class BindFactory(Protocol):
-    """Opens a Bind on `port` (0: any) of `host` ("::" dual-stack, "0.0.0.0" IPv4 only);
-    raises OSError as socket.bind does (e.g. the port is taken)."""
+    """Opens a Bind on `port` (0: any) of `host` (an IPv6 address; "::" is dual-stack and
+    takes IPv4 too); raises OSError as socket.bind does (e.g. the port is taken)."""
 
     def __call__(self, port: int = 0, *, host: str = "::") -> Bind: ...
 

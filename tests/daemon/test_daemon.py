@@ -19,7 +19,7 @@ import pytest
 from shoal.control import messages as M
 from shoal.control import transport
 from shoal.daemon import identity
-from shoal.daemon.daemon import Daemon, Options
+from shoal.daemon.daemon import Daemon, DaemonEnv, Options
 from shoal.daemon.localapi import ApiClient, ApiError
 from shoal.testing.plane import MemoryPlane
 from shoal.wireguard.keys import PrivateKey
@@ -121,8 +121,8 @@ class Harness:
         self.sock = sock or tmp / "run" / "shoald.sock"
         self.opts = Options(state_dir=tmp / "state", run_dir=tmp / "run", socket_path=self.sock,
                             endpoints=["203.0.113.1:41641"], lan=False, traversal=False)
-        self.daemon = Daemon(self.opts, connect=server.connect, fetch_server_key=server.fetch_key,
-                             plane_factory=MemoryPlane, pinger=FakePinger())
+        self.daemon = Daemon(self.opts, DaemonEnv(connect=server.connect, fetch_server_key=server.fetch_key,
+                                                  make_plane=MemoryPlane, pinger=FakePinger()))
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -429,10 +429,10 @@ async def test_losing_the_server_probes_every_tunnel_marks_the_dead_one_down_and
     monkeypatch.setattr("shoal.daemon.liveness.DOWN_AFTER", 0.6)
     monkeypatch.setattr("shoal.daemon.liveness.SUSPECT_AFTER", 0.3)
     monkeypatch.setattr("shoal.daemon.liveness.PROBE_INTERVAL", 0.1)
-    monkeypatch.setattr("shoal.daemon.daemon.LIVENESS_TICK", 0.05)
+    monkeypatch.setattr("shoal.daemon.livecheck.LIVENESS_TICK", 0.05)
     async with Harness(tmp_path, server) as h:
         pinger = ScriptedPinger({"100.64.0.10"})
-        h.daemon.pinger = pinger
+        h.daemon.env.pinger = pinger
         await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
         await asyncio.sleep(0.3)
         assert pinger.asked == []  # connected: no probes
@@ -461,8 +461,8 @@ async def test_check_peer_makes_the_daemon_verify_and_report(tmp_path, server, m
     monkeypatch.setattr("shoal.daemon.liveness.DOWN_AFTER", 0.6)
     monkeypatch.setattr("shoal.daemon.liveness.SUSPECT_AFTER", 0.3)
     monkeypatch.setattr("shoal.daemon.liveness.PROBE_INTERVAL", 0.1)
-    monkeypatch.setattr("shoal.daemon.daemon.LIVENESS_TICK", 0.05)
-    monkeypatch.setattr("shoal.daemon.daemon.REPORT_INTERVAL", 0.2)
+    monkeypatch.setattr("shoal.daemon.livecheck.LIVENESS_TICK", 0.05)
+    monkeypatch.setattr("shoal.daemon.livecheck.REPORT_INTERVAL", 0.2)
     orig = server.on_message
 
     async def with_features(conn, msg):  # noqa: ANN001, ANN202
@@ -475,7 +475,7 @@ async def test_check_peer_makes_the_daemon_verify_and_report(tmp_path, server, m
     server.on_message = with_features
     async with Harness(tmp_path, server) as h:
         pinger = ScriptedPinger({"100.64.0.10"})
-        h.daemon.pinger = pinger
+        h.daemon.env.pinger = pinger
         await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
         assert M.FEATURE_CHECK_PEER in server.logins[-1].features
         conn = server.conns[-1]

@@ -22,7 +22,8 @@ with `--socket-group G`, a process whose primary gid (SO_PEERCRED) or supplement
 nobody. Everyone else gets 403. The socket is made with mode 0660 (owner root, group G or
 root's), so the kernel's own permission check on connect() agrees with this rule.
 
-Endpoints are listed in `shoal.daemon.daemon.Daemon.routes`; the CLI uses `ApiClient`.
+Endpoints are listed in `shoal.daemon.api.ApiHandlers.routes`, their replies in
+`shoal.daemon.apitypes`; the CLI uses `ApiClient`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 log = logging.getLogger("shoal.daemon.api")
 
@@ -179,12 +182,19 @@ def peer_groups(sock: socket.socket, gid: int) -> set[int]:
 
 # ------------------------------------------------------------------------ server glue
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | msgspec.Struct]]
+
+
+def success_payload(reply: dict[str, Any] | msgspec.Struct) -> dict[str, Any]:
+    """{"ok": true, ...the reply's fields}; a Struct is encoded field by field, in order."""
+    fields = reply if isinstance(reply, dict) else msgspec.to_builtins(reply)
+    return {"ok": True, **fields}
 
 
 class ApiServer:
     """Serves `routes` {(method, path): handler} on a unix socket. A handler returns the JSON
-    payload of a success or raises HttpError; anything else becomes a 500 with one line."""
+    payload of a success (a dict or a msgspec Struct) or raises HttpError; anything else becomes
+    a 500 with one line."""
 
     def __init__(self, path: Path, routes: dict[tuple[str, str], Handler], *, group: int | None = None) -> None:
         self.path = path
@@ -237,7 +247,7 @@ class ApiServer:
                 if any(p == request.path for _, p in self.routes):
                     raise HttpError(405, f"{request.method} not allowed on {request.path}", "method_not_allowed")
                 raise HttpError(404, f"no such endpoint {request.path[:100]}", "not_found")
-            status, payload = 200, {"ok": True, **await handler(request.body)}
+            status, payload = 200, success_payload(await handler(request.body))
         except HttpError as e:
             if not allowed and e.status != 403:  # a stranger learns nothing about the API
                 e = HttpError(403, "permission denied: only root or members of the socket's group may use shoald", "forbidden")

@@ -1,13 +1,15 @@
-"""The LAN plane's glue without a kernel: interface names, the view translation, and the moves
-between a fake TAP, a fake engine and the switch (ARP answered on the TAP, unicast to the
-engine, broadcast sealed per peer key, extensions from peers written as frames, bad input
-counted)."""
+"""The LAN plane as a stage, without a kernel: interface names, the view translation, and what
+each step returns (ARP answered on the TAP, unicast to the engine, broadcast per peer key,
+extensions from peers as frames, layer-2 TAPs asked of the port, bad input counted)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import struct
+
+import pytest
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,6 +21,8 @@ from shoal.lan import extension
 from shoal.lan.broadcast import NetworkState
 from shoal.lan.plane import LanPlane, LanView, l2_iface_name, lan_view
 from shoal.lan.switch import PeerAddresses
+from shoal.testing.channel import ChannelHost
+from shoal.tun.link import LinkError
 from shoal import constants as C
 from shoal.wireguard.keys import PrivateKey
 
@@ -34,42 +38,29 @@ def udp4(src: ipaddress.IPv4Address, dst: str, payload: bytes = b"x" * 8) -> byt
     return ip + struct.pack("!HHHH", 1, 2, 8 + len(payload), 0) + payload
 
 
-class FakeTun:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def write_batch(self, frames: list[bytes]) -> None:
-        self.frames += frames
-
-    def write_ip_frames(self, packets: list[bytes], header_for) -> None:  # noqa: ANN001
-        self.frames += [header_for(p) + p for p in packets]
-
-
-class FakeDevice:
-    def __init__(self) -> None:
-        self.sent: list[tuple[object, list[bytes]]] = []
-
-    def send_extension(self, key, plaintexts, now) -> None:  # noqa: ANN001
-        self.sent.append((key, list(plaintexts)))
-
-
-class FakeIface:
-    def __init__(self) -> None:
-        self.device, self.tun = FakeDevice(), FakeTun()
-        self.flushes = 0
-
-    def _flush(self) -> None:
-        self.flushes += 1
-
-
-def plane(broadcast: bool = True) -> tuple[LanPlane, FakeIface]:
-    p, iface = LanPlane(), FakeIface()
-    p.iface = iface  # type: ignore[assignment]
+def plane(broadcast: bool = True) -> LanPlane:
+    p = LanPlane()
     view = LanView("a", A, (NetworkState("n1", "ip", broadcast, frozenset({"a", "b"})),), {"b": B}, {"b": KB})
-    import asyncio
-
     asyncio.run(p.set_view(view))  # not started: only the switch is fed
-    return p, iface
+    return p
+
+
+class Port:
+    """A LanPort over a ChannelHost that records what the plane asked for."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.host = ChannelHost()
+        self.opened: list[tuple[str, str, int]] = []
+        self.closed: list[str] = []
+        self.fail = fail
+
+    async def open_l2(self, network_id: str, name: str, mtu: int) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.opened.append((network_id, name, mtu))
+
+    def close_l2(self, network_id: str) -> None:
+        self.closed.append(network_id)
 
 
 def eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
@@ -109,73 +100,73 @@ def test_lan_view_from_the_daemon_view() -> None:
 
 
 def test_arp_for_a_peer_is_answered_on_the_tap_and_unicast_goes_to_the_engine() -> None:
-    p, iface = plane()
+    p = plane()
     own_mac = bytes(mac_for_ipv4(A4))
     request = eth(b"\xff" * 6, own_mac, C.ETHERTYPE_ARP, build_arp(1, own_mac, A4, bytes(6), B4))
     packet = udp4(A4, str(B4))
     out = p.from_interface([request, eth(bytes(mac_for_ipv4(B4)), own_mac, C.ETHERTYPE_IPV4, packet)], 1.0)
-    assert out == [packet]
-    assert len(iface.tun.frames) == 1 and iface.tun.frames[0][12:14] == b"\x08\x06"
-    assert iface.tun.frames[0][6:12] == bytes(mac_for_ipv4(B4))  # bob's MAC answers
-    assert iface.device.sent == []
+    assert out.to_engine == [packet]
+    assert len(out.to_interface) == 1 and out.to_interface[0][12:14] == b"\x08\x06"
+    assert out.to_interface[0][6:12] == bytes(mac_for_ipv4(B4))  # bob's MAC answers
+    assert out.to_peers == [] and out.to_l2 == []
 
 
 def test_broadcast_is_sealed_for_the_peer_key_and_not_when_switched_off() -> None:
-    p, iface = plane()
+    p = plane()
     packet = udp4(A4, "255.255.255.255")
-    assert p.from_interface([eth(b"\xff" * 6, bytes(mac_for_ipv4(A4)), C.ETHERTYPE_IPV4, packet)], 1.0) == []
-    (key, plaintexts), = iface.device.sent
-    assert key == KB and extension.decode(plaintexts[0]).payload == packet
-    q, iface2 = plane(broadcast=False)
-    q.from_interface([eth(b"\xff" * 6, bytes(mac_for_ipv4(A4)), C.ETHERTYPE_IPV4, packet)], 1.0)
-    assert iface2.device.sent == []
+    out = p.from_interface([eth(b"\xff" * 6, bytes(mac_for_ipv4(A4)), C.ETHERTYPE_IPV4, packet)] * 2, 1.0)
+    assert out.to_engine == [] and out.to_interface == []
+    (key, plaintexts), = out.to_peers  # one batch per peer key
+    assert key == KB and [extension.decode(x).payload for x in plaintexts] == [packet, packet]
+    q = plane(broadcast=False)
+    assert q.from_interface([eth(b"\xff" * 6, bytes(mac_for_ipv4(A4)), C.ETHERTYPE_IPV4, packet)], 1.0).to_peers == []
 
 
 def test_extension_from_a_peer_is_written_as_a_frame_and_bad_input_counted() -> None:
-    p, iface = plane()
+    p = plane()
     packet = udp4(B4, "255.255.255.255")
     good = extension.encode(C.LAN_EXT_KIND_IP, "n1", packet)
     stranger = PrivateKey.generate().public_key()
-    p.from_peers([(KB, good), (KB, b"\x51garbage"), (stranger, good), (KB, good + bytes(7))], 2.0)
-    assert iface.tun.frames == [b"\xff" * 6 + bytes(mac_for_ipv4(B4)) + b"\x08\x00" + packet] * 2
+    out = p.from_peers([(KB, good), (KB, b"\x51garbage"), (stranger, good), (KB, good + bytes(7))], 2.0)
+    assert out.to_interface == [b"\xff" * 6 + bytes(mac_for_ipv4(B4)) + b"\x08\x00" + packet] * 2
+    assert out.to_engine == [] and out.to_peers == [] and out.to_l2 == []
     st = p.status()["stats"]
     assert st["rx-ext-malformed"] == 1 and st["rx-unknown-peer"] == 1
 
 
 def test_delivered_unicast_gets_an_ethernet_header() -> None:
-    p, iface = plane()
+    p = plane()
     packet = udp4(B4, str(A4))
-    p.deliver([packet])
-    assert iface.tun.frames == [bytes(mac_for_ipv4(A4)) + bytes(mac_for_ipv4(B4)) + b"\x08\x00" + packet]
+    header_for = p.deliver([packet])
+    assert header_for is not None
+    assert header_for(packet) + packet == bytes(mac_for_ipv4(A4)) + bytes(mac_for_ipv4(B4)) + b"\x08\x00" + packet
 
 
 def test_without_a_view_everything_is_dropped_and_counted() -> None:
-    p, iface = LanPlane(), FakeIface()
-    p.iface = iface  # type: ignore[assignment]
-    assert p.from_interface([b"\x00" * 60], 1.0) == []
-    p.deliver([udp4(B4, str(A4))])
-    p.from_peers([(KB, b"\x51")], 1.0)
-    assert iface.tun.frames == [] and p.stats["iface-no-view"] == 1 and p.stats["engine-no-view"] == 1
+    p = LanPlane()
+    assert p.from_interface([b"\x00" * 60], 1.0) == ([], [], [], [])
+    assert p.deliver([udp4(B4, str(A4))]) is None
+    assert p.from_peers([(KB, b"\x51")], 1.0) == ([], [], [], [])
+    assert p.from_l2("l", [b"\x00" * 60], 1.0) == ([], [], [], [])
+    assert p.stats["iface-no-view"] == 1 and p.stats["engine-no-view"] == 1
 
 
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_arbitrary_frames_and_extensions_never_raise(blobs: list[bytes]) -> None:
-    p, _ = plane()
+    p = plane()
     p.from_interface(blobs, 1.0)
     p.from_peers([(KB, b) for b in blobs], 1.0)
 
 
 def test_no_view_again_forgets_the_switch() -> None:
-    import asyncio
-
-    p, iface = plane()
+    p = plane()
     asyncio.run(p.set_view(None))
     assert p.switch is None and p.keys == {}
-    assert p.from_interface([b"\xff" * 60], 1.0) == [] and p.stats["iface-no-view"] == 1
+    assert p.from_interface([b"\xff" * 60], 1.0).to_engine == [] and p.stats["iface-no-view"] == 1
 
 
 def test_counters_worth_attention_are_logged_as_increments_at_most_every_interval(caplog) -> None:  # noqa: ANN001
-    p, _ = plane()
+    p = plane()
     with caplog.at_level("WARNING", logger="shoal.lan"):
         p.from_peers([(KB, b"\x51bad")], 100.0)
         p.from_peers([(KB, b"\x51bad")], 101.0)  # inside the interval: not logged yet
@@ -184,3 +175,58 @@ def test_counters_worth_attention_are_logged_as_increments_at_most_every_interva
         assert caplog.records[-1].message == "LAN: rx-ext-malformed +2"
         assert p.log_counters(200.0) == {}  # nothing grew: no line
     assert len(caplog.records) == 2
+
+
+def l2_view(online: frozenset[str] = frozenset({"a", "b"})) -> LanView:
+    return LanView("a", A, (NetworkState("l", "l2", True, online),), {"b": B}, {"b": KB})
+
+
+async def started(port: Port) -> LanPlane:
+    p = LanPlane(multicast_route=False)
+    port.host.open("shoal0", tap=True)
+    await p.prepare(port, "shoal0")
+    await p.start()
+    return p
+
+
+async def test_layer2_taps_are_asked_of_the_port_and_their_frames_go_per_peer_key() -> None:
+    port = Port()
+    p = await started(port)
+    assert port.host.tuns["shoal0"].link.routes == {"255.255.255.255/32": {"proto": 83, "scope": 253,
+                                                                          "mtu": C.LAN_BCAST_ROUTE_MTU}}
+    await p.set_view(l2_view())
+    assert port.opened == [("l", "shoal-l", C.LAN_L2_MTU)] and p.status()["l2_interfaces"] == {"l": "shoal-l"}
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x81\x37" + bytes(46)
+    out = p.from_l2("l", [frame], 1.0)
+    (key, plaintexts), = out.to_peers
+    assert key == KB and extension.decode(plaintexts[0]).payload == frame
+    reply = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + frame[12:]  # from b's host
+    back = p.from_peers([(KB, extension.encode(C.LAN_EXT_KIND_FRAME, "l", reply))], 2.0)
+    assert back.to_l2 == [("l", [reply])] and back.to_interface == []
+    await p.set_view(l2_view(frozenset({"b"})))  # we went offline there: the TAP goes
+    assert port.closed == ["l"] and p.interface_for("l", "l2") is None
+    assert p.from_l2("l", [frame], 3.0).to_peers == []  # a late read of a closed TAP is ignored
+
+
+@pytest.mark.parametrize("fail", [OSError(16, "busy"), LinkError("shoal-l: set mtu failed")], ids=["create", "configure"])
+async def test_a_layer2_tap_that_cannot_be_made_is_counted_and_frames_for_it_too(fail: BaseException, caplog) -> None:  # noqa: ANN001
+    port = Port(fail)
+    p = await started(port)
+    with caplog.at_level("WARNING", logger="shoal.lan"):
+        await p.set_view(l2_view())
+    verb = "create" if isinstance(fail, OSError) else "configure"
+    assert f"layer-2 network l: cannot {verb} shoal-l" in caplog.text
+    assert p.stats["l2-open-failed"] == 1 and p.interface_for("l", "l2") is None
+    frame = b"\x02" + bytes(5) + b"\x02\x00\x00\x00\x00\x02" + b"\x81\x37" + bytes(46)
+    out = p.from_peers([(KB, extension.encode(C.LAN_EXT_KIND_FRAME, "l", frame))], 1.0)
+    assert out.to_l2 == [] and p.stats["l2-no-interface"] == 1
+
+
+async def test_the_main_tables_multicast_route_is_left_alone() -> None:
+    port = Port()
+    port.host.main_routes.add("224.0.0.0/4")
+    p = LanPlane()
+    port.host.open("shoal0", tap=True)
+    await p.prepare(port, "shoal0")
+    await p.start()
+    assert p.routes == ["255.255.255.255/32"] and not port.host.tuns["shoal0"].link.addr_gen

@@ -1,10 +1,27 @@
 """The one surface of a running interface, as its users see it (typing only, no behaviour).
 
-Owns: `DataPlane`, what the node daemon, its NAT traversal (`shoal.daemon.traversal`) and the
-LAN plane (`shoal.lan.plane`) may use of the interface runtime
-(`shoal.dataplane.runtime.WgInterface`), and `LanHooks`, what the runtime calls on a LAN
-plane in LAN mode. Nothing else of the runtime is anyone's business: no private names, no
-`hasattr` probing. Datagrams are `(bytes, (host, port))`.
+Owns: `DataPlane`, what the node daemon and its NAT traversal (`shoal.daemon.traversal`) may
+use of the interface runtime (`shoal.dataplane.runtime.WgInterface`); `LanHooks`, what the
+runtime calls on a LAN plane in LAN mode (`shoal.lan.plane.LanPlane`), with `LanOutput`, what
+each LAN step asks the runtime to do; and `LanPort`, what the runtime offers the LAN plane.
+Nothing else of the runtime is anyone's business: no private names, no `hasattr` probing.
+Datagrams are `(bytes, (host, port))`.
+
+The LAN plane is a stage: it is handed frames and returns what to write and send; only the
+runtime touches fds and the engine. Per hook:
+    prepare(port, name)        the TAP exists, still down; `port` is how the plane reaches
+                               the host (`port.host`) and the layer-2 TAPs (`open_l2`, `close_l2`)
+    start()                    the TAP is up (the plane's own host changes: routes, MAC)
+    from_interface(frames, now) -> LanOutput: to_engine (unicast IP for `Device.send`),
+                               to_peers, to_interface
+    deliver(packets)           -> the Ethernet header function for unicast IP the engine
+                               decrypted (the runtime writes them coalesced), None: dropped
+    from_peers(items, now)     `Device.take_extensions()` output -> LanOutput: to_interface, to_l2
+    from_l2(network, frames, now) frames read from a layer-2 TAP -> LanOutput: to_peers
+    close()                    the runtime is closing: the plane gives up its layer-2 TAPs
+The runtime carries a LanOutput out in the order to_peers (sealed per peer key with
+`Device.send_extension`), to_interface (the interface's own TAP), to_l2 (per layer-2
+network's TAP), then hands to_engine to `Device.send`.
 
 Attribute owners: the runtime sets `device` and `ready`; its users set `side_channel`,
 `relay_out`, `virtual_endpoints`, `warm` and `lan` (the last two before `run()`).
@@ -14,34 +31,51 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from shoal.dataplane.config import IPInterface
 from shoal.endpoint import Endpoint
+from shoal.tun.host import Host
 from shoal.wireguard.device import Device
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import PeerConfig
 
-__all__ = ["Datagram", "DataPlane", "LanHooks", "PacketWriter"]
+__all__ = ["Datagram", "DataPlane", "LanHooks", "LanOutput", "LanPort"]
 
 Datagram = tuple[bytes, Endpoint]
 
 
-class PacketWriter(Protocol):
-    """The interface's packet side as the LAN plane writes to it (a TAP in LAN mode)."""
+class LanOutput(NamedTuple):
+    """What one LAN step asks the runtime to do (module docstring says in which order)."""
 
-    def write_batch(self, packets: list[bytes]) -> None: ...
-    def write_ip_frames(self, packets: list[bytes], header_for: Callable[[bytes], bytes]) -> None: ...
+    to_engine: list[bytes]  # unicast IP packets for Device.send
+    to_peers: list[tuple[PublicKey, list[bytes]]]  # extension plaintexts to seal for that peer
+    to_interface: list[bytes]  # whole frames for the interface's own TAP
+    to_l2: list[tuple[str, list[bytes]]]  # whole frames for the TAP of that layer-2 network
+
+
+class LanPort(Protocol):
+    """What the runtime offers its LAN plane (handed to `LanHooks.prepare`)."""
+
+    host: Host
+
+    async def open_l2(self, network_id: str, name: str, mtu: int) -> None:
+        """Create the layer-2 TAP `name` (MTU `mtu`, up) and read it into `LanHooks.from_l2`.
+        Raises OSError/ValueError when it cannot be created, LinkError when not configured."""
+        ...
+
+    def close_l2(self, network_id: str) -> None: ...
 
 
 class LanHooks(Protocol):
     """What the runtime calls on its LAN plane (LAN mode; `shoal wg` never sets one)."""
 
-    async def prepare(self, iface: DataPlane, name: str) -> None: ...
+    async def prepare(self, port: LanPort, name: str) -> None: ...
     async def start(self) -> None: ...
-    def from_interface(self, frames: list[bytes], now: float) -> list[bytes]: ...
-    def deliver(self, packets: list[bytes]) -> None: ...
-    def from_peers(self, items: Iterable[tuple[PublicKey, bytes]], now: float) -> None: ...
+    def from_interface(self, frames: list[bytes], now: float) -> LanOutput: ...
+    def deliver(self, packets: list[bytes]) -> Callable[[bytes], bytes] | None: ...
+    def from_peers(self, items: Iterable[tuple[PublicKey, bytes]], now: float) -> LanOutput: ...
+    def from_l2(self, network_id: str, frames: list[bytes], now: float) -> LanOutput: ...
     def close(self) -> None: ...
 
 
@@ -50,7 +84,6 @@ class DataPlane(Protocol):
 
     device: Device
     ready: asyncio.Event
-    tun: PacketWriter | None
     warm: bool
     lan: LanHooks | None
     side_channel: Callable[[list[Datagram], float], None] | None
@@ -66,5 +99,4 @@ class DataPlane(Protocol):
     async def set_addresses(self, addresses: list[IPInterface]) -> None: ...
     def send_raw(self, datagrams: list[Datagram]) -> None: ...
     def inject(self, datagrams: list[Datagram], now: float) -> None: ...
-    def flush(self) -> None: ...
     async def run(self, stop: asyncio.Event) -> None: ...

@@ -1,6 +1,14 @@
 """The interface runtime: the asyncio glue of one userspace WireGuard interface, TUN (or TAP) +
 UDP socket + `Device` + UAPI, used by `shoal wg` and by the node daemon alike. Its users see
-it as `shoal.dataplane.api.DataPlane`; only this module touches its fds and the engine.
+it as `shoal.dataplane.api.DataPlane`; only this module (with its helpers `lanio` and
+`uapiserver`) touches its fds and the engine.
+
+Seams (injected, production defaults; `shoal.testing.channel` has in-memory ones, so two
+interfaces run back to back in one process without root): `host` (`shoal.tun.host.Host`:
+creates the TUN/TAP and configures its link; default `KernelHost`), `bind`
+(`shoal.udp.bind.BindFactory`, the data socket, also on a UAPI listen_port change; default
+`open_udp`), `sched` (`shoal.clock.Scheduler`: time and timers; default the running loop),
+`uapi_dir` (None: no UAPI listener).
 
 Owns the event loop callbacks; all protocol decisions are the engine's. Per wake-up it moves a
 whole batch: read up to a batch of packets/datagrams, hand them to the engine in one call,
@@ -30,10 +38,12 @@ instead of the socket, and `inject(datagrams, now)` hands the engine what a rela
 as if it had arrived from that virtual endpoint.
 
 LAN mode (the node daemon's default; `shoal wg` never sets it): with `lan` (`LanHooks`, in
-the daemon a `shoal.lan.plane.LanPlane`) set before `run()`, the interface is a TAP; frames read from it go
-through `lan.from_interface` (the IP packets it returns go to the engine), what the engine
-decrypts goes out through `lan.deliver` (Ethernet header added, coalesced) and its extension
-messages through `lan.from_peers`. The hook points are marked "LAN hook".
+the daemon a `shoal.lan.plane.LanPlane`) set before `run()`, the interface is a TAP; frames
+read from it go through `lan.from_interface` (the IP packets it returns go to the engine),
+what the engine decrypts is written behind the header `lan.deliver` gives (coalesced) and its
+extension messages go through `lan.from_peers`. The plane only decides: what its steps
+return (`LanOutput`) is carried out by `shoal.dataplane.lanio.LanIO`, which also owns the
+layer-2 TAPs. The hook points are marked "LAN hook".
 
 Latency keeper (`warm`, on by default): while data flows, a quiet interface wakes every
 millisecond to poll and to keep its packet path in the CPU caches (`shoal.dataplane.warm` says why
@@ -44,78 +54,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shoal.clock import Cancellable, Scheduler, running
 from shoal.constants import DEFAULT_TIMERS, Timers
 from shoal.dataplane import uapi
 from shoal.dataplane.api import Datagram, LanHooks
 from shoal.dataplane.config import IPInterface, WgConfig
+from shoal.dataplane.lanio import LanIO
+from shoal.dataplane.setup import SetupError, routes_for, run_hooks, timers_from_env
+from shoal.dataplane.uapiserver import AlreadyUp, UapiServer
 from shoal.dataplane.warm import Rehearsal, Tick, WarmSchedule
 from shoal.endpoint import Endpoint
-from shoal.tun.device import Tun
-from shoal.tun.link import AsyncLink
-from shoal.udp.socket import UdpSocket
+from shoal.tun.host import Host, KernelHost, Tun
+from shoal.udp.bind import Bind, BindFactory, open_udp
 from shoal.wireguard.device import Device, DeviceEvent
 from shoal.wireguard.keys import PublicKey
 from shoal.wireguard.peer import PeerConfig
+
+__all__ = ["WgInterface", "SetupError", "timers_from_env", "DEFAULT_UAPI_DIR", "BATCH"]
 
 log = logging.getLogger("shoal.dataplane")
 
 DEFAULT_UAPI_DIR = Path("/var/run/wireguard")
 BATCH = 128
 MAX_BATCHES_PER_WAKEUP = 4  # bound the work per callback so the other direction gets its turn
-
-
-def timers_from_env(environ: dict[str, str] | None = None) -> Timers | None:
-    """Shortened engine timers for tests, from SHOAL_WG_TEST_TIMERS="rekey_after_time=5,..."
-    (never set by users; None when unset). A malformed value raises ValueError naming it."""
-    spec = (os.environ if environ is None else environ).get("SHOAL_WG_TEST_TIMERS")
-    if not spec:
-        return None
-    values = {}
-    for item in spec.split(","):
-        key, _, value = item.partition("=")
-        try:
-            values[key.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"SHOAL_WG_TEST_TIMERS: {item!r} is not name=seconds") from None
-    try:
-        return Timers(**values)
-    except TypeError as e:
-        raise ValueError(f"SHOAL_WG_TEST_TIMERS: {e}") from None
-
-
-class SetupError(RuntimeError):
-    """The interface could not be brought up; the message says which step and why."""
-
-
-def _routes_for(config: WgConfig) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    connected = {addr.network for addr in config.interface.addresses}
-    routes = []
-    for peer in config.peers:
-        for net in peer.allowed_ips:
-            if net.prefixlen == 0:
-                raise SetupError(
-                    f"AllowedIPs {net} would route all traffic into the tunnel; "
-                    "shoal wg does not do policy routing: set 'Table = off' and route it yourself"
-                )
-            if net not in connected and net not in routes:
-                routes.append(net)
-    return routes
-
-
-def _run_hooks(hooks: list[str], name: str, stage: str) -> None:
-    for hook in hooks:
-        command = hook.replace("%i", name)
-        result = subprocess.run(["/bin/sh", "-c", command], check=False)
-        if result.returncode != 0:
-            raise SetupError(f"{stage} hook failed (exit {result.returncode}): {command}")
 
 
 class WgInterface:
@@ -126,30 +92,38 @@ class WgInterface:
         config: WgConfig,
         *,
         timers: Timers = DEFAULT_TIMERS,
-        uapi_dir: Path = DEFAULT_UAPI_DIR,
+        uapi_dir: Path | None = DEFAULT_UAPI_DIR,
         offload: bool = True,
         on_event: Callable[[DeviceEvent, float], None] | None = None,
         lan: LanHooks | None = None,
         warm: bool = True,
+        host: Host | None = None,
+        bind: BindFactory = open_udp,
+        sched: Scheduler | None = None,
     ) -> None:
         self.config = config
         self.timers = timers
-        self.uapi_path = uapi_dir / f"{config.name}.sock"
+        self.uapi_path = uapi_dir / f"{config.name}.sock" if uapi_dir is not None else None
         self.offload = offload
         self.on_event = on_event
         self.lan = lan
+        self.host: Host = host if host is not None else KernelHost()
+        self.bind = bind
+        self.sched = sched  # None: the running loop, from run() on
+        # wall clock = now + offset; `now` is the scheduler's (the default loop's is monotonic)
         self.device = Device(
             config.interface.private_key,
             mtu=config.interface.mtu,
             timers=timers,
-            wall_offset=time.time() - time.monotonic(),
+            wall_offset=time.time() - (sched.time() if sched is not None else time.monotonic()),
         )
         self.tun: Tun | None = None
-        self.udp: UdpSocket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.udp: Bind | None = None
+        self._sched: Scheduler | None = None
+        self._lanio: LanIO | None = None
+        self._timer: Cancellable | None = None
         self._timer_at: float | None = None
-        self._uapi_server: asyncio.AbstractServer | None = None
+        self._uapi: UapiServer | None = None
         self.ready = asyncio.Event()
         self.side_channel: Callable[[list[Datagram], float], None] | None = None
         self.relay_out: Callable[[list[Datagram]], None] | None = None
@@ -157,7 +131,7 @@ class WgInterface:
         self.warm = warm  # may be changed until run()
         self._warm: WarmSchedule | None = None
         self._rehearsal: Rehearsal | None = None
-        self._warm_timer: asyncio.TimerHandle | None = None
+        self._warm_timer: Cancellable | None = None
 
     # ------------------------------------------------------------ hot path
 
@@ -180,13 +154,17 @@ class WgInterface:
             if self.lan is None:
                 self.tun.write_batch(device.take_to_tun())  # type: ignore[union-attr]
             else:  # LAN hook: unicast IP as Ethernet frames
-                self.lan.deliver(device.take_to_tun())
+                packets = device.take_to_tun()
+                header_for = self.lan.deliver(packets)
+                if header_for is not None:
+                    self.tun.write_ip_frames(packets, header_for)  # type: ignore[union-attr]
         if device.to_ext:  # LAN hook: broadcast/multicast/layer-2 from peers (dropped in TUN mode)
             extensions = device.take_extensions()
             if self.lan is not None:
-                self.lan.from_peers(extensions, self._loop.time())  # type: ignore[union-attr]
+                now = self._sched.time()  # type: ignore[union-attr]
+                self._lanio.apply(self.lan.from_peers(extensions, now), now)  # type: ignore[union-attr]
         if device.events:
-            now = self._loop.time()  # type: ignore[union-attr]
+            now = self._sched.time()  # type: ignore[union-attr]
             for event in device.take_events():
                 log.info("%s: peer %s %s", self.config.name, event.peer.short(), event.kind)
                 if self.on_event is not None:
@@ -197,14 +175,17 @@ class WgInterface:
         self._reschedule()
 
     def _drain_tun(self, now: float) -> None:
-        tun, device = self.tun, self.device
+        tun, device, lan = self.tun, self.device, self.lan
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             packets = tun.read_batch(BATCH)  # type: ignore[union-attr]
             if not packets:
                 break
             n = len(packets)
-            if self.lan is not None:  # LAN hook: frames -> unicast IP (ARP, broadcast handled)
-                packets = self.lan.from_interface(packets, now)
+            if lan is not None:  # LAN hook: frames -> unicast IP (ARP, broadcast handled)
+                out = lan.from_interface(packets, now)
+                if out.to_peers or out.to_interface:
+                    self._lanio.apply(out, now)  # type: ignore[union-attr]
+                packets = out.to_engine
             device.send(packets, now)
             if n < BATCH:
                 break
@@ -212,12 +193,12 @@ class WgInterface:
             self._data_moved(now)  # IPv6 chatter with no route to a peer does not count)
 
     def _on_tun(self) -> None:
-        now = self._loop.time()  # type: ignore[union-attr]
+        now = self._sched.time()  # type: ignore[union-attr]
         self._drain_tun(now)
         self.flush()
 
     def _on_udp(self) -> None:
-        now = self._loop.time()  # type: ignore[union-attr]
+        now = self._sched.time()  # type: ignore[union-attr]
         udp, device = self.udp, self.device
         for _ in range(MAX_BATCHES_PER_WAKEUP):
             datagrams = udp.recv_batch(BATCH)  # type: ignore[union-attr]
@@ -265,18 +246,18 @@ class WgInterface:
         warm = self._warm
         warm.data(now)  # type: ignore[union-attr]
         if not warm.armed:  # type: ignore[union-attr]
-            self._warm_timer = self._loop.call_at(warm.start(now), self._on_warm)  # type: ignore[union-attr]
+            self._warm_timer = self._sched.call_at(warm.start(now), self._on_warm)  # type: ignore[union-attr]
 
     def _on_warm(self) -> None:
         self._warm_timer = None
         warm = self._warm
         if warm is None or self.udp is None:
             return
-        tick = warm.tick(self._loop.time())  # type: ignore[union-attr]
+        tick = warm.tick(self._sched.time())  # type: ignore[union-attr]
         if tick is Tick.STOP:
             return
         # re-armed first: a failing callback below must not leave the keeper armed but dead
-        self._warm_timer = self._loop.call_at(warm.next_at, self._on_warm)  # type: ignore[union-attr, arg-type]
+        self._warm_timer = self._sched.call_at(warm.next_at, self._on_warm)  # type: ignore[union-attr, arg-type]
         if tick is Tick.WARM:
             self._on_tun()  # a packet already waiting is handled now, not at its own wake-up
             self._on_udp()
@@ -285,7 +266,7 @@ class WgInterface:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.device.tick(self._loop.time())  # type: ignore[union-attr]
+        self.device.tick(self._sched.time())  # type: ignore[union-attr]
         self.flush()
 
     def _reschedule(self) -> None:
@@ -301,7 +282,7 @@ class WgInterface:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)  # type: ignore[union-attr]
+            self._timer = self._sched.call_at(deadline, self._on_timer)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ run-time changes
 
@@ -329,7 +310,7 @@ class WgInterface:
         self.config.peers = list(peers)
         if not self.running:
             return
-        now = self._loop.time()  # type: ignore[union-attr]
+        now = self._sched.time()  # type: ignore[union-attr]
         wanted = set(keys)
         for key in [k for k in self.device.peers if k not in wanted]:
             self.device.remove_peer(key)
@@ -350,7 +331,7 @@ class WgInterface:
         if not self.running:
             return
         try:
-            async with AsyncLink(self.config.name, broadcast=self.lan is not None) as link:
+            async with self.host.link(self.config.name, broadcast=self.lan is not None) as link:
                 for a in old:
                     if a not in addresses:
                         await link.del_address(str(a))
@@ -362,62 +343,45 @@ class WgInterface:
 
     # ------------------------------------------------------------ UAPI
 
-    async def _serve_uapi(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request = bytearray()
-                while not request.endswith(b"\n\n"):
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        return
-                    request += chunk
-                    if len(request) > uapi.MAX_REQUEST_BYTES:
-                        writer.write(b"errno=7\n\n")
-                        return
-                text = request.decode("utf-8", "replace")
-                response, applied = uapi.handle(self.device, text, self.udp.port, self._loop.time())  # type: ignore[union-attr]
-                if applied is not None and applied.listen_port is not None and applied.listen_port != self.udp.port:  # type: ignore[union-attr]
-                    self._rebind(applied.listen_port)
-                self.flush()
-                writer.write(response.encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    def _handle_uapi(self, text: str) -> str:
+        response, applied = uapi.handle(self.device, text, self.udp.port, self._sched.time())  # type: ignore[union-attr]
+        if applied is not None and applied.listen_port is not None and applied.listen_port != self.udp.port:  # type: ignore[union-attr]
+            self._rebind(applied.listen_port)
+        self.flush()
+        return response
 
     def _rebind(self, port: int) -> None:
-        loop = self._loop
-        new = UdpSocket(port)
+        new = self.bind(port)
         old = self.udp
-        loop.remove_reader(old.fileno())  # type: ignore[union-attr]
         old.close()  # type: ignore[union-attr]
         self.udp = new
-        loop.add_reader(new.fileno(), self._on_udp)  # type: ignore[union-attr]
+        new.set_reader(self._on_udp)
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         iface = cfg.interface
-        self._loop = asyncio.get_running_loop()
-        routes = _routes_for(cfg)
-        if self.uapi_path.exists():
-            with contextlib.suppress(OSError):
-                r, w = await asyncio.open_unix_connection(str(self.uapi_path))
-                w.close()
-                raise SetupError(f"interface {cfg.name} is already up (UAPI socket {self.uapi_path} answers)")
-            self.uapi_path.unlink(missing_ok=True)
-        _run_hooks(iface.pre_up, cfg.name, "PreUp")
+        self._sched = running(self.sched)
+        routes = routes_for(cfg)
+        if self.uapi_path is not None:
+            self._uapi = UapiServer(self.uapi_path, self._handle_uapi)
+            try:
+                await self._uapi.check_free()
+            except AlreadyUp:
+                self._uapi = None
+                raise SetupError(f"interface {cfg.name} is already up (UAPI socket {self.uapi_path} answers)") from None
+        run_hooks(iface.pre_up, cfg.name, "PreUp")
         try:
             try:
-                self.tun = Tun.open(cfg.name, tap=self.lan is not None, offload=self.offload)
+                self.tun = self.host.open(cfg.name, tap=self.lan is not None, offload=self.offload)
             except OSError as e:
                 raise SetupError(f"cannot create interface {cfg.name}: {e}") from None
             if self.lan is not None:  # LAN hook: before the link is up
-                await self.lan.prepare(self, cfg.name)
+                self._lanio = LanIO(self.lan, self.host, self.device, self.tun, self._sched, self.flush)
+                await self.lan.prepare(self._lanio, cfg.name)
             try:
-                async with AsyncLink(cfg.name, broadcast=self.lan is not None) as link:
+                async with self.host.link(cfg.name, broadcast=self.lan is not None) as link:
                     await link.configure(
                         mtu=iface.mtu,
                         addresses=[str(a) for a in iface.addresses],
@@ -428,54 +392,46 @@ class WgInterface:
             except Exception as e:  # noqa: BLE001 - report netlink's reason in one line
                 raise SetupError(f"cannot configure interface {cfg.name}: {e}") from None
             try:
-                self.udp = UdpSocket(iface.listen_port)
+                self.udp = self.bind(iface.listen_port)
             except OSError as e:
                 raise SetupError(f"cannot listen on UDP port {iface.listen_port}: {e.strerror}") from None
-            now = self._loop.time()
+            now = self._sched.time()
             for peer in cfg.peers:
                 try:
                     self.device.add_peer(peer, now)
                 except ValueError as e:
                     raise SetupError(f"peer {peer.public_key.to_base64()}: {e}") from None
-            self.uapi_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            old_umask = os.umask(0o077)
-            try:
-                self._uapi_server = await asyncio.start_unix_server(self._serve_uapi, path=str(self.uapi_path))
-            finally:
-                os.umask(old_umask)
+            if self._uapi is not None:
+                await self._uapi.start()
             if self.warm:
                 self._warm, self._rehearsal = WarmSchedule(), Rehearsal()
-            self._loop.add_reader(self.tun.fileno(), self._on_tun)
-            self._loop.add_reader(self.udp.fileno(), self._on_udp)
+            self.tun.set_reader(self._on_tun)
+            self.udp.set_reader(self._on_udp)
             self.flush()
-            _run_hooks(iface.post_up, cfg.name, "PostUp")
+            run_hooks(iface.post_up, cfg.name, "PostUp")
             log.info("%s: up, listening on UDP port %d, %d peers", cfg.name, self.udp.port, len(cfg.peers))
             self.ready.set()
             await stop.wait()
             with contextlib.suppress(SetupError):
-                _run_hooks(iface.pre_down, cfg.name, "PreDown")
+                run_hooks(iface.pre_down, cfg.name, "PreDown")
         finally:
             self._close()
-        _run_hooks(iface.post_down, cfg.name, "PostDown")
+        run_hooks(iface.post_down, cfg.name, "PostDown")
 
     def _close(self) -> None:
-        loop = self._loop
         if self._timer is not None:
             self._timer.cancel()
         if self._warm_timer is not None:
             self._warm_timer.cancel()
             self._warm_timer = None
-        if self._uapi_server is not None:
-            self._uapi_server.close()
-            self.uapi_path.unlink(missing_ok=True)
+        if self._uapi is not None:
+            self._uapi.close()
         if self.udp is not None:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self.udp.fileno())  # type: ignore[union-attr]
             self.udp.close()
             self.udp = None
         if self.lan is not None:  # LAN hook
             self.lan.close()
+        if self._lanio is not None:
+            self._lanio.close()
         if self.tun is not None:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self.tun.fileno())  # type: ignore[union-attr]
             self.tun.close()  # a non-persistent TUN disappears with its last fd

@@ -1,22 +1,26 @@
-"""The LAN data plane of a node: its TAP `shoal0`, its layer-2 TAPs and the host changes (I/O glue).
+"""The LAN plane of a node: the stage between its TAP `shoal0`, its layer-2 TAPs and the engine.
 
-Owns: the `LanSwitch` (the sans-IO LAN engine, shoal.lan.switch), one TAP per layer-2 network
-the node is an online member of, the node-id <-> WireGuard key map for extensions, and the
-host changes of docs/lan.md section 7. All LAN decisions are the switch's; this module only
-moves bytes between it, the TAPs and the WireGuard engine (`Device.send_extension` /
-`Device.take_extensions`). Stock WireGuard peers are never involved: extensions go only to
-peers of the view (flagged `shoal` by the daemon's planner).
+Owns: the `LanSwitch` (the sans-IO LAN engine, shoal.lan.switch), which layer-2 networks get a
+TAP (one per layer-2 network the node is an online member of), the node-id <-> WireGuard key
+map for extensions, and the host changes of docs/lan.md section 7. All LAN decisions are the
+switch's; this module turns the switch's outputs into `LanOutput`s (per peer key, per TAP)
+and never touches an fd or the engine: the interface runtime reads and writes the TAPs and
+seals extensions (`shoal.dataplane.lanio`), and the host changes go through the runtime's
+host seam (`port.host`, shoal.tun.host). Stock WireGuard peers are never involved:
+extensions go only to peers of the view (flagged `shoal` by the daemon's planner).
 
 Hooks called by the interface runtime (`shoal.dataplane.api.LanHooks`; `shoal wg` never uses them):
-    prepare(iface)            the TAP exists, still down: IPv6 address generation off (we add
+    prepare(port, name)       the TAP exists, still down: IPv6 address generation off (we add
                               the link-local derived from our MAC ourselves)
-    start(iface)              the TAP is up: routes for limited broadcast and multicast, MAC
+    start()                   the TAP is up: routes for limited broadcast and multicast, MAC
                               and link-local if the view is known
-    from_interface(frames, now) -> unicast IP packets for `Device.send`; ARP/ND replies are
-                              written back, broadcast/multicast is sealed per peer
-    deliver(packets)          unicast IP the engine decrypted, written as frames (coalesced)
-    from_peers(items, now)    `Device.take_extensions()` output
-    close()                   layer-2 TAPs closed (the kernel removes them and their routes)
+    from_interface(frames, now) -> LanOutput: unicast IP packets for `Device.send`, ARP/ND
+                              replies for the TAP, broadcast/multicast sealed per peer key
+    deliver(packets)          -> the switch's header function: unicast IP the engine
+                              decrypted is written behind it as frames (coalesced)
+    from_peers(items, now)    `Device.take_extensions()` output -> frames for the TAPs
+    from_l2(network, frames, now) frames read from a layer-2 TAP -> extensions per peer key
+    close()                   layer-2 TAPs given up (the kernel removes them and their routes)
 Called by the daemon: `await set_view(LanView)` on every reconcile (`lan_view(view)` builds
 it from the daemon's view), `status()` for `shoal status --json`.
 
@@ -36,23 +40,20 @@ logged as increments at most every LAN_LOG_INTERVAL seconds, when they grew.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from shoal import constants as C
-from shoal.dataplane.api import DataPlane
+from shoal.dataplane.api import LanOutput, LanPort
 from shoal.lan.arp import link_local_for, mac_for_ipv4
 from shoal.lan.broadcast import NetworkState
 from shoal.lan.switch import LanSwitch, PeerAddresses
-from shoal.tun.device import Tun
 from shoal.wireguard.keys import PublicKey
 
 log = logging.getLogger("shoal.lan")
@@ -62,7 +63,7 @@ ROUTE_PROTO = 83  # marks our routes: `ip route show proto 83` lists exactly the
 LIMITED_BROADCAST = "255.255.255.255/32"
 MULTICAST_V4 = "224.0.0.0/4"
 L2_PREFIX = "shoal-"
-IN6_ADDR_GEN_MODE_NONE = 1
+RT_SCOPE_LINK = 253
 _IFNAME_MAX = 15  # IFNAMSIZ - 1
 _ETH_IPV4 = C.ETHERTYPE_IPV4.to_bytes(2, "big")
 LOGGED = ("egress-storm-dropped", "rx-storm-dropped", "rx-l2-mac-moved", "rx-l2-mac-claimed", "rx-bad-origin", "rx-ext-malformed",
@@ -129,13 +130,13 @@ class LanPlane:
         self.overlay = overlay
         self.multicast_route = multicast_route
         self.storm = (storm_rate, storm_burst)
-        self.iface: DataPlane | None = None
+        self.port: LanPort | None = None
         self.name: str | None = None
         self.switch: LanSwitch | None = None
         self.view: LanView | None = None
         self.keys: dict[str, PublicKey] = {}
         self.nodes: dict[PublicKey, str] = {}
-        self.l2: dict[str, Tun] = {}
+        self.l2: dict[str, str] = {}  # layer-2 network id -> its TAP's name (open in the runtime)
         self.routes: list[str] = []
         self.mac_set: bytes | None = None
         self.link_local: ipaddress.IPv6Address | None = None
@@ -143,36 +144,27 @@ class LanPlane:
         self.started = False
         self._logged: dict[str, int] = {}
         self._next_log = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ runner hooks
 
-    async def prepare(self, iface: DataPlane, name: str) -> None:
-        self.iface, self.name = iface, name
-        self._loop = asyncio.get_running_loop()
+    async def prepare(self, port: LanPort, name: str) -> None:
+        self.port, self.name = port, name
         try:
-            Path(f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode").write_text(f"{IN6_ADDR_GEN_MODE_NONE}\n")
+            port.host.disable_ipv6_addr_gen(name)
         except OSError as e:  # IPv6 disabled on the host: nothing to generate anyway
             log.info("%s: cannot set addr_gen_mode (%s)", name, e)
 
     async def start(self) -> None:
-        from pyroute2 import AsyncIPRoute
-
-        assert self.name is not None
-        async with AsyncIPRoute() as ipr:
-            index = (await ipr.link_lookup(ifname=self.name))[0]
+        assert self.port is not None and self.name is not None
+        async with self.port.host.link(self.name) as link:
             wanted = [LIMITED_BROADCAST]
             if self.multicast_route:
-                existing = [r async for r in await ipr.route("dump", family=2)]
-                if any(r.get("table") == 254 and r.get("dst_len") == 4 and r.get("RTA_DST") == "224.0.0.0"
-                       for r in existing):
+                if await link.main_table_has(MULTICAST_V4):
                     log.info("%s: the main table already routes %s; leaving it", self.name, MULTICAST_V4)
                 else:
                     wanted.append(MULTICAST_V4)
             for cidr in wanted:
-                net = ipaddress.IPv4Network(cidr)
-                await ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen, oif=index,
-                                proto=ROUTE_PROTO, scope=253, metrics={"mtu": C.LAN_BCAST_ROUTE_MTU})
+                await link.add_route(cidr, proto=ROUTE_PROTO, scope=RT_SCOPE_LINK, mtu=C.LAN_BCAST_ROUTE_MTU)
                 self.routes.append(cidr)
         log.info("%s: LAN mode (TAP), routes %s dev %s proto %d mtu %d", self.name, ", ".join(self.routes),
                  self.name, ROUTE_PROTO, C.LAN_BCAST_ROUTE_MTU)
@@ -180,11 +172,11 @@ class LanPlane:
         if self.view is not None:
             await self.set_view(self.view)
 
-    def from_interface(self, frames: list[bytes], now: float) -> list[bytes]:
+    def from_interface(self, frames: list[bytes], now: float) -> LanOutput:
         sw = self.switch
         if sw is None:
             self.stats["iface-no-view"] += len(frames)
-            return []
+            return LanOutput([], [], [], [])
         handle = sw.from_ip_interface
         engine = sw.to_engine
         bcast = sw.broadcast4
@@ -195,25 +187,21 @@ class LanPlane:
             else:
                 handle(frame, now)
         engine, peers, to_iface, _ = sw.take()
-        if peers:
-            self._send(peers, now)
-        if to_iface:
-            self.iface.tun.write_batch(to_iface)  # type: ignore[union-attr]
         if now >= self._next_log:
             self.log_counters(now)
-        return engine
+        return LanOutput(engine, self._per_key(peers) if peers else [], to_iface, [])
 
-    def deliver(self, packets: list[bytes]) -> None:
+    def deliver(self, packets: list[bytes]) -> Callable[[bytes], bytes] | None:
         sw = self.switch
         if sw is None:
             self.stats["engine-no-view"] += len(packets)
-            return
-        self.iface.tun.write_ip_frames(packets, sw.header_for)  # type: ignore[union-attr]
+            return None
+        return sw.header_for
 
-    def from_peers(self, items: Iterable[tuple[PublicKey, bytes]], now: float) -> None:
+    def from_peers(self, items: Iterable[tuple[PublicKey, bytes]], now: float) -> LanOutput:
         sw = self.switch
         if sw is None:
-            return
+            return LanOutput([], [], [], [])
         nodes = self.nodes
         for key, plaintext in items:
             node = nodes.get(key)
@@ -222,12 +210,20 @@ class LanPlane:
                 continue
             sw.from_peer(node, plaintext, now)
         _, _, to_iface, to_l2 = sw.take()
-        if to_iface:
-            self.iface.tun.write_batch(to_iface)  # type: ignore[union-attr]
-        if to_l2:
-            self._write_l2(to_l2)
         if now >= self._next_log:
             self.log_counters(now)
+        return LanOutput([], [], to_iface, self._per_network(to_l2) if to_l2 else [])
+
+    def from_l2(self, network_id: str, frames: list[bytes], now: float) -> LanOutput:
+        sw = self.switch
+        if sw is None or network_id not in self.l2:
+            return LanOutput([], [], [], [])
+        for frame in frames:
+            sw.from_l2_interface(network_id, frame, now)
+        _, peers, _, _ = sw.take()
+        if now >= self._next_log:
+            self.log_counters(now)
+        return LanOutput([], self._per_key(peers) if peers else [], [], [])
 
     def log_counters(self, now: float) -> dict[str, int]:
         """Log (and return) how much each LOGGED counter grew since the last log line."""
@@ -250,93 +246,68 @@ class LanPlane:
 
     # ------------------------------------------------------------ internals
 
-    def _send(self, copies: list[tuple[str, bytes]], now: float) -> None:
-        device = self.iface.device  # type: ignore[union-attr]
+    def _per_key(self, copies: list[tuple[str, bytes]]) -> list[tuple[PublicKey, list[bytes]]]:
         per_peer: dict[str, list[bytes]] = {}
         for node, plaintext in copies:
             per_peer.setdefault(node, []).append(plaintext)
+        out = []
         for node, plaintexts in per_peer.items():
             key = self.keys.get(node)
             if key is None:
                 self.stats["tx-unknown-peer"] += len(plaintexts)
                 continue
-            device.send_extension(key, plaintexts, now)
+            out.append((key, plaintexts))
+        return out
 
-    def _write_l2(self, frames: list[tuple[str, bytes]]) -> None:
+    def _per_network(self, frames: list[tuple[str, bytes]]) -> list[tuple[str, list[bytes]]]:
         per_net: dict[str, list[bytes]] = {}
         for network_id, frame in frames:
             per_net.setdefault(network_id, []).append(frame)
+        out = []
         for network_id, batch in per_net.items():
-            tap = self.l2.get(network_id)
-            if tap is None:
+            if network_id not in self.l2:
                 self.stats["l2-no-interface"] += len(batch)
                 continue
-            tap.write_batch(batch)
-
-    def _on_l2(self, network_id: str) -> None:
-        tap, sw, loop = self.l2.get(network_id), self.switch, self._loop
-        if tap is None or sw is None or loop is None:
-            return
-        now = loop.time()
-        frames = tap.read_batch(128)
-        for frame in frames:
-            sw.from_l2_interface(network_id, frame, now)
-        _, peers, _, _ = sw.take()
-        if peers:
-            self._send(peers, now)
-            self.iface.flush()  # type: ignore[union-attr]
-        if now >= self._next_log:
-            self.log_counters(now)
+            out.append((network_id, batch))
+        return out
 
     def _close_l2(self, network_id: str) -> None:
-        tap = self.l2.pop(network_id, None)
-        if tap is None:
+        name = self.l2.pop(network_id, None)
+        if name is None:
             return
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(tap.fileno())
-        log.info("layer-2 network %s: interface %s removed", network_id, tap.name)
-        tap.close()
+        if self.port is not None:
+            self.port.close_l2(network_id)
+        log.info("layer-2 network %s: interface %s removed", network_id, name)
 
     async def _open_l2(self, network_id: str) -> None:
-        from shoal.tun.link import AsyncLink
-
+        assert self.port is not None
         name = l2_iface_name(network_id)
         try:
-            tap = Tun.open(name, tap=True, offload=False)
+            await self.port.open_l2(network_id, name, C.LAN_L2_MTU)
         except (OSError, ValueError) as e:
             log.warning("layer-2 network %s: cannot create %s: %s", network_id, name, e)
             self.stats["l2-open-failed"] += 1
             return
-        try:
-            async with AsyncLink(name) as link:
-                await link.set_mtu(C.LAN_L2_MTU)
-                await link.set_up()
         except Exception as e:  # noqa: BLE001 - one line naming netlink's reason
             log.warning("layer-2 network %s: cannot configure %s: %s", network_id, name, e)
-            tap.close()
             self.stats["l2-open-failed"] += 1
             return
-        self.l2[network_id] = tap
-        assert self._loop is not None
-        self._loop.add_reader(tap.fileno(), self._on_l2, network_id)
+        self.l2[network_id] = name
         log.info("layer-2 network %s: interface %s (mtu %d)", network_id, name, C.LAN_L2_MTU)
 
     async def _set_link_identity(self, own: PeerAddresses) -> None:
         """MAC mac_for(own IPv4) and the link-local EUI-64 of it (the TAP allows live changes)."""
-        from pyroute2 import AsyncIPRoute
-
+        assert self.port is not None and self.name is not None
         mac = bytes(mac_for_ipv4(own.ipv4))
         link_local = link_local_for(mac)
         if mac == self.mac_set and link_local == self.link_local:
             return
-        async with AsyncIPRoute() as ipr:
-            index = (await ipr.link_lookup(ifname=self.name))[0]
-            await ipr.link("set", index=index, address=mac.hex(":"))
+        async with self.port.host.link(self.name) as link:
+            await link.set_mac(mac)
             if self.link_local is not None and self.link_local != link_local:
                 with contextlib.suppress(Exception):
-                    await ipr.addr("del", index=index, address=str(self.link_local), prefixlen=64)
-            await ipr.addr("replace", index=index, address=str(link_local), prefixlen=64, flags=0x02)  # NODAD
+                    await link.del_address(f"{self.link_local}/64")
+            await link.replace_address(f"{link_local}/64")  # NODAD
         self.mac_set, self.link_local = mac, link_local
         log.info("%s: MAC %s, link-local %s", self.name, mac.hex(":"), link_local)
 
@@ -372,8 +343,7 @@ class LanPlane:
 
     def interface_for(self, network_id: str, kind: str) -> str | None:
         if kind == "l2":
-            tap = self.l2.get(network_id)
-            return tap.name if tap is not None else None
+            return self.l2.get(network_id)
         return self.name
 
     def status(self) -> dict[str, Any]:
@@ -386,7 +356,7 @@ class LanPlane:
             "mac": self.mac_set.hex(":") if self.mac_set else None,
             "link_local": str(self.link_local) if self.link_local else None,
             "routes": list(self.routes),
-            "l2_interfaces": {n: t.name for n, t in sorted(self.l2.items())},
+            "l2_interfaces": dict(sorted(self.l2.items())),
             "mac_moves": dict(sw.macs.moves) if sw is not None else {},
             "stats": dict(sorted(counters.items())),
         }

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.dataplane.api import Datagram, LanHooks, PacketWriter
+from shoal.dataplane.api import Datagram, LanHooks
 from shoal.dataplane.config import IPInterface, WgConfig
 from shoal.endpoint import Endpoint
 from shoal.wireguard.device import Device, DeviceEvent
@@ -30,7 +30,6 @@ class MemoryPlane:
         self.on_event = on_event
         self.device = Device(config.interface.private_key)
         self.ready = asyncio.Event()
-        self.tun: PacketWriter | None = None
         self.warm = False
         self.lan: LanHooks | None = None
         self.side_channel: Callable[[list[Datagram], float], None] | None = None

@@ -6,6 +6,10 @@ asyncio, where the sync class must not be used). Both run in the network namespa
 calling process. Addresses and routes are CIDR strings ("100.64.0.1/32", "fd7a::1/128");
 IPv6 addresses are added with NODAD so they are usable at once. Every failure is raised as
 ``LinkError`` naming the interface and the step.
+
+``AsyncLink`` also has what the LAN plane's host changes need (docs/lan.md section 7): routes
+with a protocol, scope and MTU metric, ``replace_address`` (idempotent), ``set_mac`` and
+``main_table_has`` (is a prefix routed in the main table, on any interface).
 """
 
 from __future__ import annotations
@@ -33,9 +37,17 @@ def _addr_args(cidr: str, broadcast: bool = False) -> dict[str, object]:
     return args
 
 
-def _route_args(cidr: str) -> dict[str, object]:
+def _route_args(cidr: str, proto: int | None = None, scope: int | None = None, mtu: int | None = None) -> dict[str, object]:
     net = ipaddress.ip_network(cidr, strict=False)
-    return {"dst": str(net.network_address), "dst_len": net.prefixlen, "family": 10 if net.version == 6 else 2}
+    args: dict[str, object] = {"dst": str(net.network_address), "dst_len": net.prefixlen,
+                               "family": 10 if net.version == 6 else 2}
+    if proto is not None:
+        args["proto"] = proto
+    if scope is not None:
+        args["scope"] = scope
+    if mtu is not None:
+        args["metrics"] = {"mtu": mtu}
+    return args
 
 
 class Link:
@@ -150,8 +162,30 @@ class AsyncLink:
     async def del_address(self, cidr: str) -> None:
         await self._do(f"delete address {cidr}", self._r().addr("del", index=await self.index(), **_addr_args(cidr)))
 
-    async def add_route(self, cidr: str) -> None:
-        await self._do(f"add route {cidr}", self._r().route("replace", oif=await self.index(), **_route_args(cidr)))
+    async def replace_address(self, cidr: str) -> None:
+        """Add ``cidr`` or leave it as it is (``ip addr replace``)."""
+        await self._do(f"replace address {cidr}",
+                       self._r().addr("replace", index=await self.index(), **_addr_args(cidr, self.broadcast)))
+
+    async def set_mac(self, mac: bytes) -> None:
+        await self._do(f"set address {mac.hex(':')}", self._r().link("set", index=await self.index(), address=mac.hex(":")))
+
+    async def add_route(self, cidr: str, *, proto: int | None = None, scope: int | None = None,
+                        mtu: int | None = None) -> None:
+        """Route ``cidr`` to this link (``ip route replace``), optionally with a protocol, a
+        scope and an MTU metric."""
+        await self._do(f"add route {cidr}",
+                       self._r().route("replace", oif=await self.index(), **_route_args(cidr, proto, scope, mtu)))
+
+    async def main_table_has(self, cidr: str) -> bool:
+        """Whether the main table (254) routes exactly ``cidr`` (IPv4), on any interface."""
+        net = ipaddress.IPv4Network(cidr)
+        try:
+            routes = [r async for r in await self._r().route("dump", family=2)]
+        except NetlinkError as e:
+            raise LinkError(f"{self.name}: route dump failed: {e}") from None
+        return any(r.get("table") == 254 and r.get("dst_len") == net.prefixlen and r.get("RTA_DST") == str(net.network_address)
+                   for r in routes)
 
     async def del_route(self, cidr: str) -> None:
         await self._do(f"delete route {cidr}", self._r().route("del", oif=await self.index(), **_route_args(cidr)))

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from shoal.control import transport
 from shoal.securefile import PrivateFileError, check_private_file, ensure_private_dir, write_private
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
@@ -104,10 +105,9 @@ def normalize_server_url(url: str) -> str:
 
 
 def control_url(server_url: str) -> str:
-    """http://h:p -> ws://h:p/control (https -> wss)."""
-    base = normalize_server_url(server_url)
-    scheme, rest = base.split("://", 1)
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/control"
+    """http://h:p -> ws://h:p/control (https -> wss): the pinned URL checked, then the one
+    conversion of `shoal.control.transport.control_url`."""
+    return transport.control_url(normalize_server_url(server_url))
 
 
 @dataclass(frozen=True)

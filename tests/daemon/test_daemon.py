@@ -590,3 +590,42 @@ async def test_a_view_in_parts_is_applied_once_whole_and_comes_back_after_a_rest
     server.reachable = False  # the daemon restarts while the server is away
     async with Harness(tmp_path, server) as h2:
         assert h2.daemon.view.version == 2 and len(h2.engine_peers()) == 2501
+
+
+async def test_a_refused_first_login_is_answered_at_once_and_pins_nothing(tmp_path, server):
+    """The CLI gets the server's refusal, not a 30 s timeout (a stop() that lost its cancel hung here)."""
+    async def refuse(conn, msg):  # noqa: ANN001, ANN202
+        if isinstance(msg, M.Login):
+            conn.push(M.Error(code="registration_limited", message="too many new nodes from 203.0.113.0/24"))
+
+    server.on_message = refuse  # type: ignore[method-assign]
+    async with Harness(tmp_path, server) as h:
+        for _ in range(5):
+            with pytest.raises(ApiError) as e:
+                await asyncio.wait_for(h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"}), 5)
+            assert e.value.code == "registration_limited" and "too many new nodes" in e.value.message
+            assert h.daemon.pin is None and identity.load_pin(h.opts.state_dir) is None
+        st = await h.call("GET", "/v1/status")
+        assert st["connection"]["state"] == "logged-out"
+
+
+async def test_logout_answers_when_the_server_closes_first_every_time(tmp_path, server):
+    """The server closes the session as soon as it reads Logout; the answer races that close (issue 17)."""
+    on_message = server.on_message
+
+    async def close_on_logout(conn, msg):  # noqa: ANN001, ANN202
+        if isinstance(msg, M.Logout):
+            conn.push(M.Result(req_id=msg.req_id, ok=True))
+            conn.drop()
+            return
+        await on_message(conn, msg)
+
+    server.on_message = close_on_logout  # type: ignore[method-assign]
+    async with Harness(tmp_path, server) as h:
+        for _ in range(20):
+            await h.call("POST", "/v1/login", {"server": "192.0.2.1:8080"})
+            r = await asyncio.wait_for(h.call("POST", "/v1/logout"), 5)
+            assert r["server"] == "http://192.0.2.1:8080"
+            assert identity.load_pin(h.opts.state_dir) is None and h.engine_peers() == set()
+            st = await h.call("GET", "/v1/status")
+            assert st["connection"]["state"] == "logged-out"

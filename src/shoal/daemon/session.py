@@ -119,11 +119,19 @@ class ControlSession:
         self._task = asyncio.create_task(self._loop(), name="control")
 
     async def stop(self) -> None:
+        """Cancel the task and wait until it has ended.
+
+        The cancel is repeated until the task is done: on Python 3.11 `asyncio.wait_for` drops a cancel
+        that arrives as its inner awaitable completes (CPython gh-86296), and a lost cancel left the task
+        waiting for a login that never came while `shoal login`/`shoal logout` waited for this (issue 17).
+        """
         task, self._task = self._task, None
-        if task is not None:
+        while task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task}, timeout=0.1)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
     async def restart(self) -> None:
         await self.stop()
@@ -174,7 +182,8 @@ class ControlSession:
                 self.requests.fail_all()
                 if conn is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 3)
+                        async with asyncio.timeout(3):  # unlike wait_for, never drops our own cancel
+                            await conn.close()
             delay = backoff.next_delay()
             d.next_try_at = d.sched.time() + delay
             log.info("reconnecting in %.1f s (tunnels kept; checking them actively)", delay)

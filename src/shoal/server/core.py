@@ -168,6 +168,7 @@ from shoal import endpoint
 from shoal.control import messages as m
 from shoal.control.limits import BucketTable, TokenBucket, source_prefix
 from shoal.control.transport import CLOSE_REFUSED
+from shoal.relay import authz
 from shoal.server.passwords import PasswordHasher
 from shoal.wireguard.keys import PublicKey
 
@@ -558,19 +559,15 @@ class Core:
         mem = self.members.get(network_id, {}).get(node_id)
         return mem is not None and mem.online and not mem.pending and node_id in self._present
 
+    def online_networks(self, node_id: str) -> frozenset[str]:
+        """The networks where the node is an approved member that set itself online."""
+        members = self.members
+        return frozenset(nid for nid in self._node_nets.get(node_id, ())
+                         if (mem := members[nid][node_id]).online and not mem.pending)
+
     def is_peer(self, a: str, b: str) -> bool:
-        if a == b or a not in self._present or b not in self._present:
-            return False
-        na, nb = self._node_nets.get(a, ()), self._node_nets.get(b, ())
-        if len(nb) < len(na):
-            na, nb = nb, na
-        for nid in na:
-            if nid in nb:
-                mems = self.members[nid]
-                ma, mb = mems[a], mems[b]
-                if ma.online and mb.online and not ma.pending and not mb.pending:
-                    return True
-        return False
+        """Peers share a network where both are online: the relay rule (`shoal.relay.authz`)."""
+        return authz.may_relay(a, b, self._present.__contains__, self.online_networks)
 
     def expects_pings(self, session: SessionId) -> bool:
         """The session's node listed "check_peer": it pings, so silence means a dead path."""
@@ -615,7 +612,7 @@ class Core:
         )
 
     def may_relay(self, src_key: bytes, dst_key: bytes) -> bool:
-        """The relay's membership oracle: both nodes present and peers (a shared online network)."""
+        """The relay's membership oracle (`shoal.relay.authz.may_relay`, over node ids)."""
         try:
             a = self._by_key.get(PublicKey(bytes(src_key)))
             b = self._by_key.get(PublicKey(bytes(dst_key)))

@@ -14,58 +14,46 @@ from shoal.server.core.state import BanRec, MemberRec, NetworkRec, NodeRec, Sess
 from shoal.server.passwords import PasswordHasher
 from shoal.wireguard.keys import PublicKey
 
-__all__ = ["Effects", "Send", "Close", "PasswordJob", "Persist", "PutNode", "DeleteNode", "PutNetwork", "DeleteNetwork", "PutMember", "DeleteMember", "PutBan"]
+__all__ = [
+    "Effects", "Send", "Close", "PasswordJob", "Persist", "PutNode", "DeleteNode", "PutNetwork",
+    "DeleteNetwork", "PutMember", "DeleteMember", "PutBan",
+]
 
 
 # ------------------------------------------------------------------ write intents
 
-
 @dataclass(frozen=True, slots=True)
-
-
 class PutNode:
     node: NodeRec
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class DeleteNode:
     node_id: str  # an expired node; its (pending) memberships are deleted before it
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class PutNetwork:
     network: NetworkRec
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class DeleteNetwork:
     network_id: str  # its memberships and bans go with it
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class PutMember:
     member: MemberRec
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class DeleteMember:
     network_id: str
     node_id: str
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class PutBan:
     ban: BanRec
 
@@ -74,10 +62,7 @@ Persist = Union[PutNode, DeleteNode, PutNetwork, DeleteNetwork, PutMember, Delet
 
 # ------------------------------------------------------------------ outputs
 
-
 @dataclass(frozen=True, slots=True)
-
-
 class Send:
     session: SessionId
     node_key: PublicKey
@@ -85,8 +70,6 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class Close:
     session: SessionId
     code: int
@@ -94,8 +77,6 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class PasswordJob:
     """scrypt work for the glue to run off the event loop, then hand back with
     `Core.password_done(job_id, run(), now)` (or `Core.password_failed`). Exactly one of
@@ -116,8 +97,6 @@ class PasswordJob:
 
 
 @dataclass(slots=True)
-
-
 class Effects:
     out: list[Send | Close] = field(default_factory=list)
     persist: list[Persist] = field(default_factory=list)

@@ -22,19 +22,19 @@ from shoal.server.core.addressing import IPV4_POOL
 from shoal.server.passwords import PasswordHasher
 from shoal.wireguard.keys import PublicKey
 
-__all__ = ["State", "Session", "Runtime", "Dirty", "Done", "Waiting", "SessionId", "PRESENCE_GRACE", "NodeRec", "NetworkRec", "MemberRec", "BanRec"]
+__all__ = [
+    "State", "Session", "Runtime", "Dirty", "Done", "Waiting", "SessionId", "PRESENCE_GRACE", "NodeRec",
+    "NetworkRec", "MemberRec", "BanRec",
+]
 
 
 # ------------------------------------------------------------------ stored records
-
 
 PRESENCE_GRACE = 30.0  # seconds a dropped (not logged out) node stays online for its peers
 SessionId = int
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class NodeRec:
     node_id: str
     public_key: PublicKey
@@ -49,8 +49,6 @@ class NodeRec:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class NetworkRec:
     network_id: str
     name: str
@@ -64,8 +62,6 @@ class NetworkRec:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class MemberRec:
     network_id: str
     node_id: str
@@ -77,8 +73,6 @@ class MemberRec:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class BanRec:
     network_id: str
     node_id: str
@@ -88,10 +82,7 @@ class BanRec:
 
 # ------------------------------------------------------------------ runtime state
 
-
 @dataclass(slots=True)
-
-
 class Session:
     session: SessionId
     key: PublicKey
@@ -102,8 +93,6 @@ class Session:
 
 
 @dataclass(slots=True)
-
-
 class Runtime:
     session: SessionId | None = None  # the logged-in session
     grace_until: float | None = None
@@ -120,8 +109,6 @@ class Runtime:
 
 
 @dataclass(slots=True)
-
-
 class Dirty:
     nets: set[str] = field(default_factory=set)
     peers: set[str] = field(default_factory=set)
@@ -129,8 +116,6 @@ class Dirty:
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class Done:
     """What a finished job gives the re-run request: the input it worked on and its result."""
 
@@ -139,8 +124,6 @@ class Done:
 
 
 @dataclass(slots=True)
-
-
 class Waiting:
     session: SessionId
     msg: m.ClientMessage

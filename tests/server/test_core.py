@@ -889,7 +889,7 @@ def test_address_probe_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib as _hashlib
 
     from shoal.constants import IPV4_PROBE_MAX
-    from shoal.server import core as core_mod
+    from shoal.server.core import addressing as core_mod
 
     pool = ipaddress.IPv4Network("100.64.8.0/24")
     core = Core(ULA, now=1000.0, hasher=FAST_HASHER, ipv4_pool=pool)

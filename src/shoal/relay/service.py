@@ -47,6 +47,7 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_PORT, RELAY_WS_PATH, SERVER_DATA_DIR
+from shoal.relay import authz
 from shoal.relay.engine import Binding, MayRelay, RelayEngine, RelayLimits, StreamBinding, UdpBinding
 from shoal.udp.socket import UdpSocket
 from shoal.wireguard.keys import PrivateKey, PublicKey
@@ -212,13 +213,13 @@ class RelayService:
 
 class StoreMembership:
     """Membership oracle from the server's SQLite store, with the server core's rule
-    (`Core.is_peer`): (src, dst) are two different nodes, both present (`nodes.present`,
-    written through by the server), approved (not pending) and online members of a common
-    network.
+    (`shoal.relay.authz.may_relay`, which `Core.may_relay` applies too): (src, dst) are two
+    different nodes, both present (`nodes.present`, written through by the server), approved
+    (not pending) and online members of a common network.
 
-    Loading (issue 18 F13): one row per membership that counts (O(memberships), never the
-    O(N^2) member pairs), kept as node key -> frozenset of network ids; a question is a set
-    intersection. `refresh()` (every RELAY_MEMBERSHIP_REFRESH seconds) first asks SQLite's
+    Loading (issue 18 F13): one row per approved, online membership (O(memberships), never
+    the O(N^2) member pairs), kept as node key -> frozenset of network ids, and the set of
+    present keys; the rule combines the two (presence is not filtered in SQL). `refresh()` (every RELAY_MEMBERSHIP_REFRESH seconds) first asks SQLite's
     `PRAGMA data_version` on its one read-only connection and reloads only when another
     connection committed since; a failed read keeps the last answer and logs."""
 
@@ -226,7 +227,7 @@ class StoreMembership:
     _QUERY = """
         SELECT n.public_key, m.network_id
         FROM memberships m JOIN nodes n ON n.node_id = m.node_id
-        WHERE m.pending = 0 AND m.online = 1 AND n.present = 1
+        WHERE m.pending = 0 AND m.online = 1
     """
 
     def __init__(self, db_path: Path) -> None:
@@ -272,9 +273,10 @@ class StoreMembership:
         return bytes(key) in self._present
 
     def __call__(self, src: bytes, dst: bytes) -> bool:
-        src, dst = bytes(src), bytes(dst)
-        a, b = self._nets.get(src), self._nets.get(dst)
-        return src != dst and a is not None and b is not None and not a.isdisjoint(b)
+        return authz.may_relay(bytes(src), bytes(dst), self._present.__contains__, self._online_networks)
+
+    def _online_networks(self, key: bytes) -> frozenset[str]:
+        return self._nets.get(key, frozenset())
 
 
 def core_may_bind(core: Any) -> Callable[[bytes], bool]:

@@ -35,8 +35,14 @@ the WireGuard engine as if it came from the sender's virtual endpoint (the engin
 it like any datagram: only a peer's authenticated packets get through). A relay never sees
 plaintext: it carries WireGuard ciphertext and sealed disco messages.
 
-Timers: one loop timer at the earliest deadline of the engines, the probe and the relay
+Timers: one timer at the earliest deadline of the engines, the probe and the relay
 (keepalive, answer wait, silence). Everything runs on the loop; nothing here blocks.
+
+Seams (production defaults; the simulation tier injects in-memory ones): `sched` (time and
+timers, `shoal.clock.Scheduler`; default the running loop), `bind_factory` (the birthday
+sockets, `shoal.udp.bind.BindFactory`; default `open_udp`), `ws_connect` (the relay WebSocket
+dialer, `websockets.connect`'s call shape), `host_endpoints` (our addresses; None: not watched)
+and `portmap` (False: no gateway is asked). The data socket is the plane's.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -78,20 +83,28 @@ from shoal.constants import (
     VIRTUAL_ENDPOINT_PREFIX,
 )
 from shoal import endpoint
+from shoal.clock import Cancellable, Scheduler, running
 from shoal.endpoint import Endpoint
 from shoal.control import messages as M
+from shoal.daemon.env import sleep
 from shoal.nat import stun
 from shoal.nat.disco import CandidateKind, DiscoCodec
 from shoal.nat.paths import Path, PathEngine, PathKind, SprayLimit, Transmit
 from shoal.nat.portmap.client import PortMapper, find_gateway
 from shoal.nat.reflexive import ReflexiveProbe
 from shoal.relay.client import RelayClient
+from shoal.udp.bind import Bind, BindFactory, open_udp
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 log = logging.getLogger("shoal.traversal")
 
 
-__all__ = ["Traversal", "candidates_of"]
+__all__ = ["Traversal", "WsConnector", "candidates_of", "relay_ws_url"]
+
+# The relay's WebSocket dialer: called as websockets.connect(url, max_size=..., compression=None,
+# open_timeout=..., close_timeout=...); returns an async context manager whose value has async
+# send(bytes), recv(), close() and async iteration over incoming messages.
+WsConnector = Callable[..., Any]
 
 
 def _parse(text: str) -> Endpoint | None:
@@ -145,14 +158,19 @@ class Traversal:
         clock: Callable[[], float] | None = None,
         portmap: bool = True,
         server_up: Callable[[], bool] = lambda: True,
+        sched: Scheduler | None = None,
+        bind_factory: BindFactory = open_udp,
+        ws_connect: WsConnector | None = None,
     ) -> None:
         self.key = key
         self.public_key = key.public_key()
         self.plane = plane
         self.on_candidates = on_candidates
         self._host_endpoints = host_endpoints
-        self._loop = asyncio.get_running_loop()
-        self._clock = clock or self._loop.time
+        self._sched = running(sched)  # time and timers (default: the running loop)
+        self._clock = clock or self._sched.time
+        self._bind_factory = bind_factory  # opens the birthday sockets
+        self._ws_connect: WsConnector = ws_connect if ws_connect is not None else websockets.connect
         self.codec = DiscoCodec(key)
         self.engines: dict[PublicKey, PathEngine] = {}
         self._cands: dict[PublicKey, list[tuple[CandidateKind, Endpoint]]] = {}
@@ -164,7 +182,7 @@ class Traversal:
         self.spray_limit = SprayLimit()  # spray budgets per peer and per target IP, all engines together
         self._last_direct: dict[PublicKey, Endpoint] = {}  # the endpoint of the last direct path
         # birthday sockets: k -> socket; paths over them: virtual endpoint <-> (k, peer address)
-        self._bsocks: dict[int, socket.socket] = {}
+        self._bsocks: dict[int, Bind] = {}
         self._bsock_until = 0.0  # unused birthday sockets close then
         self._route: dict[Endpoint, tuple[int, Endpoint]] = {}
         self._route_vep: dict[tuple[int, Endpoint], Endpoint] = {}
@@ -194,7 +212,7 @@ class Traversal:
         self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._timer_at: float | None = None
         self._host_task: asyncio.Task[None] | None = None
         self.portmap = portmap
@@ -390,7 +408,7 @@ class Traversal:
         """Roaming: our own addresses changed -> new candidates, a new STUN round."""
         assert self._host_endpoints is not None
         while True:
-            await asyncio.sleep(HOST_ADDRESS_CHECK)
+            await sleep(self._sched, HOST_ADDRESS_CHECK)
             try:
                 host = await self._host_endpoints()
             except Exception as e:  # noqa: BLE001 - netlink trouble: try again later
@@ -455,27 +473,24 @@ class Traversal:
 
     # ------------------------------------------------------------------ birthday sockets
 
-    def _bsock(self, k: int) -> socket.socket | None:
+    def _bsock(self, k: int) -> Bind | None:
         s = self._bsocks.get(k)
         if s is None:
             try:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.setblocking(False)
-                s.bind(("0.0.0.0", 0))
+                s = self._bind_factory(0)
             except OSError as e:
                 self.stats["birthday_socket_error"] += 1
                 log.debug("birthday socket %d: %s", k, e)
                 return None
             self._bsocks[k] = s
-            self._loop.add_reader(s.fileno(), self._on_bsock, k)
+            s.set_reader(lambda: self._on_bsock(k))
         return s
 
     def _close_bsock(self, k: int) -> None:
         s = self._bsocks.pop(k, None)
         if s is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_reader(s.fileno())
-            s.close()
+                s.close()
 
     def _bsend(self, k: int, data: bytes, dst: Endpoint) -> None:
         if ":" in dst[0]:
@@ -485,8 +500,8 @@ class Traversal:
             return
         self._bsock_until = self._clock() + BIRTHDAY_HOLD
         try:
-            s.sendto(data, dst)
-        except OSError:
+            s.send_batch([(data, dst)])
+        except OSError:  # a Bind counts network errors itself; this is a broken one
             self.stats["birthday_send_error"] += 1
 
     def _on_bsock(self, k: int) -> None:
@@ -495,15 +510,12 @@ class Traversal:
             return
         now = self._clock()
         wg: list[tuple[bytes, Endpoint]] = []
-        for _ in range(64):
-            try:
-                data, src = s.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.stats["birthday_recv_error"] += 1
-                break
-            src = (src[0], src[1])
+        try:
+            batch = s.recv_batch(64)
+        except OSError:
+            self.stats["birthday_recv_error"] += 1
+            batch = []
+        for data, src in batch:
             if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
                 self._on_disco(data, src, now, via_relay=False, sock=k)
             else:
@@ -619,7 +631,7 @@ class Traversal:
     async def _ws_run(self, url: str, client: RelayClient, queue: asyncio.Queue[bytes]) -> None:
         open_timeout = RELAY_WS_QUICK_OPEN_TIMEOUT if self._ws_quick > 0 else RELAY_WS_OPEN_TIMEOUT
         try:
-            async with websockets.connect(url, max_size=RELAY_MAX_FRAME, compression=None,
+            async with self._ws_connect(url, max_size=RELAY_MAX_FRAME, compression=None,
                                           open_timeout=open_timeout, close_timeout=2) as ws:
                 log.info("relay: WebSocket %s open", url)
 
@@ -893,7 +905,7 @@ class Traversal:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            self._timer = self._loop.call_at(max(deadline, self._loop.time()), self._on_timer)
+            self._timer = self._sched.call_at(max(deadline, self._sched.time()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -175,10 +175,10 @@ async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pyte
     """Issue 18: a relay WebSocket that refuses our AUTH (here: not a member yet, as when the
     standalone relay has not read the login) used to leave the node unbound for good; it now
     sends HELLO again, the waits doubling, and is accepted once the relay agrees."""
-    from shoal.daemon import traversal as tr
+    from shoal.relay import link as tr
     from shoal.relay.service import RelayService
 
-    monkeypatch.setattr(tr, "RELAY_AUTH_RETRY", 0.2, raising=False)
+    monkeypatch.setattr(tr, "RELAY_AUTH_RETRY", 0.2)
     loop = asyncio.get_running_loop()
     asked: list[float] = []
 
@@ -201,7 +201,7 @@ async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pyte
         gaps = [b - a for a, b in zip(asked, asked[1:])]
         assert gaps[0] >= 0.18 and gaps[1] >= 1.8 * gaps[0] * 0.9 and gaps[2] >= 1.8 * gaps[1] * 0.9, gaps
         # accepted: the wait is back to the first one
-        assert ta._auth_wait == 0.2
+        assert ta.link._auth_wait == 0.2
     finally:
         await ta.close()
         await service.close()
@@ -212,8 +212,8 @@ async def test_back_to_udp_only_after_a_proven_udp_handshake(monkeypatch: pytest
     """Issue 18 F12: on the WebSocket, a frame from the UDP relay's address used to switch the
     node back to UDP whatever it was (anyone can spoof that address: a flapping node); now only
     the re-test's own proven AUTH_OK over UDP does."""
-    from shoal.daemon import traversal as tr
     from shoal.relay import frames as f
+    from shoal.relay import link as tr
     from shoal.relay.service import RelayService
 
     monkeypatch.setattr(tr, "RELAY_UDP_WAIT", 0.2)

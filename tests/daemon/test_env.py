@@ -69,4 +69,9 @@ def test_production_defaults():
     assert e.sched is None and e.make_plane is env.wg_plane and e.connect is transport.connect
     assert e.fetch_server_key is transport.fetch_server_key and isinstance(e.pinger, Pinger)
     assert e.resolve is env.resolve_udp and e.local_api is True
+    import websockets
+
+    from shoal.udp.bind import open_udp
+
+    assert e.birthday_bind is open_udp and e.relay_ws_connect is websockets.connect
     e.pinger.close()

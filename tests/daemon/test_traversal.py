@@ -175,10 +175,10 @@ async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pyte
     """Issue 18: a relay WebSocket that refuses our AUTH (here: not a member yet, as when the
     standalone relay has not read the login) used to leave the node unbound for good; it now
     sends HELLO again, the waits doubling, and is accepted once the relay agrees."""
-    from shoal.daemon import traversal as tr
+    from shoal.relay import link as tr
     from shoal.relay.service import RelayService
 
-    monkeypatch.setattr(tr, "RELAY_AUTH_RETRY", 0.2, raising=False)
+    monkeypatch.setattr(tr, "RELAY_AUTH_RETRY", 0.2)
     loop = asyncio.get_running_loop()
     asked: list[float] = []
 
@@ -201,7 +201,7 @@ async def test_websocket_relay_refusal_is_retried_with_backoff(monkeypatch: pyte
         gaps = [b - a for a, b in zip(asked, asked[1:])]
         assert gaps[0] >= 0.18 and gaps[1] >= 1.8 * gaps[0] * 0.9 and gaps[2] >= 1.8 * gaps[1] * 0.9, gaps
         # accepted: the wait is back to the first one
-        assert ta._auth_wait == 0.2
+        assert ta.link._auth_wait == 0.2
     finally:
         await ta.close()
         await service.close()
@@ -212,8 +212,8 @@ async def test_back_to_udp_only_after_a_proven_udp_handshake(monkeypatch: pytest
     """Issue 18 F12: on the WebSocket, a frame from the UDP relay's address used to switch the
     node back to UDP whatever it was (anyone can spoof that address: a flapping node); now only
     the re-test's own proven AUTH_OK over UDP does."""
-    from shoal.daemon import traversal as tr
     from shoal.relay import frames as f
+    from shoal.relay import link as tr
     from shoal.relay.service import RelayService
 
     monkeypatch.setattr(tr, "RELAY_UDP_WAIT", 0.2)
@@ -244,3 +244,153 @@ async def test_back_to_udp_only_after_a_proven_udp_handshake(monkeypatch: pytest
     finally:
         await ta.close()
         await service.close()
+
+
+# ---------------------------------------------------------------------- seams (no OS at all)
+
+
+class StepSched:
+    """A Scheduler whose clock moves only when told; due timers fire on `advance`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[list] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, cb, *args):  # noqa: ANN001, ANN201
+        entry = [when, cb, args]
+        self.timers.append(entry)
+
+        class Handle:
+            def cancel(_self) -> None:  # noqa: N805
+                if entry in self.timers:
+                    self.timers.remove(entry)
+
+        return Handle()
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        while True:
+            due = sorted((t for t in self.timers if t[0] <= self.now), key=lambda t: t[0])
+            if not due:
+                return
+            self.timers.remove(due[0])
+            due[0][1](*due[0][2])
+
+
+class FakeBind:
+    """An in-memory `shoal.udp.bind.Bind`: what is sent is recorded, `arrive` queues datagrams."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.waiting: list[tuple[bytes, tuple[str, int]]] = []
+        self.reader = None
+        self.closed = False
+
+    def set_reader(self, callback) -> None:  # noqa: ANN001
+        self.reader = callback
+
+    def recv_batch(self, max_datagrams: int = 128):  # noqa: ANN201
+        out, self.waiting = self.waiting[:max_datagrams], self.waiting[max_datagrams:]
+        return out
+
+    def send_batch(self, datagrams) -> None:  # noqa: ANN001
+        self.sent += datagrams
+
+    def close(self) -> None:
+        self.closed, self.reader = True, None
+
+    def arrive(self, data: bytes, src: tuple[str, int]) -> None:
+        self.waiting.append((data, src))
+        assert self.reader is not None
+        self.reader()
+
+
+async def test_birthday_sockets_come_from_the_bind_factory_and_close_after_the_hold() -> None:
+    from shoal.constants import BIRTHDAY_HOLD
+
+    sched, binds = StepSched(), []
+
+    def factory(port: int = 0, *, host: str = "::") -> FakeBind:
+        binds.append(FakeBind(40000 + len(binds)))
+        return binds[-1]
+
+    pa = FakePlane(("203.0.113.1", 1000), Net())
+    kb = PrivateKey.generate().public_key()
+    ta = Traversal(PrivateKey.generate(), pa, on_candidates=lambda c, h: None, portmap=False,
+                   sched=sched, bind_factory=factory)
+    try:
+        ta._bsend(3, b"probe", ("198.51.100.9", 5000))
+        ta._bsend(3, b"again", ("198.51.100.9", 5001))
+        ta._bsend(3, b"v6", ("2001:db8::1", 5000))  # birthday sockets are IPv4 only
+        assert len(binds) == 1 and binds[0].sent == [(b"probe", ("198.51.100.9", 5000)), (b"again", ("198.51.100.9", 5001))]
+        # a path over socket 3: what arrives there from the peer is the engine's, from its virtual endpoint
+        ta.set_peers([peer(kb, ["198.51.100.9:5000"])])
+        vep = ta._routed_vep(kb, 3, ("198.51.100.9", 5000))
+        binds[0].arrive(b"\x04\x00\x00\x00ciphertext", ("198.51.100.9", 5000))
+        binds[0].arrive(b"\x04\x00\x00\x00stranger", ("198.51.100.66", 1))
+        assert pa.injected == [(b"\x04\x00\x00\x00ciphertext", vep)] and ta.stats["birthday_unknown"] == 1
+        pa.relay_out([(b"\x01out", vep)])  # the engine's packets to that endpoint leave from socket 3
+        assert binds[0].sent[-1] == (b"\x01out", ("198.51.100.9", 5000))
+        ta._bsend(4, b"other", ("198.51.100.9", 6000))
+        assert len(binds) == 2
+        sched.advance(BIRTHDAY_HOLD + 0.1)  # the unused socket 4 closes on the scheduler's timer
+        assert binds[1].closed and not binds[0].closed
+    finally:
+        await ta.close()
+    assert binds[0].closed
+
+
+class FakeWs:
+    """The client connection `ws_connect` yields, joined to a RelayEngine in memory."""
+
+    def __init__(self, engine: RelayEngine, sched: StepSched) -> None:
+        from shoal.relay.engine import StreamBinding
+
+        self.engine, self.sched, self.binding = engine, sched, StreamBinding(1)
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def send(self, data: bytes) -> None:
+        self.engine.receive(data, self.binding, self.sched.time())
+        for frame, _b in self.engine.take_outbox():
+            self.incoming.put_nowait(frame)
+
+    async def recv(self) -> bytes:
+        return await self.incoming.get()
+
+    async def close(self) -> None:
+        pass
+
+    def __aiter__(self):  # noqa: ANN204
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self.recv()
+
+
+async def test_the_relay_websocket_comes_from_ws_connect() -> None:
+    import contextlib
+
+    sched, ks = StepSched(), PrivateKey.generate()
+    ws = FakeWs(RelayEngine(ks, lambda s, d: True), sched)
+    calls: list[tuple[str, dict]] = []
+
+    @contextlib.asynccontextmanager
+    async def connect(url: str, **kw):  # noqa: ANN003, ANN202
+        calls.append((url, kw))
+        yield ws
+
+    pa = FakePlane(("203.0.113.1", 1000), Net())
+    ta = Traversal(PrivateKey.generate(), pa, on_candidates=lambda c, h: None, portmap=False,
+                   sched=sched, ws_connect=connect)
+    try:
+        ta.set_server("192.0.2.1", ks.public_key(), stun_port=0, relay_port=0, relay_ws_url="ws://192.0.2.1:8080/relay")
+        await wait_for(lambda: ta.relay is not None and ta.relay.ready)
+        assert ta.relay_mode == "ws" and calls[0][0] == "ws://192.0.2.1:8080/relay"
+        assert calls[0][1]["max_size"] == 65535 and calls[0][1]["compression"] is None
+        assert ta.info()["relay"]["ready"] and sched.timers  # the keepalive timer is on the scheduler
+    finally:
+        await ta.close()

@@ -208,7 +208,8 @@ class Daemon:
         port, iface = self.plane.listen_port or 0, self.opts.iface
         return Traversal(
             self.key, self.plane, on_candidates=self.session.on_candidates, server_up=lambda: self.conn is not None,
-            host_endpoints=None if self.opts.endpoints else (lambda: host_endpoints(port, iface)))
+            host_endpoints=None if self.opts.endpoints else (lambda: host_endpoints(port, iface)),
+            sched=self.sched, bind_factory=self.env.birthday_bind, ws_connect=self.env.relay_ws_connect)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.reconciler.bind_loop()

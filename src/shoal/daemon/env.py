@@ -15,6 +15,9 @@ simulation tier can run the real daemon glue in one process on a virtual-time lo
     resolve           host name -> one IP address for the server's STUN/relay (default
                       `resolve_udp`: the loop's getaddrinfo)
     local_api         whether to serve the local API on its unix socket (default True)
+    birthday_bind     how NAT traversal opens its birthday sockets (`shoal.udp.bind.BindFactory`;
+                      default `open_udp`, a real UDP socket read through the loop)
+    relay_ws_connect  the relay WebSocket dialer of NAT traversal (default `websockets.connect`)
 
 `sleep(sched, delay)` is the one way the daemon's loops wait: a timer on `sched`.
 """
@@ -32,6 +35,7 @@ from typing import Any
 from shoal.clock import Scheduler
 from shoal.dataplane.api import DataPlane
 from shoal.dataplane.config import WgConfig
+from shoal.udp.bind import BindFactory, open_udp
 from shoal.wireguard.device import DeviceEvent
 from shoal.wireguard.keys import PublicKey
 
@@ -72,6 +76,12 @@ def _fetch_key() -> KeyFetcher:
     return transport.fetch_server_key
 
 
+def _ws_connect() -> Callable[..., Any]:
+    import websockets
+
+    return websockets.connect
+
+
 def _pinger() -> Any:
     from shoal.daemon.icmp import Pinger
 
@@ -87,6 +97,8 @@ class DaemonEnv:
     pinger: Any = field(default_factory=_pinger)
     resolve: Resolver = resolve_udp
     local_api: bool = True
+    birthday_bind: BindFactory = open_udp
+    relay_ws_connect: Callable[..., Any] = field(default_factory=_ws_connect)
 
 
 async def sleep(sched: Scheduler, delay: float) -> None:

@@ -5,7 +5,8 @@ Owns (asyncio glue around sans-IO engines; one instance per daemon, on its event
     which path reaches that peer, direct (an address) or through the relay;
   - the reflexive probe (`shoal.nat.reflexive`) on the WireGuard data socket: our public
     address as the server's STUN sees it, and whether our NAT maps per destination;
-  - the relay connection (`shoal.relay.client`): UDP from the data socket to the server's
+  - the relay connection, whose state machine is `shoal.relay.link.RelayLink` (sans-IO; here:
+    its actions carried out and the WebSocket task): UDP from the data socket to the server's
     relay port, or, when no answer comes within RELAY_UDP_WAIT (UDP blocked), a WebSocket to
     the server's HTTP port at RELAY_WS_PATH; a relay that answers (a WebSocket, or a proven
     refusal over UDP) but does not accept us gets a new HELLO after RELAY_AUTH_RETRY seconds,
@@ -35,8 +36,14 @@ the WireGuard engine as if it came from the sender's virtual endpoint (the engin
 it like any datagram: only a peer's authenticated packets get through). A relay never sees
 plaintext: it carries WireGuard ciphertext and sealed disco messages.
 
-Timers: one loop timer at the earliest deadline of the engines, the probe and the relay
+Timers: one timer at the earliest deadline of the engines, the probe and the relay
 (keepalive, answer wait, silence). Everything runs on the loop; nothing here blocks.
+
+Seams (production defaults; the simulation tier injects in-memory ones): `sched` (time and
+timers, `shoal.clock.Scheduler`; default the running loop), `bind_factory` (the birthday
+sockets, `shoal.udp.bind.BindFactory`; default `open_udp`), `ws_connect` (the relay WebSocket
+dialer, `websockets.connect`'s call shape), `host_endpoints` (our addresses; None: not watched)
+and `portmap` (False: no gateway is asked). The data socket is the plane's.
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,41 +63,36 @@ from shoal.constants import (
     HOST_ADDRESS_CHECK,
     REFLEXIVE_REFRESH,
     REFLEXIVE_REFRESH_RELAYED,
-    RELAY_ACTIVE_KEEPALIVE,
-    RELAY_AUTH_RETRY,
-    RELAY_AUTH_RETRY_MAX,
-    RELAY_KEEPALIVE_INTERVAL,
     RELAY_MAGIC,
-    RELAY_PONG_TIMEOUT,
-    RELAY_REAUTH_AFTER,
     RELAY_MAX_FRAME,
-    RELAY_RETRY,
-    RELAY_SILENCE,
-    RELAY_UDP_RETEST,
-    RELAY_UDP_WAIT,
-    RELAY_WS_OPEN_TIMEOUT,
     RELAY_WS_PATH,
-    RELAY_WS_QUICK_OPEN_TIMEOUT,
-    RELAY_WS_QUICK_RETRIES,
-    RELAY_WS_QUICK_RETRY,
     STUN_PORT,
     VIRTUAL_ENDPOINT_PREFIX,
 )
 from shoal import endpoint
+from shoal.clock import Cancellable, Scheduler, running
 from shoal.endpoint import Endpoint
 from shoal.control import messages as M
+from shoal.daemon.env import sleep
 from shoal.nat import stun
 from shoal.nat.disco import CandidateKind, DiscoCodec
 from shoal.nat.paths import Path, PathEngine, PathKind, SprayLimit, Transmit
 from shoal.nat.portmap.client import PortMapper, find_gateway
 from shoal.nat.reflexive import ReflexiveProbe
 from shoal.relay.client import RelayClient
+from shoal.relay.link import Changed, CloseWs, Delivered, OpenWs, RelayLink, SendUdp, SendWs
+from shoal.udp.bind import Bind, BindFactory, open_udp
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 log = logging.getLogger("shoal.traversal")
 
 
-__all__ = ["Traversal", "candidates_of"]
+__all__ = ["Traversal", "WsConnector", "candidates_of", "relay_ws_url"]
+
+# The relay's WebSocket dialer: called as websockets.connect(url, max_size=..., compression=None,
+# open_timeout=..., close_timeout=...); returns an async context manager whose value has async
+# send(bytes), recv(), close() and async iteration over incoming messages.
+WsConnector = Callable[..., Any]
 
 
 def _parse(text: str) -> Endpoint | None:
@@ -145,14 +146,19 @@ class Traversal:
         clock: Callable[[], float] | None = None,
         portmap: bool = True,
         server_up: Callable[[], bool] = lambda: True,
+        sched: Scheduler | None = None,
+        bind_factory: BindFactory = open_udp,
+        ws_connect: WsConnector | None = None,
     ) -> None:
         self.key = key
         self.public_key = key.public_key()
         self.plane = plane
         self.on_candidates = on_candidates
         self._host_endpoints = host_endpoints
-        self._loop = asyncio.get_running_loop()
-        self._clock = clock or self._loop.time
+        self._sched = running(sched)  # time and timers (default: the running loop)
+        self._clock = clock or self._sched.time
+        self._bind_factory = bind_factory  # opens the birthday sockets
+        self._ws_connect: WsConnector = ws_connect if ws_connect is not None else websockets.connect
         self.codec = DiscoCodec(key)
         self.engines: dict[PublicKey, PathEngine] = {}
         self._cands: dict[PublicKey, list[tuple[CandidateKind, Endpoint]]] = {}
@@ -164,7 +170,7 @@ class Traversal:
         self.spray_limit = SprayLimit()  # spray budgets per peer and per target IP, all engines together
         self._last_direct: dict[PublicKey, Endpoint] = {}  # the endpoint of the last direct path
         # birthday sockets: k -> socket; paths over them: virtual endpoint <-> (k, peer address)
-        self._bsocks: dict[int, socket.socket] = {}
+        self._bsocks: dict[int, Bind] = {}
         self._bsock_until = 0.0  # unused birthday sockets close then
         self._route: dict[Endpoint, tuple[int, Endpoint]] = {}
         self._route_vep: dict[tuple[int, Endpoint], Endpoint] = {}
@@ -174,27 +180,12 @@ class Traversal:
         self.mapped: Endpoint | None = None  # a port mapping on our gateway, if any
         self.probe: ReflexiveProbe | None = None
         self._reported: tuple[tuple[M.Candidate, ...], bool] | None = None
-        # relay
-        self.relay_key: PublicKey | None = None
-        self.relay_udp: Endpoint | None = None
-        self.relay_ws_url: str | None = None
-        self.relay: RelayClient | None = None
-        self.relay_mode: str | None = None  # "udp" | "ws" | None
-        self._relay_started = 0.0
-        self._relay_last_rx = 0.0
-        self._relay_last_ka = 0.0  # last keepalive (sent whatever the traffic: it checks the path)
-        self._relay_retry_at: float | None = None
-        self._relay_ping_at: float | None = None  # when the unanswered keepalive went out
-        self._udp_failed = False  # the UDP relay never answered here: go straight to WebSocket
-        self._reauth_sent = False  # re-authentication after an unanswered keepalive is under way
-        self._auth_wait = RELAY_AUTH_RETRY  # not accepted this long by a relay that answers: HELLO again
-        self._ws_quick = 0  # quick WebSocket retries left after a working one dropped
-        self._udp_retest_at: float | None = None  # while on the WebSocket: next HELLO over UDP
-        self._udp_retest: RelayClient | None = None  # its handshake over UDP, while on the WebSocket
-        self.relay_rtt: float | None = None  # seconds: authentication (2 round trips) / 2, then keepalive -> pong
+        # relay: the connection's state machine is the link's; the WebSocket task is ours
+        self.link = RelayLink(key, stats=self.stats)
+        self._ws_id = 0  # the link's number of the WebSocket our task runs
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_queue: asyncio.Queue[bytes] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._timer_at: float | None = None
         self._host_task: asyncio.Task[None] | None = None
         self.portmap = portmap
@@ -222,10 +213,8 @@ class Traversal:
             self.probe.start(now)
         if self.portmap and self._mapper is None and ":" not in server_ip:
             self._mapper_task = asyncio.create_task(self._map_port(server_ip), name="port-mapping")
-        relay_udp = (server_ip, relay_port) if relay_port else None
-        if (server_key, relay_udp, relay_ws_url) != (self.relay_key, self.relay_udp, self.relay_ws_url) or self.relay is None:
-            self.relay_key, self.relay_udp, self.relay_ws_url = server_key, relay_udp, relay_ws_url
-            self._relay_connect(now)
+        self.link.set_server(server_key, (server_ip, relay_port) if relay_port else None, relay_ws_url, now)
+        self._pump(now)
         self._after(now)
 
     def set_peers(self, peers: list[M.PeerInfo]) -> None:
@@ -253,7 +242,7 @@ class Traversal:
                     self._route_vep.pop(self._route.pop(rvep), None)
                     del self._route_owner[rvep]
                     self.plane.virtual_endpoints.discard(rvep)
-        relay_ok = self.relay is not None and self.relay.ready
+        relay_ok = self.link.ready
         for key, p in wanted.items():
             cands = candidates_of(p)
             eng = self.engines.get(key)
@@ -390,7 +379,7 @@ class Traversal:
         """Roaming: our own addresses changed -> new candidates, a new STUN round."""
         assert self._host_endpoints is not None
         while True:
-            await asyncio.sleep(HOST_ADDRESS_CHECK)
+            await sleep(self._sched, HOST_ADDRESS_CHECK)
             try:
                 host = await self._host_endpoints()
             except Exception as e:  # noqa: BLE001 - netlink trouble: try again later
@@ -414,13 +403,9 @@ class Traversal:
         for data, src in datagrams:
             if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
                 self._on_disco(data, src, now, via_relay=False)
-            elif data[:2] == RELAY_MAGIC and src == self.relay_udp:
-                if self.relay_mode == "udp":
-                    self._relay_rx(data, now)
-                elif self.relay_mode == "ws" and self._udp_retest is not None:
-                    self._udp_retest_rx(data, now)
-                else:
-                    self.stats["relay_unexpected"] += 1
+            elif data[:2] == RELAY_MAGIC and src == self.link.udp:
+                self.link.udp_received(data, now)
+                self._pump(now)
             elif stun.is_stun(data):
                 if self.probe is None or not self.probe.receive(data, src, now):
                     self.stats["stun_unexpected"] += 1
@@ -455,27 +440,24 @@ class Traversal:
 
     # ------------------------------------------------------------------ birthday sockets
 
-    def _bsock(self, k: int) -> socket.socket | None:
+    def _bsock(self, k: int) -> Bind | None:
         s = self._bsocks.get(k)
         if s is None:
             try:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.setblocking(False)
-                s.bind(("0.0.0.0", 0))
+                s = self._bind_factory(0)
             except OSError as e:
                 self.stats["birthday_socket_error"] += 1
                 log.debug("birthday socket %d: %s", k, e)
                 return None
             self._bsocks[k] = s
-            self._loop.add_reader(s.fileno(), self._on_bsock, k)
+            s.set_reader(lambda: self._on_bsock(k))
         return s
 
     def _close_bsock(self, k: int) -> None:
         s = self._bsocks.pop(k, None)
         if s is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_reader(s.fileno())
-            s.close()
+                s.close()
 
     def _bsend(self, k: int, data: bytes, dst: Endpoint) -> None:
         if ":" in dst[0]:
@@ -485,8 +467,8 @@ class Traversal:
             return
         self._bsock_until = self._clock() + BIRTHDAY_HOLD
         try:
-            s.sendto(data, dst)
-        except OSError:
+            s.send_batch([(data, dst)])
+        except OSError:  # a Bind counts network errors itself; this is a broken one
             self.stats["birthday_send_error"] += 1
 
     def _on_bsock(self, k: int) -> None:
@@ -495,15 +477,12 @@ class Traversal:
             return
         now = self._clock()
         wg: list[tuple[bytes, Endpoint]] = []
-        for _ in range(64):
-            try:
-                data, src = s.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.stats["birthday_recv_error"] += 1
-                break
-            src = (src[0], src[1])
+        try:
+            batch = s.recv_batch(64)
+        except OSError:
+            self.stats["birthday_recv_error"] += 1
+            batch = []
+        for data, src in batch:
             if data[:len(DISCO_MAGIC)] == DISCO_MAGIC:
                 self._on_disco(data, src, now, via_relay=False, sock=k)
             else:
@@ -576,122 +555,98 @@ class Traversal:
             self.plane.virtual_endpoints.add(vep)
         return vep
 
-    # ------------------------------------------------------------------ relay
+    # ------------------------------------------------------------------ relay (glue around RelayLink)
 
-    def _relay_connect(self, now: float) -> None:
-        """(Re)start the relay connection: UDP first (unless it never answered on this
-        network), WebSocket if UDP stays silent."""
-        self._stop_ws()
-        self.relay = None
-        self.relay_mode = None
-        self._relay_retry_at = None
-        self._relay_ping_at = None
-        self._reauth_sent = False
-        if self.relay_key is None:
-            return
-        if self.relay_udp is not None and not (self._udp_failed and self.relay_ws_url is not None):
-            self.relay = RelayClient(self.key, self.relay_key)
-            self.relay_mode = "udp"
-            self._relay_started = self._relay_last_rx = now
-            self.plane.send_raw([(self.relay.start(now), self.relay_udp)])
-        elif self.relay_ws_url is not None:
-            self._start_ws(now)
+    @property
+    def relay(self) -> RelayClient | None:
+        return self.link.client
 
-    def _start_ws(self, now: float) -> None:
-        if self.relay_ws_url is None or self.relay_key is None:
-            self._relay_retry_at = now + RELAY_RETRY
-            return
-        self._udp_retest_at = now + RELAY_UDP_RETEST if self.relay_udp is not None else None
-        self._udp_retest = None
-        self.relay = RelayClient(self.key, self.relay_key)
-        self.relay_mode = "ws"
-        self._relay_started = self._relay_last_rx = now
-        self._ws_queue = asyncio.Queue(4096)
-        self._ws_queue.put_nowait(self.relay.start(now))
-        self._ws_task = asyncio.create_task(self._ws_run(self.relay_ws_url, self.relay, self._ws_queue), name="relay-ws")
+    @property
+    def relay_mode(self) -> str | None:
+        return self.link.mode
+
+    @property
+    def relay_key(self) -> PublicKey | None:
+        return self.link.relay_key
+
+    @property
+    def relay_udp(self) -> Endpoint | None:
+        return self.link.udp
+
+    @property
+    def relay_ws_url(self) -> str | None:
+        return self.link.ws_url
+
+    @property
+    def relay_rtt(self) -> float | None:
+        return self.link.rtt
+
+    def _pump(self, now: float) -> None:
+        """Carry out what the relay link asks, in order (nested calls pump their own)."""
+        for a in self.link.take_actions():
+            if isinstance(a, SendUdp):
+                self.plane.send_raw([(a.frame, a.dst)])
+            elif isinstance(a, SendWs):
+                if a.ws == self._ws_id and self._ws_queue is not None:
+                    try:
+                        self._ws_queue.put_nowait(a.frame)
+                    except asyncio.QueueFull:
+                        self.stats["relay_ws_queue_full"] += 1
+            elif isinstance(a, OpenWs):
+                self._stop_ws()
+                self._ws_id, self._ws_queue = a.ws, asyncio.Queue(4096)
+                self._ws_task = asyncio.create_task(self._ws_run(a, self._ws_queue), name="relay-ws")
+            elif isinstance(a, CloseWs):
+                if a.ws == self._ws_id:
+                    self._stop_ws()
+            elif isinstance(a, Changed):
+                self._relay_state_changed(now)
+            elif isinstance(a, Delivered):
+                self._delivered(a.items, now)
 
     def _stop_ws(self) -> None:
         if self._ws_task is not None:
             self._ws_task.cancel()
             self._ws_task = None
         self._ws_queue = None
+        self._ws_id = 0
 
-    async def _ws_run(self, url: str, client: RelayClient, queue: asyncio.Queue[bytes]) -> None:
-        open_timeout = RELAY_WS_QUICK_OPEN_TIMEOUT if self._ws_quick > 0 else RELAY_WS_OPEN_TIMEOUT
+    async def _ws_run(self, req: OpenWs, queue: asyncio.Queue[bytes]) -> None:
+        url, ws = req.url, req.ws
         try:
-            async with websockets.connect(url, max_size=RELAY_MAX_FRAME, compression=None,
-                                          open_timeout=open_timeout, close_timeout=2) as ws:
+            async with self._ws_connect(url, max_size=RELAY_MAX_FRAME, compression=None,
+                                        open_timeout=req.open_timeout, close_timeout=2) as conn:
                 log.info("relay: WebSocket %s open", url)
+                self.link.ws_opened(ws, self._clock())
 
                 async def sender() -> None:
                     while True:
-                        await ws.send(await queue.get())
+                        await conn.send(await queue.get())
 
                 send_task = asyncio.create_task(sender())
                 try:
-                    async for msg in ws:
-                        if isinstance(msg, bytes) and self.relay is client:
-                            self._relay_rx(msg, self._clock())
-                            self._after(self._clock())
+                    async for msg in conn:
+                        if isinstance(msg, bytes):
+                            now = self._clock()
+                            self.link.ws_received(ws, msg, now)
+                            self._pump(now)
+                            self._after(now)
                 finally:
                     send_task.cancel()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure: retry later
             log.info("relay: WebSocket %s: %s", url, e or type(e).__name__)
-        if self.relay is client and not self._closed:
-            self.relay = None
-            self.relay_mode = None
-            # a connection that worked and dropped is redone at once, and quickly again a few
-            # times (a roamed host's first SYN may be lost); one that keeps failing, later
-            if client.ready:
-                self._ws_quick = RELAY_WS_QUICK_RETRIES
-                delay = 0.0
-            elif self._ws_quick > 0:
-                self._ws_quick -= 1
-                delay = RELAY_WS_QUICK_RETRY
-            else:
-                delay = RELAY_RETRY
-                self._udp_failed = False  # the relay is not reachable at all: next time, UDP first again
-            self._relay_retry_at = self._clock() + delay
-            self._relay_state_changed(self._clock())
-            self._after(self._clock())
-
-    def _udp_retest_rx(self, frame: bytes, now: float) -> None:
-        """A frame from the UDP relay while on the WebSocket: the re-test handshake."""
-        retest = self._udp_retest
-        assert retest is not None and self.relay_udp is not None
-        out = retest.receive(frame, now)
-        if out:
-            self.plane.send_raw([(o, self.relay_udp) for o in out])
-        if not retest.ready:
-            return
-        log.info("relay: UDP works again (the relay accepted us over it), leaving the WebSocket")
-        self._stop_ws()
-        self._udp_failed = False
-        self._udp_retest = self._udp_retest_at = None
-        self.relay, self.relay_mode = retest, "udp"
-        self._relay_started = self._relay_last_rx = self._relay_last_ka = now
-        self._relay_retry_at = self._relay_ping_at = None
-        self._reauth_sent = False
-        self._auth_wait = RELAY_AUTH_RETRY
-        self._relay_state_changed(now)
-
-    def _relay_tx(self, frame: bytes, now: float) -> None:  # noqa: ARG002 - now: symmetry with the other senders
-        if self.relay_mode == "udp" and self.relay_udp is not None:
-            self.plane.send_raw([(frame, self.relay_udp)])
-        elif self.relay_mode == "ws" and self._ws_queue is not None:
-            try:
-                self._ws_queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                self.stats["relay_ws_queue_full"] += 1
+        if not self._closed:
+            now = self._clock()
+            self.link.ws_closed(ws, now)
+            self._pump(now)
+            self._after(now)
 
     def _relay_send(self, dst: bytes, payload: bytes) -> None:
-        client = self.relay
-        if client is None or not client.ready:
-            self.stats["relay_not_ready"] += 1
-            return
-        self._relay_tx(client.wrap(dst, payload), self._clock())
+        now = self._clock()
+        self.link.send(dst, payload, now)
+        self._pump(now)
 
     def _relay_out(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
         """WireGuard packets the engine sent to a virtual endpoint."""
@@ -704,16 +659,9 @@ class Traversal:
             if key is not None:
                 self._relay_send(bytes(key), data)
 
-    def _relay_rx(self, frame: bytes, now: float) -> None:
-        client = self.relay
-        if client is None:
-            return
-        was_ready = client.ready
-        pongs = client.stats["pong"]
-        self._relay_last_rx = now
-        for reply in client.receive(frame, now):
-            self._relay_tx(reply, now)
-        inbox, client.inbox = client.inbox, []
+    def _delivered(self, inbox: list[tuple[bytes, bytes]], now: float) -> None:
+        """What peers sent us through the relay: disco to the path engines, the rest to
+        WireGuard from the sender's virtual endpoint."""
         wg: list[tuple[bytes, Endpoint]] = []
         for src, payload in inbox:
             try:
@@ -730,26 +678,6 @@ class Traversal:
         if wg:
             self.plane.inject(wg, now)
             self._keep_direct({self._vep_key[v] for _, v in wg if v in self._vep_key}, now)
-        for code, key in client.errors:
-            self.stats[f"relay_error_{code}"] += 1
-        client.errors.clear()
-        if client.stats["pong"] != pongs and self._relay_ping_at is not None:
-            self.relay_rtt, self._relay_ping_at = now - self._relay_ping_at, None
-            self._reauth_sent = False
-        if client.ready and not was_ready:
-            self._auth_wait = RELAY_AUTH_RETRY
-            self.relay_rtt = (now - self._relay_started) / 2
-            self._relay_last_ka = now
-            self._relay_ping_at, self._reauth_sent = None, False
-            if self.relay_mode == "udp":
-                self._udp_failed = False
-            else:
-                self._ws_quick = 0  # open again: the next drop starts a fresh round of quick retries
-        if was_ready and not client.ready:  # the relay forgot us (our address changed): re-authenticating
-            self._relay_started = now
-        if client.ready != was_ready:
-            log.info("relay: %s via %s", "accepted us" if client.ready else "lost us", self.relay_mode)
-            self._relay_state_changed(now)
 
     def _keep_direct(self, keys: set[PublicKey], now: float) -> None:
         """A late packet through the relay (a handshake answer, say) made WireGuard roam the
@@ -763,91 +691,13 @@ class Traversal:
                 self.plane.set_endpoint(key, ep, now)
 
     def _relay_state_changed(self, now: float) -> None:
-        ready = self.relay is not None and self.relay.ready
+        ready = self.link.ready
         for key, eng in self.engines.items():
             if eng.relay != ready:
                 self._emit(key, eng.set_remote_candidates(self._cands.get(key, []), now, relay=ready))
 
-    def _relay_timer(self, now: float) -> None:
-        if self.relay_mode == "ws" and self._udp_retest_at is not None and now >= self._udp_retest_at:
-            # UDP may work now (the server was only down when we gave up on it, or we moved):
-            # a whole handshake over UDP; only its proven AUTH_OK switches back (issue 18 F12:
-            # anything else from the relay's address could be spoofed)
-            assert self.relay_key is not None and self.relay_udp is not None
-            self._udp_retest = RelayClient(self.key, self.relay_key)
-            self.plane.send_raw([(self._udp_retest.start(now), self.relay_udp)])
-            self._udp_retest_at = now + RELAY_UDP_RETEST
-        client = self.relay
-        if client is None:
-            if self._relay_retry_at is not None and now >= self._relay_retry_at:
-                self._relay_connect(now)
-            return
-        if not client.ready:
-            if self._relay_answers(client):
-                # the relay is reachable this way but has not accepted us (it refused: not a
-                # member yet, full; or frames were lost): ask again, less and less often
-                if now - self._relay_started >= self._auth_wait:
-                    log.info("relay: not accepted via %s after %.0f s, authenticating again", self.relay_mode, self._auth_wait)
-                    self.stats["relay_auth_retry"] += 1
-                    self._relay_tx(client.start(now), now)
-                    self._relay_started = now
-                    self._auth_wait = min(self._auth_wait * 2, RELAY_AUTH_RETRY_MAX)
-            elif self.relay_mode == "udp" and now - self._relay_started >= RELAY_UDP_WAIT:
-                if not self._server_up():
-                    # the server itself is away (restarting?): that says nothing about UDP
-                    self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
-                    return
-                self._udp_failed = True
-                if self.relay_ws_url is not None:
-                    log.info("relay: no answer over UDP from %s in %.0f s, trying WebSocket", endpoint.text(self.relay_udp), RELAY_UDP_WAIT)  # type: ignore[arg-type]
-                    self._start_ws(now)
-                else:
-                    self.relay, self.relay_mode, self._relay_retry_at = None, None, now + RELAY_RETRY
-            return
-        silent = now - self._relay_last_rx >= RELAY_SILENCE
-        unanswered = self._relay_ping_at is not None and now - self._relay_ping_at >= RELAY_PONG_TIMEOUT
-        if silent or unanswered:
-            log.info("relay: %s, reconnecting", f"silent for {RELAY_SILENCE:.0f} s" if silent else
-                     f"keepalive unanswered for {RELAY_PONG_TIMEOUT:.0f} s")
-            self._relay_connect(now)
-            self._relay_state_changed(now)
-            return
-        if self._relay_ping_at is not None and now - self._relay_ping_at >= RELAY_REAUTH_AFTER and not self._reauth_sent:
-            log.info("relay: keepalive unanswered for %.1f s (our address changed?), authenticating again", RELAY_REAUTH_AFTER)
-            self._reauth_sent = True
-            self._relay_tx(client.start(now), now)
-            self._relay_started = now
-            self._relay_state_changed(now)
-            return
-        if now - self._relay_last_ka >= self._keepalive_interval():
-            self._relay_tx(client.keepalive(), now)
-            self._relay_last_ka = now
-            if self._relay_ping_at is None:
-                self._relay_ping_at = now
-
-    def _relay_answers(self, client: RelayClient) -> bool:
-        """While not accepted: is this way to the relay known to work (a WebSocket is a
-        connection; over UDP only a proven refusal says so, else UDP may be blocked)?"""
-        return self.relay_mode == "ws" or client.stats["refused"] > 0
-
-    def _keepalive_interval(self) -> float:
-        relayed = any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
-        return RELAY_ACTIVE_KEEPALIVE if relayed else RELAY_KEEPALIVE_INTERVAL
-
-    def _relay_deadline(self) -> float | None:
-        client = self.relay
-        if client is None:
-            return self._relay_retry_at
-        if not client.ready:
-            if self._relay_answers(client):
-                return self._relay_started + self._auth_wait
-            return self._relay_started + RELAY_UDP_WAIT if self.relay_mode == "udp" else None
-        ds = [self._relay_last_rx + RELAY_SILENCE, self._relay_last_ka + self._keepalive_interval()]
-        if self._relay_ping_at is not None:
-            ds.append(self._relay_ping_at + (RELAY_PONG_TIMEOUT if self._reauth_sent else RELAY_REAUTH_AFTER))
-        if self.relay_mode == "ws" and self._udp_retest_at is not None:
-            ds.append(self._udp_retest_at)
-        return min(ds)
+    def _relayed(self) -> bool:
+        return any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
 
     # ------------------------------------------------------------------ timers
 
@@ -868,8 +718,7 @@ class Traversal:
                 self._candidates_changed(now)
         self._apply_paths(now)
         if probe is not None:
-            relayed = any(e.path is not None and e.path.kind is PathKind.RELAY for e in self.engines.values())
-            want = REFLEXIVE_REFRESH_RELAYED if relayed else REFLEXIVE_REFRESH
+            want = REFLEXIVE_REFRESH_RELAYED if self._relayed() else REFLEXIVE_REFRESH
             if probe.refresh != want:
                 probe.set_refresh(want, now)
         self._arm()
@@ -880,7 +729,8 @@ class Traversal:
             d = self.probe.next_deadline()
             if d is not None:
                 ds.append(d)
-        d = self._relay_deadline()
+        self.link.active = self._relayed()
+        d = self.link.next_deadline()
         if d is not None:
             ds.append(d)
         if self._bsocks and len(self._bsocks) > len({k for (k, _a) in self._route_vep}):
@@ -893,7 +743,7 @@ class Traversal:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            self._timer = self._loop.call_at(max(deadline, self._loop.time()), self._on_timer)
+            self._timer = self._sched.call_at(max(deadline, self._sched.time()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -908,7 +758,9 @@ class Traversal:
                 d = eng.next_deadline()
                 if d is not None and now >= d:
                     self._emit(key, eng.handle_timer(now))
-            self._relay_timer(now)
+            self.link.active = self._relayed()
+            self.link.handle_timer(now, server_up=self._server_up())
+            self._pump(now)
             self._expire_bsocks(now)
         except Exception:  # noqa: BLE001 - keep the loop alive; the bug is logged
             log.exception("traversal timer failed")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,16 @@ class MemoryWebSocket:
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+    async def __aiter__(self) -> AsyncIterator[bytes | str]:
+        """Messages until a normal close (1000/1001); other closes raise, as in websockets."""
+        while True:
+            try:
+                yield await self.recv()
+            except websockets.ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code in (1000, 1001):
+                    return
+                raise
 
     # the server side's ServerSocket names
     async def receive_bytes(self) -> bytes:

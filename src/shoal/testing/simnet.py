@@ -14,7 +14,7 @@ runtime, NAT traversal, the daemon) runs over a simulated internet in one proces
   the seam requires; send errors are counted in `errors`, never raised).
 - `bind_factory(node, sched)`: a `shoal.udp.bind.BindFactory` for one fake host. `host="::"`
   (or "0.0.0.0") binds all of the host's addresses, so the bind follows the host when it
-  changes address or roams; another address binds just that one (OSError if the host has
+  changes address or roams; another address (also v4-mapped, "::ffff:192.0.2.1") binds just that one (OSError if the host has
   no such address or the port is taken, as socket.bind).
 """
 
@@ -112,6 +112,8 @@ def bind_factory(node: Host, sched: Scheduler) -> Callable[..., SimBind]:
     """A `BindFactory` opening `SimBind`s on the fake host `node` (module docstring)."""
 
     def bind(port: int = 0, *, host: str = "::") -> SimBind:
+        if host.startswith("::ffff:"):  # an IPv4 address in the dual-stack socket's form
+            host = host[len("::ffff:"):]
         return SimBind(node.socket(port, address=None if host in _ANY else host), sched)
 
     return bind

@@ -1,6 +1,7 @@
 """The control channel over WebSocket: Noise IK session + control messages (asyncio glue).
 
-Owns: the node side (`connect`, over the `websockets` library), the server side (`accept`,
+Owns: the node side (`connect`, over the `websockets` library; `connect_over` runs the same
+handshake over any open `ClientSocket`, e.g. the simulation's in-memory one), the server side (`accept`,
 over any `ServerSocket`: Litestar's WebSocket fits, `WebsocketsServerSocket` adapts a
 `websockets` server connection), the trust-on-first-use key fetch (`fetch_server_key`) and
 the JSON document the server serves for it (`server_key_document`).
@@ -57,7 +58,6 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import websockets
-from websockets.asyncio.client import ClientConnection as _WsClient
 from websockets.asyncio.server import ServerConnection as _WsServer
 
 from shoal.constants import CONTROL_HANDSHAKE_TIMEOUT
@@ -94,10 +94,12 @@ __all__ = [
     "ConnectionClosed",
     "AcceptFailed",
     "ClientConnection",
+    "ClientSocket",
     "ServerConnection",
     "ServerSocket",
     "WebsocketsServerSocket",
     "connect",
+    "connect_over",
     "accept",
     "fetch_server_key",
     "server_key_document",
@@ -186,10 +188,21 @@ def _from_ws_closed(exc: websockets.ConnectionClosed) -> ConnectionClosed:
 # ---------------------------------------------------------------- node side
 
 
+class ClientSocket(Protocol):
+    """What the node side needs of a WebSocket (a `websockets` client connection fits):
+    binary or text messages, and `websockets.ConnectionClosed` once it is closed."""
+
+    async def send(self, message: bytes) -> None: ...
+
+    async def recv(self) -> bytes | str: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
 class ClientConnection:
     """The node's end of an established control session."""
 
-    def __init__(self, ws: _WsClient, session: Session, url: str, node_public: PublicKey,
+    def __init__(self, ws: ClientSocket, session: Session, url: str, node_public: PublicKey,
                  server_public: PublicKey) -> None:
         self._ws = ws
         self._session = session
@@ -254,8 +267,6 @@ async def connect(url: str, node_key: PrivateKey, server_public: PublicKey, *,
 
     Raises ServerKeyMismatch (the server is not the one pinned), ConnectError (unreachable,
     refused, timeout, closed during the handshake) or ProtocolFailure."""
-    hs = ClientHandshake(node_key, server_public)
-    m1 = hs.message1()
     try:
         ws = await asyncio.wait_for(
             websockets.connect(url, max_size=MAX_SERVER_WS_MESSAGE, compression=None,
@@ -265,6 +276,15 @@ async def connect(url: str, node_key: PrivateKey, server_public: PublicKey, *,
         )
     except (OSError, TimeoutError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
         raise ConnectError(f"cannot reach the control server at {url}: {exc or type(exc).__name__}") from None
+    return await connect_over(ws, url, node_key, server_public, timeout=timeout)
+
+
+async def connect_over(ws: ClientSocket, url: str, node_key: PrivateKey, server_public: PublicKey, *,
+                       timeout: float = 10.0) -> ClientConnection:
+    """The node's handshake over an open WebSocket `ws` (what `connect` does once connected; the
+    simulation tier passes an in-memory one). Raises as `connect`; closes `ws` on failure."""
+    hs = ClientHandshake(node_key, server_public)
+    m1 = hs.message1()
     try:
         async with asyncio.timeout(timeout):
             await ws.send(m1)

@@ -1,8 +1,10 @@
 """The relay service (asyncio glue): a UDP listener and a WebSocket endpoint around
 `shoal.relay.engine.RelayEngine`, and the standalone `shoal relay` command.
 
-Owns: the sockets, the clock (time.monotonic), one session number per WebSocket, the
-engine's timer, and the standalone membership oracle.
+Owns: the sockets, the clock, one session number per WebSocket, the engine's timer, and the
+standalone membership oracle. Seams (for the simulation tier): `bind` opens the UDP side
+(`shoal.udp.bind.BindFactory`, default `open_udp`) and `sched` gives time and the timer
+(`shoal.clock.Scheduler`, default the running loop).
 
     UDP        HOST:PORT   one relay frame per datagram (`shoal.relay.frames`), read in
                            batches (`shoal.udp.socket.UdpSocket`, GRO) and answered in batches
@@ -37,7 +39,6 @@ import itertools
 import logging
 import signal
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,11 @@ import typer
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from shoal.clock import Cancellable, Scheduler, running
 from shoal.constants import RELAY_MAX_FRAME, RELAY_MEMBERSHIP_REFRESH, RELAY_PORT, RELAY_WS_PATH, SERVER_DATA_DIR
 from shoal.relay import authz
 from shoal.relay.engine import Binding, MayRelay, RelayEngine, RelayLimits, StreamBinding, UdpBinding
-from shoal.udp.socket import UdpSocket
+from shoal.udp.bind import Bind, BindFactory, open_udp
 from shoal.wireguard.keys import PrivateKey, PublicKey
 
 __all__ = ["RelayService", "StoreMembership", "core_may_bind", "relay", "main", "WS_QUEUE_LIMIT"]
@@ -73,30 +75,33 @@ class RelayService:
     """UDP + WebSocket around one engine. `start()`, then `close()`; ports in udp_port/ws_port."""
 
     def __init__(self, engine: RelayEngine, host: str = "127.0.0.1", port: int = RELAY_PORT,
-                 *, udp: bool = True, ws: bool = True, ws_port: int | None = None) -> None:
+                 *, udp: bool = True, ws: bool = True, ws_port: int | None = None,
+                 bind: BindFactory = open_udp, sched: Scheduler | None = None) -> None:
         self.engine = engine
+        self._bind = bind
+        self._sched = sched
         self.host = host
         self.port = port
         self._want_udp = udp
         self._want_ws = ws
         self._ws_port_wanted = port if ws_port is None else ws_port
-        self.udp: UdpSocket | None = None
+        self.udp: Bind | None = None
         self.udp_port: int | None = None
         self.ws_port: int | None = None
         self._ws_server: Server | None = None
         self._sessions: dict[int, asyncio.Queue[bytes]] = {}
         self._sids = itertools.count(1)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._armed_at: float | None = None
         self._closed = False
         self.stats: dict[str, int] = {"ws_queue_full": 0, "ws_sessions": 0}
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._sched = running(self._sched)
         if self._want_udp:
-            self.udp = UdpSocket(self.port, host=_udp_host(self.host))
+            self.udp = self._bind(self.port, host=_udp_host(self.host))
             self.udp_port = self.udp.port
-            loop.add_reader(self.udp.fileno(), self._on_udp)
+            self.udp.set_reader(self._on_udp)
         if self._want_ws:
             ws_port = self.udp_port if (self.udp_port and self._ws_port_wanted == 0 and self._want_udp) else self._ws_port_wanted
             self._ws_server = await serve(self._ws_handler, self.host, ws_port, max_size=RELAY_MAX_FRAME,
@@ -111,7 +116,6 @@ class RelayService:
             self._timer.cancel()
             self._timer = None
         if self.udp is not None:
-            asyncio.get_running_loop().remove_reader(self.udp.fileno())
             self.udp.close()
             self.udp = None
         if self._ws_server is not None:
@@ -141,10 +145,14 @@ class RelayService:
         if udp_out and self.udp is not None:
             self.udp.send_batch(udp_out)
 
+    def _now(self) -> float:
+        self._sched = running(self._sched)
+        return self._sched.time()
+
     def _on_udp(self) -> None:
         assert self.udp is not None
         batch = self.udp.recv_batch(_UDP_BATCH)
-        now = time.monotonic()
+        now = self._now()
         receive = self.engine.receive
         for data, (ip, port) in batch:
             receive(data, UdpBinding(ip, port), now)
@@ -160,13 +168,13 @@ class RelayService:
             self._timer = None
         self._armed_at = deadline
         if deadline is not None and not self._closed:
-            delay = max(0.0, deadline - time.monotonic())
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+            sched = running(self._sched)
+            self._timer = sched.call_at(max(deadline, sched.time()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._armed_at = None
-        self.engine.tick(time.monotonic())
+        self.engine.tick(self._now())
         self._flush()
 
     async def serve_stream(self, frames: AsyncIterator[bytes], send: Callable[[bytes], Awaitable[None]]) -> None:
@@ -181,12 +189,12 @@ class RelayService:
         sender = asyncio.create_task(self._stream_sender(send, q))
         try:
             async for msg in frames:
-                self.engine.receive(msg, binding, time.monotonic())
+                self.engine.receive(msg, binding, self._now())
                 self._flush()
         finally:
             sender.cancel()
             self._sessions.pop(sid, None)
-            self.engine.disconnect(binding, time.monotonic())
+            self.engine.disconnect(binding, self._now())
             self._flush()
 
     async def _ws_handler(self, conn: ServerConnection) -> None:

@@ -42,9 +42,12 @@ class ControlClient:
 
     @classmethod
     async def login(cls, url: str, key: PrivateKey, server_public: PublicKey, *, timeout: float = 10.0,
-                    local_addr: tuple[str, int] | None = None, **login: Any) -> ControlClient:
-        """Connect (from `local_addr` if given), send Login, wait for LoginOk and the first FullView."""
-        c = cls(await connect(url, key, server_public, timeout=timeout, local_addr=local_addr))
+                    local_addr: tuple[str, int] | None = None, dial: Callable[..., Any] = connect,
+                    clock: Callable[[], float] = time.monotonic, **login: Any) -> ControlClient:
+        """Connect (from `local_addr` if given; through `dial`, default `transport.connect`, e.g.
+        the simulation's `SimControl.dial`), send Login, wait for LoginOk and the first FullView."""
+        kw = {"local_addr": local_addr} if local_addr is not None else {}
+        c = cls(await dial(url, key, server_public, timeout=timeout, **kw), clock)
         c._reader = asyncio.create_task(c._read())
         await c.conn.send(m.Login(**login))
         await asyncio.wait_for(c._full_view.wait(), timeout)
